@@ -1,0 +1,565 @@
+//! The hub: which client is subscribed to which channel on this node, and the fan-out of what
+//! the engine delivers. Sharded by channel, so publishes to different channels never share a
+//! lock; each publication is encoded once and the same bytes are queued to every subscriber.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use switchboard_proto::encode::{self, Member};
+use switchboard_proto::{Disconnect, Outgoing, Position};
+
+use crate::config::HubConfig;
+use crate::engine::{
+    Engine, EngineError, EngineHandler, HistoryQuery, HistoryResult, PresenceEvent, PresenceMember,
+    Publication, StreamOptions, StreamPosition,
+};
+use crate::sink::ClientSink;
+
+pub type ClientId = u64;
+
+const SHARDS: usize = 64;
+
+/// Live publications buffered for one subscriber while its history is read; past this the
+/// subscriber is disconnected rather than buffering without bound.
+const MAX_PENDING: usize = 10_000;
+
+/// One connected client as the hub knows it.
+pub struct ClientEntry {
+    pub id: ClientId,
+    /// The id shown on the wire (`connected.client`, presence).
+    pub id_str: Arc<str>,
+    pub user: Arc<str>,
+    pub info: Option<Bytes>,
+    pub sink: Arc<dyn ClientSink>,
+    /// Token expiry in Unix seconds, 0 for none; updated by `refresh`.
+    pub exp: AtomicU64,
+    /// Channels this client is subscribed to (or subscribing to) on this node.
+    channels: Mutex<HashSet<Arc<str>>>,
+}
+
+impl ClientEntry {
+    pub fn subscription_count(&self) -> usize {
+        self.channels.lock().len()
+    }
+
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.channels.lock().contains(channel)
+    }
+
+    fn member(&self) -> PresenceMember {
+        PresenceMember {
+            client: self.id_str.clone(),
+            user: self.user.clone(),
+            info: self.info.clone(),
+        }
+    }
+}
+
+struct Subscriber {
+    sink: Arc<dyn ClientSink>,
+    /// Live publications held back while the subscription's history is being read.
+    pending: Option<Vec<Publication>>,
+}
+
+#[derive(Default)]
+struct Channel {
+    subscribers: HashMap<ClientId, Subscriber>,
+    /// Last position delivered on this node: repeats are dropped.
+    last: Option<(u64, Arc<str>)>,
+}
+
+/// Counters for metrics and `/api/info`.
+#[derive(Default)]
+pub struct HubStats {
+    pub connections: AtomicI64,
+    pub subscriptions: AtomicI64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub connections_total: AtomicU64,
+}
+
+/// What a subscribe answers: the channel's position and, with `since`, whether every missed
+/// message was recovered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeReply {
+    pub position: StreamPosition,
+    pub recovered: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The client went away (or was unsubscribed) while the command ran.
+    #[error("client is gone")]
+    Gone,
+    #[error("subscription overflowed while recovering")]
+    Overflow,
+}
+
+/// A map split into independently locked shards.
+type Sharded<K, V> = Box<[Mutex<HashMap<K, V>>]>;
+
+pub struct Hub {
+    pub config: HubConfig,
+    engine: Arc<dyn Engine>,
+    hasher: RandomState,
+    channels: Sharded<String, Channel>,
+    clients: Sharded<ClientId, Arc<ClientEntry>>,
+    /// The connections of each user, for disconnecting or unsubscribing a user.
+    users: Sharded<Arc<str>, Vec<ClientId>>,
+    pub stats: HubStats,
+    started: std::time::Instant,
+}
+
+fn shards<T: Default>() -> Box<[Mutex<T>]> {
+    (0..SHARDS).map(|_| Mutex::new(T::default())).collect()
+}
+
+impl Hub {
+    pub fn new(config: HubConfig, engine: Arc<dyn Engine>) -> Arc<Hub> {
+        let hub = Arc::new(Hub {
+            config,
+            engine: engine.clone(),
+            hasher: RandomState::new(),
+            channels: shards(),
+            clients: shards(),
+            users: shards(),
+            stats: HubStats::default(),
+            started: std::time::Instant::now(),
+        });
+        let handler: Weak<dyn EngineHandler> =
+            Arc::downgrade(&(hub.clone() as Arc<dyn EngineHandler>));
+        engine.set_handler(handler);
+        hub
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    fn shard_of<'a, T>(&self, shards: &'a [Mutex<T>], key: &str) -> &'a Mutex<T> {
+        &shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    fn stream_options(&self, channel: &str) -> StreamOptions {
+        let ns = self.config.namespace(channel);
+        StreamOptions {
+            history_size: ns.history_size,
+            history_ttl: ns.history_ttl,
+        }
+    }
+
+    // ---- clients ----
+
+    /// Registers a connected client.
+    pub fn register(
+        &self,
+        user: &str,
+        info: Option<Bytes>,
+        exp: Option<u64>,
+        sink: Arc<dyn ClientSink>,
+    ) -> Arc<ClientEntry> {
+        let id: ClientId = rand::random();
+        let entry = Arc::new(ClientEntry {
+            id,
+            id_str: format!("{id:016x}").into(),
+            user: user.into(),
+            info,
+            sink,
+            exp: AtomicU64::new(exp.unwrap_or(0)),
+            channels: Mutex::new(HashSet::new()),
+        });
+        self.clients[(id as usize) % SHARDS]
+            .lock()
+            .insert(id, entry.clone());
+        if !user.is_empty() {
+            self.shard_of(&self.users, user)
+                .lock()
+                .entry(entry.user.clone())
+                .or_default()
+                .push(id);
+        }
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        entry
+    }
+
+    /// Removes a client that went away, with its subscriptions and presence.
+    pub async fn unregister(&self, client: &Arc<ClientEntry>) {
+        let channels: Vec<Arc<str>> = client.channels.lock().iter().cloned().collect();
+        for channel in channels {
+            self.unsubscribe(client, &channel).await;
+        }
+        self.clients[(client.id as usize) % SHARDS]
+            .lock()
+            .remove(&client.id);
+        if !client.user.is_empty() {
+            let mut users = self.shard_of(&self.users, &client.user).lock();
+            if let Some(ids) = users.get_mut(&client.user) {
+                ids.retain(|id| *id != client.id);
+                if ids.is_empty() {
+                    users.remove(&client.user);
+                }
+            }
+        }
+        self.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn clients_of(&self, user: &str) -> Vec<Arc<ClientEntry>> {
+        let ids = self
+            .shard_of(&self.users, user)
+            .lock()
+            .get(user)
+            .cloned()
+            .unwrap_or_default();
+        ids.iter()
+            .filter_map(|id| {
+                self.clients[(*id as usize) % SHARDS]
+                    .lock()
+                    .get(id)
+                    .cloned()
+            })
+            .collect()
+    }
+
+    fn for_each_client(&self, mut f: impl FnMut(&Arc<ClientEntry>)) {
+        for shard in self.clients.iter() {
+            let clients: Vec<Arc<ClientEntry>> = shard.lock().values().cloned().collect();
+            clients.iter().for_each(&mut f);
+        }
+    }
+
+    /// Disconnects every connection of `user`; returns how many.
+    pub fn disconnect_user(&self, user: &str, reason: Disconnect) -> usize {
+        let clients = self.clients_of(user);
+        for client in &clients {
+            client.sink.disconnect(reason);
+        }
+        clients.len()
+    }
+
+    /// Unsubscribes every connection of `user` from `channel`, telling each with an
+    /// `{"type":"unsubscribed"}` push; returns how many were subscribed.
+    pub async fn unsubscribe_user(&self, user: &str, channel: &str) -> usize {
+        let mut count = 0;
+        for client in self.clients_of(user) {
+            if self.unsubscribe(&client, channel).await {
+                let frame = encode::unsubscribed(channel, "unsubscribed by the server");
+                client.sink.send(&Outgoing::new(frame));
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Closes connections whose token expired (`now` in Unix seconds); returns how many.
+    pub fn expire_tokens(&self, now: u64) -> usize {
+        let mut expired = 0;
+        self.for_each_client(|client| {
+            let exp = client.exp.load(Ordering::Relaxed);
+            if exp != 0 && exp <= now {
+                client.sink.disconnect(Disconnect::TOKEN_EXPIRED);
+                expired += 1;
+            }
+        });
+        expired
+    }
+
+    /// Gives every connection's door a chance to send a keep-alive.
+    pub fn heartbeat(&self) {
+        self.for_each_client(|client| client.sink.heartbeat());
+    }
+
+    /// Tells every client the server is going away.
+    pub fn shutdown(&self) {
+        self.for_each_client(|client| client.sink.disconnect(Disconnect::SHUTDOWN));
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.clients.iter().map(|s| s.lock().len()).sum()
+    }
+
+    // ---- channels ----
+
+    /// Subscribes `client` to `channel`. With `since`, the missed messages history still
+    /// holds are queued after the reply, then the live ones, with no gap and no repeat.
+    /// `reply` is called under the channel's lock, before any message of the channel is
+    /// queued, so a door can put the reply first on the wire.
+    pub async fn subscribe(
+        &self,
+        client: &Arc<ClientEntry>,
+        channel: &str,
+        since: Option<Position>,
+        reply: &mut (dyn FnMut(&SubscribeReply) + Send),
+    ) -> Result<SubscribeReply, HubError> {
+        let ns = self.config.namespace(channel);
+        let first = {
+            let mut shard = self.shard_of(&self.channels, channel).lock();
+            let entry = shard.entry(channel.to_owned()).or_default();
+            let first = entry.subscribers.is_empty();
+            entry.subscribers.insert(
+                client.id,
+                Subscriber {
+                    sink: client.sink.clone(),
+                    pending: Some(Vec::new()),
+                },
+            );
+            first
+        };
+        client.channels.lock().insert(channel.into());
+        self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+
+        let history = self.subscribe_engine(channel, first, since.as_ref()).await;
+        let history = match history {
+            Ok(h) => h,
+            Err(e) => {
+                self.unsubscribe(client, channel).await;
+                return Err(e.into());
+            }
+        };
+        let answer = SubscribeReply {
+            position: history.position.clone(),
+            recovered: since.as_ref().map(|_| history.complete),
+        };
+        self.flush_recovery(client, channel, since.as_ref(), history, &answer, reply)?;
+
+        let member = client.member();
+        if ns.presence {
+            self.engine.presence_add(channel, member.clone()).await?;
+        }
+        if ns.join_leave {
+            self.engine
+                .publish_presence_event(channel, PresenceEvent::Join, member)
+                .await?;
+        }
+        Ok(answer)
+    }
+
+    async fn subscribe_engine(
+        &self,
+        channel: &str,
+        first: bool,
+        since: Option<&Position>,
+    ) -> Result<HistoryResult, EngineError> {
+        if first {
+            self.engine.subscribe(channel).await?;
+        }
+        let query = HistoryQuery {
+            since: since.map(|p| (p.offset, p.epoch.clone())),
+            limit: if since.is_some() { None } else { Some(0) },
+        };
+        self.engine
+            .history(channel, query, self.stream_options(channel))
+            .await
+    }
+
+    /// Sends the reply, the recovered messages and what arrived meanwhile, then switches the
+    /// subscriber to live delivery, all under the channel lock.
+    fn flush_recovery(
+        &self,
+        client: &ClientEntry,
+        channel: &str,
+        since: Option<&Position>,
+        history: HistoryResult,
+        answer: &SubscribeReply,
+        reply: &mut (dyn FnMut(&SubscribeReply) + Send),
+    ) -> Result<(), HubError> {
+        let mut shard = self.shard_of(&self.channels, channel).lock();
+        let subscriber = shard
+            .get_mut(channel)
+            .and_then(|c| c.subscribers.get_mut(&client.id))
+            .ok_or(HubError::Gone)?;
+        let Some(pending) = subscriber.pending.take() else {
+            return Err(HubError::Overflow);
+        };
+        reply(answer);
+        let epoch = history.position.epoch.clone();
+        let mut last = match since {
+            Some(p) if *p.epoch == *epoch => p.offset,
+            _ => history.position.offset,
+        };
+        let mut delivered = 0u64;
+        for publication in history.publications.iter().chain(pending.iter()) {
+            if publication.epoch == epoch && publication.offset <= last {
+                continue;
+            }
+            last = publication.offset;
+            let frame = message_frame(channel, publication);
+            if client.sink.send(&Outgoing::new(frame)) {
+                delivered += 1;
+            }
+        }
+        self.stats
+            .messages_out
+            .fetch_add(delivered, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Unsubscribes `client` from `channel`; returns whether it was subscribed.
+    pub async fn unsubscribe(&self, client: &Arc<ClientEntry>, channel: &str) -> bool {
+        if !client.channels.lock().remove(channel) {
+            return false;
+        }
+        let now_empty = {
+            let mut shard = self.shard_of(&self.channels, channel).lock();
+            let Some(entry) = shard.get_mut(channel) else {
+                return false;
+            };
+            entry.subscribers.remove(&client.id);
+            let empty = entry.subscribers.is_empty();
+            if empty {
+                shard.remove(channel);
+            }
+            empty
+        };
+        self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        // Engine failures here only delay cleanup (presence entries expire with the engine).
+        if now_empty {
+            let _ = self.engine.unsubscribe(channel).await;
+        }
+        let ns = self.config.namespace(channel);
+        if ns.presence {
+            let _ = self.engine.presence_remove(channel, &client.id_str).await;
+        }
+        if ns.join_leave {
+            let _ = self
+                .engine
+                .publish_presence_event(channel, PresenceEvent::Leave, client.member())
+                .await;
+        }
+        true
+    }
+
+    /// Publishes `data` (valid JSON) to `channel` and returns its position.
+    pub async fn publish(&self, channel: &str, data: Bytes) -> Result<StreamPosition, HubError> {
+        self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        Ok(self
+            .engine
+            .publish(channel, data, self.stream_options(channel))
+            .await?)
+    }
+
+    pub async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryResult, HubError> {
+        Ok(self
+            .engine
+            .history(channel, query, self.stream_options(channel))
+            .await?)
+    }
+
+    pub async fn presence(&self, channel: &str) -> Result<Vec<PresenceMember>, HubError> {
+        Ok(self.engine.presence(channel).await?)
+    }
+
+    /// Channels with subscribers on this node, with their subscriber counts.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        let mut all = Vec::new();
+        for shard in self.channels.iter() {
+            let shard = shard.lock();
+            all.extend(shard.iter().map(|(n, c)| (n.clone(), c.subscribers.len())));
+        }
+        all.sort();
+        all
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.iter().map(|s| s.lock().len()).sum()
+    }
+}
+
+/// The `message` push of a publication.
+pub fn message_frame(channel: &str, publication: &Publication) -> Bytes {
+    encode::message_raw(
+        channel,
+        publication.offset,
+        &publication.epoch,
+        &publication.data,
+    )
+}
+
+/// A presence member as JSON on the wire.
+pub fn member_json(member: &PresenceMember) -> serde_json::Value {
+    let info = member
+        .info
+        .as_ref()
+        .and_then(|raw| serde_json::from_slice(raw).ok())
+        .unwrap_or(serde_json::Value::Null);
+    serde_json::json!({"client": &*member.client, "user": &*member.user, "info": info})
+}
+
+impl EngineHandler for Hub {
+    fn on_publication(&self, channel: &str, publication: &Publication) {
+        let mut shard = self.shard_of(&self.channels, channel).lock();
+        let Some(entry) = shard.get_mut(channel) else {
+            return;
+        };
+        if let Some((last, epoch)) = &entry.last
+            && *epoch == publication.epoch
+            && publication.offset <= *last
+        {
+            return;
+        }
+        entry.last = Some((publication.offset, publication.epoch.clone()));
+        let frame = Outgoing::new(message_frame(channel, publication));
+        let mut delivered = 0u64;
+        for subscriber in entry.subscribers.values_mut() {
+            match &mut subscriber.pending {
+                Some(pending) if pending.len() >= MAX_PENDING => {
+                    subscriber.pending = None;
+                    subscriber.sink.disconnect(Disconnect::SLOW_CONSUMER);
+                }
+                Some(pending) => pending.push(publication.clone()),
+                None => {
+                    if subscriber.sink.send(&frame) {
+                        delivered += 1;
+                    }
+                }
+            }
+        }
+        self.stats
+            .messages_out
+            .fetch_add(delivered, Ordering::Relaxed);
+        self.stats
+            .bytes_out
+            .fetch_add(delivered * frame.json().len() as u64, Ordering::Relaxed);
+    }
+
+    fn on_presence_event(&self, channel: &str, event: PresenceEvent, member: &PresenceMember) {
+        let shard = self.shard_of(&self.channels, channel).lock();
+        let Some(entry) = shard.get(channel) else {
+            return;
+        };
+        let kind = match event {
+            PresenceEvent::Join => "join",
+            PresenceEvent::Leave => "leave",
+        };
+        let info = member
+            .info
+            .as_ref()
+            .and_then(|raw| serde_json::from_slice::<&serde_json::value::RawValue>(raw).ok());
+        let wire = Member {
+            client: &member.client,
+            user: &member.user,
+            info,
+        };
+        let frame = Outgoing::new(encode::presence_event(kind, channel, &wire));
+        for subscriber in entry.subscribers.values() {
+            if subscriber.pending.is_none() {
+                subscriber.sink.send(&frame);
+            }
+        }
+    }
+}

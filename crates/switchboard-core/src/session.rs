@@ -1,0 +1,318 @@
+//! One client's commands (spec §3), whatever door it came through: permission checks, then
+//! the hub. A door parses nothing itself: it hands each frame to [`Session::handle_frame`]
+//! and sends back what it returns.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use serde_json::json;
+use switchboard_proto::encode;
+use switchboard_proto::{Command, CommandError, ErrorCode, Outgoing, Position, Request};
+
+use crate::auth::{AuthError, Authenticator, Claims};
+use crate::engine::HistoryQuery;
+use crate::hub::{ClientEntry, Hub, HubError, member_json, message_frame};
+use crate::sink::ClientSink;
+
+/// A connected client: its claims and its place in the hub.
+pub struct Session {
+    hub: Arc<Hub>,
+    auth: Arc<dyn Authenticator>,
+    claims: Claims,
+    client: Arc<ClientEntry>,
+}
+
+type Answer = Result<Bytes, CommandError>;
+
+impl Session {
+    /// Registers a client with `claims` (already verified) whose frames go to `sink`.
+    pub fn open(
+        hub: Arc<Hub>,
+        auth: Arc<dyn Authenticator>,
+        claims: Claims,
+        sink: Arc<dyn ClientSink>,
+    ) -> Session {
+        let client = hub.register(&claims.user, claims.info.clone(), claims.exp, sink);
+        Session {
+            hub,
+            auth,
+            claims,
+            client,
+        }
+    }
+
+    pub fn client(&self) -> &Arc<ClientEntry> {
+        &self.client
+    }
+
+    /// The `connected` frame, first on every door.
+    /// `id`: that of the `connect` frame it answers, if any.
+    pub fn connected_frame(&self, id: Option<u64>, ping_interval: u64) -> Bytes {
+        encode::connected(
+            id,
+            &self.client.id_str,
+            &self.claims.user,
+            self.claims.exp,
+            ping_interval,
+        )
+    }
+
+    /// Leaves every channel and the hub. Call once when the connection ends.
+    pub async fn close(self) {
+        self.hub.unregister(&self.client).await;
+    }
+
+    /// Runs one raw frame. Returns the frame to answer with, or `None` when the answer was
+    /// already queued to the client's sink (a subscribe reply must precede its messages).
+    pub async fn handle_frame(&mut self, frame: &[u8]) -> Option<Bytes> {
+        match switchboard_proto::parse_request(frame) {
+            Ok(request) => self.handle(request).await,
+            Err(e) => Some(error_frame(&e)),
+        }
+    }
+
+    pub async fn handle(&mut self, request: Request) -> Option<Bytes> {
+        let id = request.id;
+        let answer = match request.command {
+            Command::Subscribe { channel, since } => {
+                return self
+                    .subscribe(id, &channel, since)
+                    .await
+                    .err()
+                    .map(|e| error_frame(&e));
+            }
+            Command::Ping => return Some(encode::pong(id)),
+            Command::Connect { .. } => Err(err(id, ErrorCode::BadRequest, "already connected")),
+            Command::Unsubscribe { channel } => self.unsubscribe(id, &channel).await,
+            Command::Publish { channel, data } => {
+                self.publish(id, &channel, Bytes::from(data.get().to_owned()))
+                    .await
+            }
+            Command::Presence { channel } => self.presence(id, &channel).await,
+            Command::History {
+                channel,
+                since,
+                limit,
+            } => self.history(id, &channel, since, limit).await,
+            Command::Refresh { token } => self.refresh(id, &token),
+            Command::Room { kind } => Err(err(
+                id,
+                ErrorCode::Unavailable,
+                format!("`{kind}`: rooms are not available on this server yet"),
+            )),
+        };
+        Some(answer.unwrap_or_else(|e| error_frame(&e)))
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        channel: &str,
+        since: Option<Position>,
+    ) -> Result<(), CommandError> {
+        self.check_subscribe(id, channel)?;
+        if self.client.is_subscribed(channel) {
+            return Err(err(
+                id,
+                ErrorCode::BadRequest,
+                format!("already subscribed to `{channel}`"),
+            ));
+        }
+        let max = self.hub.config.max_subscriptions;
+        if self.client.subscription_count() >= max {
+            return Err(err(
+                id,
+                ErrorCode::RateLimited,
+                format!("too many subscriptions (at most {max} per connection)"),
+            ));
+        }
+        let sink = self.client.sink.clone();
+        let mut send_reply = |r: &crate::hub::SubscribeReply| {
+            let mut fields = json!({
+                "channel": channel,
+                "offset": r.position.offset,
+                "epoch": &*r.position.epoch,
+            });
+            if let Some(recovered) = r.recovered {
+                fields["recovered"] = json!(recovered);
+            }
+            sink.send(&Outgoing::new(encode::reply(id, &fields)));
+        };
+        self.hub
+            .subscribe(&self.client, channel, since, &mut send_reply)
+            .await
+            .map(|_| ())
+            .map_err(|e| hub_error(id, e))
+    }
+
+    async fn unsubscribe(&mut self, id: Option<u64>, channel: &str) -> Answer {
+        self.hub.unsubscribe(&self.client, channel).await;
+        Ok(encode::reply(id, &json!({})))
+    }
+
+    async fn publish(&mut self, id: Option<u64>, channel: &str, data: Bytes) -> Answer {
+        self.check_publish(id, channel)?;
+        let position = self
+            .hub
+            .publish(channel, data)
+            .await
+            .map_err(|e| hub_error(id, e))?;
+        Ok(encode::reply(
+            id,
+            &json!({"offset": position.offset, "epoch": &*position.epoch}),
+        ))
+    }
+
+    async fn presence(&mut self, id: Option<u64>, channel: &str) -> Answer {
+        self.check_subscribe(id, channel)?;
+        if !self.hub.config.namespace(channel).presence {
+            return Err(err(
+                id,
+                ErrorCode::NotFound,
+                "presence is not enabled for this channel's namespace",
+            ));
+        }
+        let members = self
+            .hub
+            .presence(channel)
+            .await
+            .map_err(|e| hub_error(id, e))?;
+        let members: Vec<_> = members.iter().map(member_json).collect();
+        Ok(encode::reply(id, &json!({ "members": members })))
+    }
+
+    async fn history(
+        &mut self,
+        id: Option<u64>,
+        channel: &str,
+        since: Option<Position>,
+        limit: Option<usize>,
+    ) -> Answer {
+        self.check_subscribe(id, channel)?;
+        let query = HistoryQuery {
+            since: since.map(|p| (p.offset, p.epoch)),
+            limit,
+        };
+        let history = self
+            .hub
+            .history(channel, query)
+            .await
+            .map_err(|e| hub_error(id, e))?;
+        Ok(history_reply(id, channel, &history))
+    }
+
+    fn refresh(&mut self, id: Option<u64>, token: &str) -> Answer {
+        let claims = self.auth.verify(token).map_err(|e| match e {
+            AuthError::Expired => err(id, ErrorCode::TokenExpired, "token expired"),
+            AuthError::Invalid(why) => err(id, ErrorCode::Unauthorized, why),
+        })?;
+        if self.claims.anonymous || claims.user != self.claims.user {
+            return Err(err(
+                id,
+                ErrorCode::Forbidden,
+                "a refresh token must be for the connection's own user",
+            ));
+        }
+        self.client
+            .exp
+            .store(claims.exp.unwrap_or(0), Ordering::Relaxed);
+        self.claims = claims;
+        Ok(encode::reply(id, &json!({ "exp": self.claims.exp })))
+    }
+
+    // ---- permissions (spec §2, §7) ----
+
+    fn check_subscribe(&self, id: Option<u64>, channel: &str) -> Result<(), CommandError> {
+        if may_subscribe(&self.hub, &self.claims, channel) {
+            Ok(())
+        } else {
+            Err(err(
+                id,
+                ErrorCode::Forbidden,
+                format!("not allowed to subscribe to `{channel}`"),
+            ))
+        }
+    }
+
+    fn check_publish(&self, id: Option<u64>, channel: &str) -> Result<(), CommandError> {
+        if may_publish(&self.hub, &self.claims, channel) {
+            Ok(())
+        } else {
+            Err(err(
+                id,
+                ErrorCode::Forbidden,
+                format!("not allowed to publish to `{channel}`"),
+            ))
+        }
+    }
+}
+
+/// Whether a client with `claims` may subscribe to (and read history and presence of)
+/// `channel`.
+pub fn may_subscribe(hub: &Hub, claims: &Claims, channel: &str) -> bool {
+    if let Some((_, owner)) = channel.rsplit_once('#') {
+        // A personal channel: its owner only, whatever the claims.
+        return !claims.anonymous && !claims.user.is_empty() && owner == claims.user;
+    }
+    let ns = hub.config.namespace(channel);
+    if claims.anonymous {
+        ns.allow_anonymous.unwrap_or(hub.config.allow_anonymous)
+    } else {
+        ns.allow_anonymous == Some(true) || claims.may_subscribe_by_claims(channel)
+    }
+}
+
+/// Whether a client with `claims` may publish to `channel` from the client side.
+pub fn may_publish(hub: &Hub, claims: &Claims, channel: &str) -> bool {
+    let ns = hub.config.namespace(channel);
+    let anonymous_allowed = ns.allow_anonymous.unwrap_or(hub.config.allow_anonymous);
+    match ns.allow_client_publish {
+        Some(false) => false,
+        Some(true) => !claims.anonymous || anonymous_allowed,
+        None if claims.anonymous => anonymous_allowed,
+        None => claims.may_publish_by_claims(channel),
+    }
+}
+
+/// The `history` reply: the messages as pushed, and the stream's position.
+pub fn history_reply(
+    id: Option<u64>,
+    channel: &str,
+    history: &crate::engine::HistoryResult,
+) -> Bytes {
+    encode::reply(id, &history_fields(channel, history))
+}
+
+/// `{"messages":[...],"offset","epoch"}` (also the server API's history answer).
+pub fn history_fields(channel: &str, history: &crate::engine::HistoryResult) -> serde_json::Value {
+    let messages: Vec<Box<serde_json::value::RawValue>> = history
+        .publications
+        .iter()
+        .map(|p| {
+            let frame = message_frame(channel, p);
+            serde_json::value::RawValue::from_string(String::from_utf8_lossy(&frame).into_owned())
+                .expect("message frames are valid JSON")
+        })
+        .collect();
+    json!({
+        "messages": messages,
+        "offset": history.position.offset,
+        "epoch": &*history.position.epoch,
+    })
+}
+
+fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> CommandError {
+    CommandError::new(id, code, message)
+}
+
+fn hub_error(id: Option<u64>, e: HubError) -> CommandError {
+    match e {
+        HubError::Engine(e) => err(id, ErrorCode::Unavailable, e.to_string()),
+        HubError::Gone | HubError::Overflow => err(id, ErrorCode::Unavailable, e.to_string()),
+    }
+}
+
+pub fn error_frame(e: &CommandError) -> Bytes {
+    encode::error(e.id, e.code, &e.message)
+}

@@ -1,0 +1,17 @@
+//! How the hub reaches a client, whatever door it came through.
+
+use switchboard_proto::{Disconnect, Outgoing};
+
+/// A client's outbound side. `send` must not block: a door queues the frame (bounded in bytes)
+/// and its writer sends it; a client whose queue overflows is disconnected by the door.
+pub trait ClientSink: Send + Sync {
+    /// Queues one frame. Returns `false` when the client is gone or was just disconnected
+    /// as a slow consumer.
+    fn send(&self, frame: &Outgoing) -> bool;
+
+    /// Sends a `disconnect` frame with this reason and closes the connection.
+    fn disconnect(&self, reason: Disconnect);
+
+    /// Called on the server's ping interval; a door that needs keep-alives sends one here.
+    fn heartbeat(&self) {}
+}

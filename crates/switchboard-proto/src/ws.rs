@@ -1,0 +1,371 @@
+//! WebSocket framing for the server side: encoding of server frames (done once per frame and
+//! shared) and a sans-I/O decoder of client frames. Header parsing and formatting come from
+//! `tungstenite`; this module adds the message rules of RFC 6455 the server enforces and the
+//! size limit, so a connection can own its socket and keep no buffer while idle.
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let header = FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    };
+    let mut out = Vec::with_capacity(header.len(payload.len() as u64) + payload.len());
+    header
+        .format(payload.len() as u64, &mut out)
+        .expect("writing to a Vec cannot fail");
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
+/// A final, unmasked text frame carrying `payload`.
+pub fn encode_text(payload: &[u8]) -> Bytes {
+    encode(OpCode::Data(Data::Text), payload)
+}
+
+pub fn encode_ping(payload: &[u8]) -> Bytes {
+    encode(OpCode::Control(Control::Ping), payload)
+}
+
+pub fn encode_pong(payload: &[u8]) -> Bytes {
+    encode(OpCode::Control(Control::Pong), payload)
+}
+
+/// A close frame with a status code and a reason (truncated to fit a control frame).
+pub fn encode_close(code: u16, reason: &str) -> Bytes {
+    let mut payload = code.to_be_bytes().to_vec();
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    encode(OpCode::Control(Control::Close), &payload)
+}
+
+/// What the decoder found in the bytes it was fed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WsEvent {
+    /// A complete data message (text or binary), unmasked and reassembled.
+    Message {
+        payload: Vec<u8>,
+    },
+    Ping(Vec<u8>),
+    Pong,
+    /// The client's close frame: its status code, if any.
+    Close(Option<u16>),
+    /// A message longer than the limit was discarded without being buffered.
+    TooLarge,
+    /// The client broke the protocol; the connection must be closed with 1002.
+    ProtocolError(&'static str),
+}
+
+/// Decodes client frames. It holds bytes only while a frame or a fragmented message is
+/// incomplete, so an idle connection's decoder owns no heap memory.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// Bytes of a frame whose end has not arrived yet.
+    partial: Vec<u8>,
+    /// Fragments of a message whose final frame has not arrived yet.
+    fragments: Vec<u8>,
+    in_message: bool,
+    /// The current message is over the limit: its remaining fragments are dropped.
+    discarding: bool,
+    /// Payload bytes of an oversized frame still to be skipped.
+    skip: u64,
+    closed: bool,
+}
+
+impl Decoder {
+    /// Feeds bytes read from the socket; complete events are pushed onto `events`.
+    /// `max_message` bounds a message's size (and so the memory the decoder may hold).
+    pub fn feed(&mut self, mut input: &[u8], max_message: usize, events: &mut Vec<WsEvent>) {
+        if self.closed {
+            return;
+        }
+        if self.skip > 0 {
+            let n = (self.skip.min(input.len() as u64)) as usize;
+            self.skip -= n as u64;
+            input = &input[n..];
+        }
+        if self.partial.is_empty() {
+            let used = self.decode(input, max_message, events);
+            if used < input.len() && !self.closed {
+                self.partial.extend_from_slice(&input[used..]);
+            }
+        } else {
+            self.partial.extend_from_slice(input);
+            let buf = std::mem::take(&mut self.partial);
+            let used = self.decode(&buf, max_message, events);
+            if used < buf.len() && !self.closed {
+                self.partial = buf;
+                self.partial.drain(..used);
+            }
+        }
+    }
+
+    /// Decodes as many whole frames from `buf` as it holds; returns the bytes consumed.
+    fn decode(&mut self, buf: &[u8], max_message: usize, events: &mut Vec<WsEvent>) -> usize {
+        let mut pos = 0;
+        while pos < buf.len() && !self.closed {
+            if self.skip > 0 {
+                let n = self.skip.min((buf.len() - pos) as u64) as usize;
+                self.skip -= n as u64;
+                pos += n;
+                continue;
+            }
+            let mut cursor = Cursor::new(&buf[pos..]);
+            let (header, len) = match FrameHeader::parse(&mut cursor) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => break,
+                Err(_) => return self.fail("malformed frame header", events),
+            };
+            let header_len = cursor.position() as usize;
+            if let Err(why) = self.check(&header, len) {
+                return self.fail(why, events);
+            }
+            let is_data = matches!(header.opcode, OpCode::Data(_));
+            let held = if is_data { self.fragments.len() } else { 0 };
+            if is_data && (self.discarding || held as u64 + len > max_message as u64) {
+                // Too large: skip the payload without buffering it.
+                if !self.discarding {
+                    events.push(WsEvent::TooLarge);
+                }
+                self.discarding = !header.is_final;
+                self.in_message = !header.is_final;
+                self.fragments = Vec::new();
+                pos += header_len;
+                self.skip = len;
+                continue;
+            }
+            let total = header_len + len as usize;
+            if buf.len() - pos < total {
+                if buf.len() - pos > max_message + 14 {
+                    return self.fail("frame larger than its header says", events);
+                }
+                break;
+            }
+            let mut payload = buf[pos + header_len..pos + total].to_vec();
+            if let Some(mask) = header.mask {
+                unmask(&mut payload, mask);
+            }
+            pos += total;
+            self.on_frame(header, payload, events);
+        }
+        pos
+    }
+
+    fn check(&self, header: &FrameHeader, len: u64) -> Result<(), &'static str> {
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err("reserved bits set without a negotiated extension");
+        }
+        if header.mask.is_none() {
+            return Err("client frames must be masked");
+        }
+        match header.opcode {
+            OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+                Err("reserved opcode")
+            }
+            OpCode::Control(_) if !header.is_final || len > 125 => {
+                Err("control frames must be final and at most 125 bytes")
+            }
+            OpCode::Data(Data::Continue) if !self.in_message => {
+                Err("continuation frame without a message to continue")
+            }
+            OpCode::Data(Data::Text | Data::Binary) if self.in_message => {
+                Err("new message before the previous one was finished")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn on_frame(&mut self, header: FrameHeader, payload: Vec<u8>, events: &mut Vec<WsEvent>) {
+        match header.opcode {
+            OpCode::Data(_) => {
+                if header.is_final && !self.in_message {
+                    events.push(WsEvent::Message { payload });
+                    return;
+                }
+                self.fragments.extend_from_slice(&payload);
+                self.in_message = !header.is_final;
+                if header.is_final {
+                    let payload = std::mem::take(&mut self.fragments);
+                    events.push(WsEvent::Message { payload });
+                }
+            }
+            OpCode::Control(Control::Ping) => events.push(WsEvent::Ping(payload)),
+            OpCode::Control(Control::Pong) => events.push(WsEvent::Pong),
+            OpCode::Control(Control::Close) => {
+                self.closed = true;
+                let code =
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                events.push(WsEvent::Close(code));
+            }
+            OpCode::Control(Control::Reserved(_)) => {}
+        }
+    }
+
+    fn fail(&mut self, why: &'static str, events: &mut Vec<WsEvent>) -> usize {
+        self.closed = true;
+        self.partial = Vec::new();
+        self.fragments = Vec::new();
+        events.push(WsEvent::ProtocolError(why));
+        0
+    }
+}
+
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    for (i, byte) in payload.iter_mut().enumerate() {
+        *byte ^= mask[i & 3];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame, as a browser would send it.
+    fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut out = vec![opcode | if fin { 0x80 } else { 0 }];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n < 65536 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
+    fn decode_all(d: &mut Decoder, bytes: &[u8], max: usize) -> Vec<WsEvent> {
+        let mut events = Vec::new();
+        d.feed(bytes, max, &mut events);
+        events
+    }
+
+    #[test]
+    fn decodes_byte_by_byte_and_holds_nothing_after() {
+        let frame = client_frame(1, true, b"{\"type\":\"ping\"}");
+        let mut d = Decoder::default();
+        let mut events = Vec::new();
+        for b in &frame {
+            d.feed(std::slice::from_ref(b), 1024, &mut events);
+        }
+        assert_eq!(
+            events,
+            vec![WsEvent::Message {
+                payload: b"{\"type\":\"ping\"}".to_vec()
+            }]
+        );
+        assert!(d.partial.is_empty() && d.fragments.capacity() == 0);
+    }
+
+    #[test]
+    fn reassembles_fragments_around_a_ping() {
+        let mut bytes = client_frame(1, false, b"ab");
+        bytes.extend(client_frame(9, true, b"p"));
+        bytes.extend(client_frame(0, true, b"cd"));
+        let events = decode_all(&mut Decoder::default(), &bytes, 1024);
+        assert_eq!(
+            events,
+            vec![
+                WsEvent::Ping(b"p".to_vec()),
+                WsEvent::Message {
+                    payload: b"abcd".to_vec()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn oversized_message_is_skipped_and_the_next_one_decoded() {
+        let mut bytes = client_frame(1, true, &[b'x'; 3000]);
+        bytes.extend(client_frame(1, true, b"ok"));
+        let mut d = Decoder::default();
+        let mut events = Vec::new();
+        for chunk in bytes.chunks(700) {
+            d.feed(chunk, 1000, &mut events);
+        }
+        assert_eq!(
+            events,
+            vec![
+                WsEvent::TooLarge,
+                WsEvent::Message {
+                    payload: b"ok".to_vec()
+                }
+            ]
+        );
+        assert!(d.partial.capacity() < 1000 + 14 + 700);
+    }
+
+    #[test]
+    fn oversized_fragmented_message_is_dropped_whole() {
+        let mut bytes = client_frame(1, false, &[b'x'; 600]);
+        bytes.extend(client_frame(0, false, &[b'x'; 600]));
+        bytes.extend(client_frame(0, true, b"tail"));
+        bytes.extend(client_frame(1, true, b"next"));
+        let events = decode_all(&mut Decoder::default(), &bytes, 1000);
+        assert_eq!(
+            events,
+            vec![
+                WsEvent::TooLarge,
+                WsEvent::Message {
+                    payload: b"next".to_vec()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn protocol_violations_are_reported() {
+        let mut unmasked = client_frame(1, true, b"hi");
+        unmasked[1] &= 0x7f;
+        unmasked.truncate(2);
+        unmasked.extend_from_slice(b"hi");
+        for bytes in [
+            unmasked,
+            client_frame(0, true, b"x"),
+            client_frame(9, false, b""),
+            client_frame(3, true, b""),
+            client_frame(1 | 0x40, true, b""),
+        ] {
+            let events = decode_all(&mut Decoder::default(), &bytes, 100);
+            assert!(
+                matches!(events.as_slice(), [WsEvent::ProtocolError(_)]),
+                "{events:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn close_carries_the_code() {
+        let events = decode_all(
+            &mut Decoder::default(),
+            &client_frame(8, true, &[3, 232]),
+            100,
+        );
+        assert_eq!(events, vec![WsEvent::Close(Some(1000))]);
+    }
+
+    #[test]
+    fn server_frames_are_well_formed() {
+        let big = vec![b'a'; 70_000];
+        let frame = encode_text(&big);
+        assert_eq!(&frame[..2], &[0x81, 127]);
+        assert_eq!(frame.len(), 10 + big.len());
+        assert_eq!(
+            &encode_close(1001, "bye")[..],
+            &[0x88, 5, 3, 233, b'b', b'y', b'e']
+        );
+    }
+}

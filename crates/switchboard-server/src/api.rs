@@ -1,0 +1,323 @@
+//! The server API (spec §6): the application's backend publishes and manages clients over
+//! HTTPS with `Authorization: Bearer <api key>`. JSON in, JSON out; errors as
+//! `{"error":{"code","message"}}` with the matching HTTP status.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use switchboard_core::engine::HistoryQuery;
+use switchboard_core::hub::member_json;
+use switchboard_core::session::history_fields;
+use switchboard_proto::command::MAX_CHANNEL_LEN;
+use switchboard_proto::{Disconnect, ErrorCode};
+
+use crate::app::AppState;
+use crate::auth::constant_time_eq;
+
+pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/publish", post(publish))
+        .route("/broadcast", post(broadcast))
+        .route("/channels", get(channels))
+        .route("/presence/{*channel}", get(presence))
+        .route("/history/{*channel}", get(history))
+        .route("/disconnect", post(disconnect))
+        .route("/unsubscribe", post(unsubscribe))
+        .route("/rooms/{*room}", get(room))
+        .route("/info", get(info))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state, require_api_key))
+}
+
+/// `{"error":{"code","message"}}` with the code's HTTP status.
+pub fn error_response(code: ErrorCode, message: &str) -> Response {
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({"error": {"code": code.as_str(), "message": message}});
+    (status, Json(body)).into_response()
+}
+
+/// A refused API call: answered as `{"error":{"code","message"}}` with the code's status.
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error_response(self.code, &self.message)
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn fail(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError {
+        code,
+        message: message.into(),
+    }
+}
+
+async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    state.stats.api_requests.fetch_add(1, Ordering::Relaxed);
+    let Some(expected) = state.api_key.as_deref() else {
+        state.count_error();
+        return fail(
+            ErrorCode::Forbidden,
+            "the server API is disabled: set [auth] api_key in the config",
+        )
+        .into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    match given {
+        Some(key) if constant_time_eq(key.trim().as_bytes(), expected.as_bytes()) => {
+            let response = next.run(request).await;
+            if !response.status().is_success() {
+                state.count_error();
+            }
+            response
+        }
+        Some(_) => {
+            state.count_error();
+            fail(ErrorCode::Unauthorized, "invalid API key").into_response()
+        }
+        None => {
+            state.count_error();
+            fail(
+                ErrorCode::Unauthorized,
+                "missing `Authorization: Bearer <api key>` header",
+            )
+            .into_response()
+        }
+    }
+}
+
+async fn read_json<T: DeserializeOwned>(state: &AppState, body: Body) -> Result<T, ApiError> {
+    let limit = state.limits.max_api_body;
+    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        fail(
+            ErrorCode::TooLarge,
+            format!("request body larger than {limit} bytes"),
+        )
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| fail(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
+}
+
+fn check_channel(channel: &str) -> Result<(), ApiError> {
+    if channel.is_empty() {
+        return Err(fail(ErrorCode::BadRequest, "`channel` must not be empty"));
+    }
+    if channel.len() > MAX_CHANNEL_LEN {
+        return Err(fail(
+            ErrorCode::BadRequest,
+            format!("`channel` is longer than {MAX_CHANNEL_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn engine_failure(e: impl std::fmt::Display) -> ApiError {
+    fail(ErrorCode::Unavailable, e.to_string())
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    channel: String,
+    data: Box<RawValue>,
+}
+
+async fn publish(State(state): State<Arc<AppState>>, body: Body) -> ApiResult {
+    let body: PublishBody = read_json(&state, body).await?;
+    check_channel(&body.channel)?;
+    let data = Bytes::from(body.data.get().to_owned());
+    let position = state
+        .hub
+        .publish(&body.channel, data)
+        .await
+        .map_err(engine_failure)?;
+    Ok(Json(json!({"offset": position.offset, "epoch": &*position.epoch})).into_response())
+}
+
+#[derive(Deserialize)]
+struct BroadcastBody {
+    channels: Vec<String>,
+    data: Box<RawValue>,
+}
+
+async fn broadcast(State(state): State<Arc<AppState>>, body: Body) -> ApiResult {
+    let body: BroadcastBody = read_json(&state, body).await?;
+    if body.channels.is_empty() {
+        return Err(fail(ErrorCode::BadRequest, "`channels` must not be empty"));
+    }
+    let data = Bytes::from(body.data.get().to_owned());
+    let mut results = Vec::with_capacity(body.channels.len());
+    for channel in &body.channels {
+        let result = match check_channel(channel) {
+            Err(_) => {
+                json!({"channel": channel, "error": {"code": "bad_request", "message": "invalid channel name"}})
+            }
+            Ok(()) => match state.hub.publish(channel, data.clone()).await {
+                Ok(p) => json!({"channel": channel, "offset": p.offset, "epoch": &*p.epoch}),
+                Err(e) => {
+                    json!({"channel": channel, "error": {"code": "unavailable", "message": e.to_string()}})
+                }
+            },
+        };
+        results.push(result);
+    }
+    Ok(Json(json!({ "results": results })).into_response())
+}
+
+async fn channels(State(state): State<Arc<AppState>>) -> ApiResult {
+    let channels: Vec<Value> = state
+        .hub
+        .channels()
+        .into_iter()
+        .map(|(name, subscribers)| json!({"name": name, "subscribers": subscribers}))
+        .collect();
+    Ok(Json(json!({ "channels": channels })).into_response())
+}
+
+async fn presence(State(state): State<Arc<AppState>>, Path(channel): Path<String>) -> ApiResult {
+    check_channel(&channel)?;
+    if !state.hub.config.namespace(&channel).presence {
+        return Err(fail(
+            ErrorCode::NotFound,
+            "presence is not enabled for this channel's namespace",
+        ));
+    }
+    let members = state.hub.presence(&channel).await.map_err(engine_failure)?;
+    let members: Vec<Value> = members.iter().map(member_json).collect();
+    Ok(Json(json!({ "members": members })).into_response())
+}
+
+async fn history(
+    State(state): State<Arc<AppState>>,
+    Path(channel): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    check_channel(&channel)?;
+    let number = |name: &str| -> Result<Option<u64>, ApiError> {
+        params
+            .get(name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    fail(
+                        ErrorCode::BadRequest,
+                        format!("`{name}` must be a non-negative integer"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let limit = number("limit")?.map(|n| n as usize);
+    let since = match (number("since_offset")?, params.get("epoch")) {
+        (Some(offset), Some(epoch)) => Some((offset, epoch.clone())),
+        (None, None) => None,
+        _ => {
+            return Err(fail(
+                ErrorCode::BadRequest,
+                "`since_offset` and `epoch` must be given together",
+            ));
+        }
+    };
+    let result = state
+        .hub
+        .history(&channel, HistoryQuery { since, limit })
+        .await
+        .map_err(engine_failure)?;
+    Ok(Json(history_fields(&channel, &result)).into_response())
+}
+
+#[derive(Deserialize)]
+struct UserBody {
+    user: String,
+}
+
+async fn disconnect(State(state): State<Arc<AppState>>, body: Body) -> ApiResult {
+    let body: UserBody = read_json(&state, body).await?;
+    let count = state.hub.disconnect_user(&body.user, Disconnect::BY_SERVER);
+    Ok(Json(json!({ "disconnected": count })).into_response())
+}
+
+#[derive(Deserialize)]
+struct UnsubscribeBody {
+    user: String,
+    channel: String,
+}
+
+async fn unsubscribe(State(state): State<Arc<AppState>>, body: Body) -> ApiResult {
+    let body: UnsubscribeBody = read_json(&state, body).await?;
+    check_channel(&body.channel)?;
+    state.hub.unsubscribe_user(&body.user, &body.channel).await;
+    Ok(Json(json!({})).into_response())
+}
+
+async fn room(Path(_room): Path<String>) -> ApiResult {
+    Err(fail(
+        ErrorCode::Unavailable,
+        "rooms are not available on this server yet",
+    ))
+}
+
+async fn info(State(state): State<Arc<AppState>>) -> ApiResult {
+    let hub = &state.hub;
+    let connections = hub.connection_count();
+    let channels = hub.channel_count();
+    let uptime = hub.uptime().as_secs();
+    let version = env!("CARGO_PKG_VERSION");
+    Ok(Json(json!({
+        "version": version,
+        "uptime_seconds": uptime,
+        "connections": connections,
+        "channels": channels,
+        "subscriptions": hub.stats.subscriptions.load(Ordering::Relaxed),
+        "nodes": [{
+            "id": "local",
+            "version": version,
+            "uptime_seconds": uptime,
+            "connections": connections,
+            "channels": channels,
+        }],
+    }))
+    .into_response())
+}
+
+async fn not_found() -> Response {
+    error_response(ErrorCode::NotFound, "no such API call")
+}
+
+async fn method_not_allowed() -> Response {
+    let mut response = error_response(
+        ErrorCode::BadRequest,
+        "method not allowed for this API call",
+    );
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}

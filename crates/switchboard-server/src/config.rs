@@ -1,0 +1,302 @@
+//! Server configuration: TOML file, then `SWITCHBOARD_...` environment variables, then
+//! command-line flags, each overriding the one before. With nothing configured the server
+//! runs in development mode (see [`Config::resolve`]).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use switchboard_core::config::duration;
+use switchboard_core::{HubConfig, NamespaceConfig};
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HMAC secret for HS256 connection tokens.
+    pub token_secret: Option<String>,
+    /// PEM public key (RSA or EC P-256) for RS256/ES256 tokens, inline or a file path.
+    pub token_public_key: Option<String>,
+    /// Bearer key of the server API.
+    pub api_key: Option<String>,
+    /// Clients without a token may connect and do anything.
+    pub allow_anonymous: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest client frame in bytes; larger ones are refused with `too_large`.
+    pub max_frame_size: usize,
+    /// Most channels one connection may subscribe to.
+    pub max_subscriptions: usize,
+    /// Bytes queued to one client before it is disconnected as a slow consumer.
+    pub client_queue_bytes: usize,
+    /// How long a WebSocket client without a token has to send its `connect` frame.
+    #[serde(deserialize_with = "duration", serialize_with = "secs")]
+    pub connect_timeout: Duration,
+    /// Interval of the server's WebSocket pings; a client silent for two intervals is dropped.
+    #[serde(deserialize_with = "duration", serialize_with = "secs")]
+    pub ping_interval: Duration,
+    /// Largest server API request body in bytes.
+    pub max_api_body: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_frame_size: 64 * 1024,
+            max_subscriptions: 128,
+            client_queue_bytes: 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(25),
+            max_api_body: 1024 * 1024,
+        }
+    }
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+fn default_namespace() -> NamespaceConfigToml {
+    NamespaceConfigToml(NamespaceConfig::default())
+}
+
+/// Wrapper so the core's namespace settings can be defaults in figment (which needs Serialize).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct NamespaceConfigToml(pub NamespaceConfig);
+
+impl Serialize for NamespaceConfigToml {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let n = &self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("name", &n.name)?;
+        m.serialize_entry("history_size", &n.history_size)?;
+        m.serialize_entry("history_ttl", &n.history_ttl.as_secs())?;
+        m.serialize_entry("presence", &n.presence)?;
+        m.serialize_entry("join_leave", &n.join_leave)?;
+        if let Some(v) = n.allow_client_publish {
+            m.serialize_entry("allow_client_publish", &v)?;
+        }
+        if let Some(v) = n.allow_anonymous {
+            m.serialize_entry("allow_anonymous", &v)?;
+        }
+        m.end()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the one HTTP listener (every door, the API, health and metrics).
+    pub listen: String,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Settings of channels outside every configured namespace.
+    #[serde(default = "default_namespace")]
+    pub default_namespace: NamespaceConfigToml,
+    #[serde(default)]
+    pub namespace: Vec<NamespaceConfigToml>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7700".into(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            default_namespace: default_namespace(),
+            namespace: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Figment(#[from] Box<figment::Error>),
+}
+
+/// The configuration with development-mode secrets filled in.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub config: Config,
+    pub listen: SocketAddr,
+    /// Set when nothing about auth was configured: anonymous clients are allowed and the
+    /// API key and token secret below were generated for this run.
+    pub dev_mode: bool,
+}
+
+impl Config {
+    /// Loads the file (if any), then the environment. Flags are merged by the caller with
+    /// [`Config::with_listen`].
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        // These name the file, the log filter or settings of the CLI commands, not of the
+        // server.
+        let not_settings = ["config", "log", "url", "api_key", "token", "token_secret"];
+        let env = Env::prefixed("SWITCHBOARD_")
+            .split("__")
+            .ignore(&not_settings);
+        Self::load_from(file, env)
+    }
+
+    fn load_from(file: Option<&Path>, env: impl figment::Provider) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Figment(Box::new(e)))
+    }
+
+    pub fn with_listen(mut self, listen: Option<String>) -> Config {
+        if let Some(listen) = listen {
+            self.listen = listen;
+        }
+        self
+    }
+
+    /// Validates and, when no auth setting is given at all, switches to development mode.
+    pub fn resolve(mut self) -> Result<Resolved, ConfigError> {
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "listen `{}` is not an ip:port address",
+                self.listen
+            ))
+        })?;
+        let a = &self.auth;
+        let dev_mode = a.token_secret.is_none()
+            && a.token_public_key.is_none()
+            && a.api_key.is_none()
+            && a.allow_anonymous.is_none();
+        if dev_mode {
+            self.auth.allow_anonymous = Some(true);
+            self.auth.api_key = Some(format!("dev-{}", random_hex(16)));
+            self.auth.token_secret = Some(random_hex(32));
+        }
+        if self.limits.max_frame_size < 128 {
+            return Err(ConfigError::Invalid(
+                "limits.max_frame_size must be at least 128".into(),
+            ));
+        }
+        if self.limits.client_queue_bytes < self.limits.max_frame_size {
+            return Err(ConfigError::Invalid(
+                "limits.client_queue_bytes must be at least limits.max_frame_size".into(),
+            ));
+        }
+        for (i, ns) in self.namespace.iter().enumerate() {
+            if ns.0.name.is_empty() || ns.0.name.contains(':') {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace #{} needs a `name` without `:`",
+                    i + 1
+                )));
+            }
+        }
+        Ok(Resolved {
+            config: self,
+            listen,
+            dev_mode,
+        })
+    }
+
+    pub fn hub_config(&self) -> HubConfig {
+        HubConfig {
+            default_namespace: self.default_namespace.0.clone(),
+            namespaces: self.namespace.iter().map(|n| n.0.clone()).collect(),
+            allow_anonymous: self.auth.allow_anonymous.unwrap_or(false),
+            max_subscriptions: self.limits.max_subscriptions,
+            ..HubConfig::default()
+        }
+    }
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stands in for the environment layer (tests must not change the process environment).
+    fn env(toml: &str) -> figment::providers::Data<Toml> {
+        Toml::string(toml)
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = std::env::temp_dir().join(format!("sb-config-{}", random_hex(4)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("s.toml");
+        std::fs::write(
+            &file,
+            r#"
+listen = "127.0.0.1:1111"
+[auth]
+token_secret = "from-file"
+api_key = "k"
+[[namespace]]
+name = "chat"
+history_size = 7
+history_ttl = "2m"
+join_leave = false
+"#,
+        )
+        .unwrap();
+        let cfg =
+            Config::load_from(Some(&file), env("[auth]\ntoken_secret = \"from-env\"")).unwrap();
+        assert_eq!(cfg.auth.token_secret.as_deref(), Some("from-env"));
+        assert_eq!(cfg.listen, "127.0.0.1:1111");
+        let cfg = cfg.with_listen(Some("127.0.0.1:2222".into()));
+        let resolved = cfg.resolve().unwrap();
+        assert!(!resolved.dev_mode);
+        assert_eq!(resolved.listen.port(), 2222);
+        let hub = resolved.config.hub_config();
+        let chat = hub.namespace("chat:x");
+        assert_eq!(chat.history_size, 7);
+        assert_eq!(chat.history_ttl, Duration::from_secs(120));
+        assert!(chat.presence && !chat.join_leave);
+    }
+
+    #[test]
+    fn nothing_configured_is_development_mode() {
+        let r = Config::load_from(None, env("")).unwrap().resolve().unwrap();
+        assert!(r.dev_mode);
+        assert_eq!(r.config.auth.allow_anonymous, Some(true));
+        assert!(r.config.auth.api_key.is_some());
+        assert_eq!(r.listen.to_string(), "127.0.0.1:7700");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = std::env::temp_dir().join(format!("sb-config-{}", random_hex(4)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        assert!(Config::load_from(Some(&file), env("")).is_err());
+        let cfg = Config {
+            listen: "nowhere".into(),
+            ..Config::default()
+        };
+        assert!(cfg.resolve().is_err());
+    }
+}

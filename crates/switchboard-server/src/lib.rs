@@ -1,0 +1,167 @@
+//! The Switchboard server: the doors (WebSocket now; SSE, streaming and polling plug in the
+//! same way), the server API, auth, config and metrics, around the hub of
+//! `switchboard-core`.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod outbox;
+pub mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use switchboard_core::{Authenticator, Hub, MemoryEngine, unix_now};
+use tokio::net::TcpListener;
+
+use crate::app::AppState;
+use crate::auth::JwtAuthenticator;
+use crate::config::Resolved;
+use crate::metrics::ServerStats;
+
+/// How long shutdown waits for clients to receive their `disconnect` and go.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// Builds the hub and binds the listener.
+    pub async fn bind(resolved: &Resolved) -> Result<Server, String> {
+        let config = &resolved.config;
+        let hub_config = config.hub_config();
+        let engine = Arc::new(MemoryEngine::new(hub_config.stream_idle_ttl));
+        let hub = Hub::new(hub_config, engine);
+        let auth = JwtAuthenticator::new(&config.auth)?;
+        let auth: Arc<dyn Authenticator> = Arc::new(auth);
+        let listener = TcpListener::bind(resolved.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", resolved.listen))?;
+        let state = Arc::new(AppState {
+            hub,
+            auth,
+            stats: Arc::new(ServerStats::default()),
+            limits: config.limits.clone(),
+            api_key: config.auth.api_key.clone(),
+            shutting_down: AtomicBool::new(false),
+        });
+        Ok(Server { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.state.hub
+    }
+
+    /// Serves until `shutdown` resolves, then tells every client to reconnect and drains.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = self.state;
+        let ticker = tokio::spawn(tick(state.clone()));
+        let on_shutdown = {
+            let state = state.clone();
+            async move {
+                shutdown.await;
+                state.shutting_down.store(true, Ordering::Relaxed);
+                state.hub.shutdown();
+            }
+        };
+        let result = serve_http(self.listener, app::router(state.clone()), on_shutdown).await;
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while state.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ticker.abort();
+        result
+    }
+}
+
+/// Accepts connections and serves HTTP/1.1 on each (with upgrades, which the WebSocket door
+/// takes over as plain TCP streams) until `shutdown`; then lets in-flight requests finish.
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+
+    // Every HTTP connection task holds a receiver; shutdown is announced through it and
+    // complete once they have all let go.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stopped.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!("http connection: {e}");
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while stop.receiver_count() > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// The one shared timer: token expiry and engine upkeep every second, keep-alives every
+/// ping interval (no per-connection timers).
+async fn tick(state: Arc<AppState>) {
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
+    every_second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ping_every = state.limits.ping_interval.as_secs().max(1);
+    let mut seconds = 0u64;
+    loop {
+        every_second.tick().await;
+        seconds += 1;
+        let now = unix_now();
+        state.hub.expire_tokens(now);
+        state.hub.engine().maintain(now);
+        if seconds.is_multiple_of(ping_every) {
+            state.hub.heartbeat();
+        }
+    }
+}

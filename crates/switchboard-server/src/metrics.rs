@@ -1,0 +1,158 @@
+//! Prometheus metrics (`GET /metrics`): the hub's counters and the doors' own, read from
+//! atomics at scrape time so the hot path only does relaxed increments.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use switchboard_core::Hub;
+
+/// Counters kept by the doors and the server API.
+#[derive(Default, Debug)]
+pub struct ServerStats {
+    /// Frames received from clients.
+    pub frames_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Bytes written to client sockets.
+    pub bytes_written: AtomicU64,
+    /// Error frames and error responses sent.
+    pub errors: AtomicU64,
+    /// Clients disconnected because their send queue overflowed.
+    pub queue_drops: AtomicU64,
+    pub api_requests: AtomicU64,
+}
+
+struct SwitchboardCollector {
+    hub: Arc<Hub>,
+    stats: Arc<ServerStats>,
+}
+
+impl std::fmt::Debug for SwitchboardCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwitchboardCollector")
+            .finish_non_exhaustive()
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for SwitchboardCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let h = &self.hub.stats;
+        let s = &self.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        gauge(
+            &mut e,
+            "switchboard_connections",
+            "Open client connections",
+            h.connections.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut e,
+            "switchboard_subscriptions",
+            "Channel subscriptions on this node",
+            h.subscriptions.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut e,
+            "switchboard_channels",
+            "Channels with subscribers on this node",
+            self.hub.channel_count() as i64,
+        )?;
+        counter(
+            &mut e,
+            "switchboard_connections_accepted",
+            "Connections accepted",
+            get(&h.connections_total),
+        )?;
+        counter(
+            &mut e,
+            "switchboard_messages_published",
+            "Messages published to channels",
+            get(&h.messages_in),
+        )?;
+        counter(
+            &mut e,
+            "switchboard_messages_delivered",
+            "Messages queued to subscribers",
+            get(&h.messages_out),
+        )?;
+        counter(
+            &mut e,
+            "switchboard_delivered_payload_bytes",
+            "JSON bytes of delivered messages",
+            get(&h.bytes_out),
+        )?;
+        counter(
+            &mut e,
+            "switchboard_frames_received",
+            "Frames received from clients",
+            get(&s.frames_in),
+        )?;
+        counter(
+            &mut e,
+            "switchboard_received_bytes",
+            "Bytes received from clients",
+            get(&s.bytes_in),
+        )?;
+        counter(
+            &mut e,
+            "switchboard_sent_bytes",
+            "Bytes written to client sockets",
+            get(&s.bytes_written),
+        )?;
+        counter(
+            &mut e,
+            "switchboard_errors",
+            "Error frames and error responses sent",
+            get(&s.errors),
+        )?;
+        counter(
+            &mut e,
+            "switchboard_queue_drops",
+            "Clients disconnected for overflowing their send queue",
+            get(&s.queue_drops),
+        )?;
+        counter(
+            &mut e,
+            "switchboard_api_requests",
+            "Server API requests",
+            get(&s.api_requests),
+        )?;
+        Ok(())
+    }
+}
+
+/// Renders the Prometheus text exposition.
+pub fn render(hub: &Arc<Hub>, stats: &Arc<ServerStats>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SwitchboardCollector {
+        hub: hub.clone(),
+        stats: stats.clone(),
+    }));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
+    out
+}

@@ -1,0 +1,218 @@
+//! The per-connection send queue: bounded in bytes, filled by the hub from any thread without
+//! blocking, drained by the connection's single writer. A client that lets it overflow is a
+//! slow consumer: its backlog is dropped and it is disconnected, so it never holds memory
+//! without bound nor slows anyone else.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use switchboard_core::ClientSink;
+use switchboard_proto::{Disconnect, Outgoing};
+use tokio::sync::Notify;
+
+use crate::metrics::ServerStats;
+
+/// How a door turns frames into its wire bytes.
+pub trait DoorCodec: Send + Sync + 'static {
+    fn frame(&self, frame: &Outgoing) -> Bytes;
+    /// The last bytes sent before closing: a `disconnect` frame and, where the door has one,
+    /// its own close.
+    fn goodbye(&self, reason: &Disconnect) -> Vec<Bytes>;
+}
+
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    /// Bytes queued or taken by the writer and not yet written.
+    bytes: usize,
+    closing: Option<Disconnect>,
+    /// The backlog was dropped; the writer must drop what it holds too, once.
+    trim_writer: bool,
+}
+
+pub struct Outbox<C: DoorCodec> {
+    queue: Mutex<Queue>,
+    wake: Notify,
+    limit: usize,
+    codec: C,
+    ping_due: AtomicBool,
+    stats: Arc<ServerStats>,
+}
+
+impl<C: DoorCodec> Outbox<C> {
+    pub fn new(codec: C, limit: usize, stats: Arc<ServerStats>) -> Self {
+        Outbox {
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            limit,
+            codec,
+            ping_due: AtomicBool::new(false),
+            stats,
+        }
+    }
+
+    pub fn codec(&self) -> &C {
+        &self.codec
+    }
+
+    /// Queues door-encoded bytes (a reply, a control frame), subject to the same bound.
+    pub fn push(&self, bytes: Bytes) -> bool {
+        let mut q = self.queue.lock();
+        if q.closing.is_some() {
+            return false;
+        }
+        if q.bytes + bytes.len() > self.limit {
+            self.overflow(&mut q);
+            return false;
+        }
+        q.bytes += bytes.len();
+        let was_empty = q.frames.is_empty();
+        q.frames.push_back(bytes);
+        drop(q);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    fn overflow(&self, q: &mut Queue) {
+        self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+        q.frames.clear();
+        q.bytes = 0;
+        q.trim_writer = true;
+        self.close_locked(q, Disconnect::SLOW_CONSUMER);
+    }
+
+    fn close_locked(&self, q: &mut Queue, reason: Disconnect) {
+        let goodbye = self.codec.goodbye(&reason);
+        self.close_with_locked(q, reason, goodbye);
+    }
+
+    fn close_with_locked(&self, q: &mut Queue, reason: Disconnect, goodbye: Vec<Bytes>) {
+        q.closing = Some(reason);
+        for bytes in goodbye {
+            q.bytes += bytes.len();
+            q.frames.push_back(bytes);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Begins closing with exactly these last frames (e.g. the answer to a client's close).
+    pub fn close_with(&self, reason: Disconnect, goodbye: Vec<Bytes>) {
+        let mut q = self.queue.lock();
+        if q.closing.is_none() {
+            self.close_with_locked(&mut q, reason, goodbye);
+        }
+    }
+
+    /// Moves everything queued onto the writer's `pending` list and returns the close
+    /// reason once the connection is closing. After an overflow the writer's own backlog is
+    /// dropped too, except its first frame when `head_started` (a frame cut in half would
+    /// corrupt the stream).
+    pub fn drain_into(
+        &self,
+        pending: &mut VecDeque<Bytes>,
+        head_started: bool,
+    ) -> Option<Disconnect> {
+        let mut q = self.queue.lock();
+        if q.trim_writer {
+            q.trim_writer = false;
+            pending.truncate(usize::from(head_started));
+        }
+        if pending.is_empty() {
+            std::mem::swap(pending, &mut q.frames);
+        } else {
+            pending.append(&mut q.frames);
+        }
+        q.closing
+    }
+
+    /// The writer wrote `n` bytes to the socket.
+    pub fn written(&self, n: usize) {
+        let mut q = self.queue.lock();
+        q.bytes = q.bytes.saturating_sub(n);
+    }
+
+    /// Resolves when something was queued, a close began or a heartbeat is due.
+    pub async fn wait(&self) {
+        self.wake.notified().await
+    }
+
+    /// Takes the heartbeat flag set by the server's ping interval.
+    pub fn take_ping_due(&self) -> bool {
+        self.ping_due.swap(false, Ordering::Relaxed)
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.queue.lock().closing.is_some()
+    }
+}
+
+impl<C: DoorCodec> ClientSink for Outbox<C> {
+    fn send(&self, frame: &Outgoing) -> bool {
+        self.push(self.codec.frame(frame))
+    }
+
+    fn disconnect(&self, reason: Disconnect) {
+        let mut q = self.queue.lock();
+        if q.closing.is_none() {
+            self.close_locked(&mut q, reason);
+        }
+    }
+
+    fn heartbeat(&self) {
+        self.ping_due.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Plain;
+    impl DoorCodec for Plain {
+        fn frame(&self, frame: &Outgoing) -> Bytes {
+            frame.json().clone()
+        }
+        fn goodbye(&self, reason: &Disconnect) -> Vec<Bytes> {
+            vec![Bytes::from(reason.code)]
+        }
+    }
+
+    #[test]
+    fn overflow_drops_the_backlog_and_closes_as_slow_consumer() {
+        let stats = Arc::new(ServerStats::default());
+        let outbox = Outbox::new(Plain, 10, stats.clone());
+        assert!(outbox.push(Bytes::from_static(b"123456")));
+        assert!(!outbox.push(Bytes::from_static(b"123456")));
+        assert!(
+            !outbox.push(Bytes::from_static(b"1")),
+            "closed outboxes take nothing"
+        );
+        let mut pending = VecDeque::from([Bytes::from("half-written"), Bytes::from("old")]);
+        let closing = outbox.drain_into(&mut pending, true);
+        assert_eq!(closing, Some(Disconnect::SLOW_CONSUMER));
+        assert_eq!(
+            pending,
+            vec![Bytes::from("half-written"), Bytes::from("slow_consumer")]
+        );
+        outbox.drain_into(&mut pending, true);
+        assert_eq!(pending.len(), 2, "the backlog is trimmed once only");
+        assert_eq!(stats.queue_drops.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn written_bytes_free_room() {
+        let outbox = Outbox::new(Plain, 10, Arc::new(ServerStats::default()));
+        assert!(outbox.push(Bytes::from_static(b"12345678")));
+        let mut pending = VecDeque::new();
+        assert_eq!(outbox.drain_into(&mut pending, false), None);
+        assert!(!outbox.is_closing());
+        outbox.written(8);
+        assert!(outbox.push(Bytes::from_static(b"12345678")));
+    }
+}

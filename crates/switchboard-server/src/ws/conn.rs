@@ -1,0 +1,362 @@
+//! One WebSocket connection: a single task that owns the socket, decodes client frames into
+//! session commands and writes everything queued in its [`Outbox`] with vectored writes.
+//! While idle it holds no read buffer (reads go through a stack buffer) and no write buffer
+//! (queued frames are shared `Bytes`), which keeps an idle connection around 1 KiB.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use switchboard_core::{AuthError, Claims, ClientSink, Session};
+use switchboard_proto::ws::{self, Decoder, WsEvent};
+use switchboard_proto::{Command, Disconnect, ErrorCode, encode, parse_request};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until};
+
+use super::{Identity, WsCodec};
+use crate::app::AppState;
+use crate::outbox::Outbox;
+
+/// Bytes read from the socket per wake-up before the frames are handled, so a flooding
+/// client cannot grow the event list without bound.
+const READ_BUDGET: usize = 64 * 1024;
+/// How long a closing connection may take to flush its last frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long to wait for the client's side of the close once ours is sent.
+const LINGER: Duration = Duration::from_secs(2);
+/// Frames written per vectored write.
+const MAX_IOVECS: usize = 64;
+
+struct Conn {
+    state: Arc<AppState>,
+    stream: TcpStream,
+    outbox: Arc<Outbox<WsCodec>>,
+    decoder: Decoder,
+    /// Frames taken from the outbox, not yet fully written.
+    pending: VecDeque<Bytes>,
+    /// The first pending frame is partly written.
+    head_started: bool,
+    session: Option<Session>,
+    /// A frame arrived since the last heartbeat.
+    active: bool,
+    read_closed: bool,
+}
+
+pub(super) async fn run(state: Arc<AppState>, stream: TcpStream, early: Bytes, identity: Identity) {
+    let _ = stream.set_nodelay(true);
+    let outbox = Arc::new(Outbox::new(
+        WsCodec,
+        state.limits.client_queue_bytes,
+        state.stats.clone(),
+    ));
+    let mut conn = Conn {
+        state,
+        stream,
+        outbox,
+        decoder: Decoder::default(),
+        pending: VecDeque::new(),
+        head_started: false,
+        session: None,
+        active: true,
+        read_closed: false,
+    };
+    let mut deadline = match identity {
+        Identity::Known(claims) => {
+            conn.start_session(claims, None);
+            None
+        }
+        Identity::AwaitConnect => Some(Instant::now() + conn.state.limits.connect_timeout),
+    };
+    if !early.is_empty() {
+        let mut events = Vec::new();
+        conn.decoder
+            .feed(&early, conn.state.limits.max_frame_size, &mut events);
+        conn.handle_events(events).await;
+    }
+    conn.serve(&mut deadline).await;
+    if let Some(session) = conn.session.take() {
+        session.close().await;
+    }
+    conn.linger().await;
+}
+
+impl Conn {
+    async fn serve(&mut self, deadline: &mut Option<Instant>) {
+        loop {
+            let closing = self.outbox.drain_into(&mut self.pending, self.head_started);
+            if closing.is_some() && deadline.is_none_or(|d| d > Instant::now() + CLOSE_GRACE) {
+                *deadline = Some(Instant::now() + CLOSE_GRACE);
+            }
+            if self.write_pending().is_err() {
+                return;
+            }
+            if closing.is_some() && self.pending.is_empty() {
+                return;
+            }
+            if self.read_closed && closing.is_none() {
+                return;
+            }
+            let want_write = !self.pending.is_empty();
+            tokio::select! {
+                ready = self.stream.readable(), if !self.read_closed => {
+                    if ready.is_err() {
+                        return;
+                    }
+                    let events = self.read_available();
+                    self.handle_events(events).await;
+                }
+                _ = self.outbox.wait(), if !want_write => {}
+                ready = self.stream.writable(), if want_write => {
+                    if ready.is_err() {
+                        return;
+                    }
+                }
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    if self.session.is_none() && !self.outbox.is_closing() {
+                        self.outbox.disconnect(Disconnect::CONNECT_TIMEOUT);
+                        *deadline = Some(Instant::now() + CLOSE_GRACE);
+                    } else {
+                        return;
+                    }
+                }
+            }
+            if self.outbox.take_ping_due() {
+                self.heartbeat();
+            }
+        }
+    }
+
+    /// Reads what the socket has (up to the budget) through a stack buffer and decodes it.
+    fn read_available(&mut self) -> Vec<WsEvent> {
+        let max = self.state.limits.max_frame_size;
+        let mut events = Vec::new();
+        let mut buf = [0u8; 8192];
+        let mut total = 0;
+        while total < READ_BUDGET {
+            match self.stream.try_read(&mut buf) {
+                Ok(0) => {
+                    self.read_closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    total += n;
+                    self.decoder.feed(&buf[..n], max, &mut events);
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.read_closed = true;
+                    break;
+                }
+            }
+        }
+        self.state
+            .stats
+            .bytes_in
+            .fetch_add(total as u64, Ordering::Relaxed);
+        events
+    }
+
+    async fn handle_events(&mut self, events: Vec<WsEvent>) {
+        for event in events {
+            match event {
+                WsEvent::Message { payload } => {
+                    self.active = true;
+                    self.state.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                    if !self.outbox.is_closing() {
+                        self.on_message(&payload).await;
+                    }
+                }
+                WsEvent::Ping(payload) => {
+                    self.active = true;
+                    self.outbox.push(ws::encode_pong(&payload));
+                }
+                WsEvent::Pong => self.active = true,
+                WsEvent::Close(code) => {
+                    // Answer with the client's code (1000 when it gave none) and end.
+                    let code = code.filter(|c| valid_close_code(*c)).unwrap_or(1000);
+                    self.outbox
+                        .close_with(Disconnect::CLIENT_CLOSED, vec![ws::encode_close(code, "")]);
+                }
+                WsEvent::TooLarge => {
+                    let limit = self.state.limits.max_frame_size;
+                    let message = format!("frame larger than {limit} bytes");
+                    self.send_error(encode::error(None, ErrorCode::TooLarge, &message));
+                }
+                WsEvent::ProtocolError(why) => {
+                    tracing::debug!("websocket protocol error: {why}");
+                    self.outbox.close_with(
+                        Disconnect::PROTOCOL_ERROR,
+                        vec![ws::encode_close(1002, why)],
+                    );
+                }
+            }
+        }
+    }
+
+    async fn on_message(&mut self, payload: &[u8]) {
+        let Some(session) = self.session.as_mut() else {
+            return self.on_first_frame(payload);
+        };
+        // Boxed so the (large) command future is not part of every idle connection's state.
+        let reply = Box::pin(session.handle_frame(payload)).await;
+        if let Some(reply) = reply {
+            if reply.starts_with(br#"{"type":"error""#) {
+                self.state.count_error();
+            }
+            self.outbox.push(ws::encode_text(&reply));
+        }
+    }
+
+    /// Before the session exists the only acceptable frame is `connect` with a valid token.
+    fn on_first_frame(&mut self, payload: &[u8]) {
+        let request = match parse_request(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                return self.refuse(
+                    encode::error(e.id, e.code, &e.message),
+                    Disconnect::UNAUTHORIZED,
+                );
+            }
+        };
+        let Command::Connect { token } = request.command else {
+            let frame = encode::error(
+                request.id,
+                ErrorCode::Unauthorized,
+                "the first frame must be {\"type\":\"connect\",\"token\":...}",
+            );
+            return self.refuse(frame, Disconnect::UNAUTHORIZED);
+        };
+        match self.state.auth.verify(&token) {
+            Ok(claims) => self.start_session(claims, request.id),
+            Err(AuthError::Expired) => {
+                let frame = encode::error(request.id, ErrorCode::TokenExpired, "token expired");
+                self.refuse(frame, Disconnect::TOKEN_EXPIRED);
+            }
+            Err(AuthError::Invalid(why)) => {
+                let frame = encode::error(request.id, ErrorCode::Unauthorized, &why);
+                self.refuse(frame, Disconnect::UNAUTHORIZED);
+            }
+        }
+    }
+
+    /// An error frame, then a close with the reason's code.
+    fn refuse(&mut self, error: Bytes, reason: Disconnect) {
+        self.state.count_error();
+        self.outbox.close_with(
+            reason,
+            vec![
+                ws::encode_text(&error),
+                ws::encode_close(reason.ws_close, reason.message),
+            ],
+        );
+    }
+
+    fn send_error(&mut self, frame: Bytes) {
+        self.state.count_error();
+        self.outbox.push(ws::encode_text(&frame));
+    }
+
+    fn start_session(&mut self, claims: Claims, connect_id: Option<u64>) {
+        let sink: Arc<dyn ClientSink> = self.outbox.clone();
+        let session = Session::open(
+            self.state.hub.clone(),
+            self.state.auth.clone(),
+            claims,
+            sink,
+        );
+        let ping = self.state.limits.ping_interval.as_secs();
+        self.outbox
+            .push(ws::encode_text(&session.connected_frame(connect_id, ping)));
+        self.session = Some(session);
+    }
+
+    /// Called on the server's ping interval: a client silent since the last one is gone.
+    fn heartbeat(&mut self) {
+        if !self.active {
+            self.outbox.disconnect(Disconnect::NO_PONG);
+            return;
+        }
+        self.active = false;
+        self.outbox.push(ws::encode_ping(b""));
+    }
+
+    /// Writes pending frames until done or the socket would block.
+    fn write_pending(&mut self) -> io::Result<()> {
+        while !self.pending.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let count = self.pending.len().min(MAX_IOVECS);
+            for (slot, frame) in slices.iter_mut().zip(self.pending.iter()) {
+                *slot = IoSlice::new(frame);
+            }
+            let written = match self.stream.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            self.outbox.written(written);
+            self.state
+                .stats
+                .bytes_written
+                .fetch_add(written as u64, Ordering::Relaxed);
+            let mut left = written;
+            while left > 0 {
+                let Some(head) = self.pending.front_mut() else {
+                    break;
+                };
+                if head.len() <= left {
+                    left -= head.len();
+                    self.pending.pop_front();
+                    self.head_started = false;
+                } else {
+                    head.advance(left);
+                    left = 0;
+                    self.head_started = true;
+                }
+            }
+        }
+        if self.pending.capacity() > 64 {
+            self.pending = VecDeque::new();
+        }
+        Ok(())
+    }
+
+    /// Sends our FIN and reads until the client's, so unread input does not turn the close
+    /// into a reset that could destroy the last frames.
+    async fn linger(mut self) {
+        let _ = self.stream.shutdown().await;
+        if self.read_closed {
+            return;
+        }
+        let until = Instant::now() + LINGER;
+        loop {
+            tokio::select! {
+                ready = self.stream.readable() => {
+                    if ready.is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 1024];
+                    match self.stream.try_read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
+                _ = sleep_until(until) => return,
+            }
+        }
+    }
+}
+
+/// Close codes a client may send (RFC 6455 §7.4).
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+}

@@ -1,0 +1,201 @@
+//! The WebSocket door (`GET /ws`). The handshake is answered here; then the connection owns
+//! its TCP socket directly (see [`conn`]) so that an idle connection holds no read or write
+//! buffer and every frame it sends is bytes shared with all other subscribers.
+
+mod conn;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use switchboard_core::{AuthError, Claims};
+use switchboard_proto::{Disconnect, ErrorCode, Outgoing, ws};
+use tokio::net::TcpStream;
+
+use crate::api::error_response;
+use crate::app::AppState;
+use crate::outbox::DoorCodec;
+
+/// WebSocket wire bytes: each frame is a text frame, encoded once and shared.
+pub struct WsCodec;
+
+impl DoorCodec for WsCodec {
+    fn frame(&self, frame: &Outgoing) -> Bytes {
+        frame.ws_frame()
+    }
+
+    fn goodbye(&self, reason: &Disconnect) -> Vec<Bytes> {
+        vec![
+            ws::encode_text(&switchboard_proto::encode::disconnect(reason)),
+            ws::encode_close(reason.ws_close, reason.message),
+        ]
+    }
+}
+
+/// Who the upgrade request says the client is.
+pub(crate) enum Identity {
+    Known(Claims),
+    /// No token: the client must send a `connect` frame first.
+    AwaitConnect,
+}
+
+/// Reads the token from `?token=` or `Authorization: Bearer`.
+pub(crate) fn request_token(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
+    let from_query = query.and_then(|q| {
+        q.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k == "token").then(|| percent_decode(v))
+        })
+    });
+    from_query.or_else(|| {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))?;
+        Some(token.trim().to_owned())
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = match bytes[i] {
+            b'%' if i + 2 < bytes.len() => hex(bytes[i + 1]).zip(hex(bytes[i + 2])),
+            _ => None,
+        };
+        match (decoded, bytes[i]) {
+            (Some((hi, lo)), _) => {
+                out.push(hi * 16 + lo);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub(crate) fn auth_error_response(e: &AuthError) -> Response {
+    match e {
+        AuthError::Expired => error_response(ErrorCode::TokenExpired, "token expired"),
+        AuthError::Invalid(why) => error_response(ErrorCode::Unauthorized, why),
+    }
+}
+
+/// `GET /ws`: checks the upgrade and the token, answers 101 and hands the socket over.
+pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
+    let headers = request.headers();
+    let wants_upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let connection_upgrade = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return error_response(
+            ErrorCode::BadRequest,
+            "a WebSocket upgrade request is expected",
+        );
+    };
+    if !wants_upgrade || !connection_upgrade {
+        return error_response(
+            ErrorCode::BadRequest,
+            "a WebSocket upgrade request is expected",
+        );
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut response = error_response(
+            ErrorCode::BadRequest,
+            "only WebSocket version 13 is supported",
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return response;
+    }
+
+    let identity = match request_token(request.uri().query(), headers) {
+        Some(token) => match state.auth.verify(&token) {
+            Ok(claims) => Identity::Known(claims),
+            Err(e) => {
+                state.count_error();
+                return auth_error_response(&e);
+            }
+        },
+        None if state.hub.config.allow_anonymous => Identity::Known(Claims::anonymous()),
+        None => Identity::AwaitConnect,
+    };
+
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!("websocket upgrade failed: {e}");
+                return;
+            }
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let stream = parts.io.into_inner();
+                conn::run(state, stream, parts.read_buf, identity).await;
+            }
+            Err(_) => tracing::error!("websocket upgrade on a non-TCP transport is not supported"),
+        }
+    });
+
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_from_query_or_header() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            request_token(Some("a=1&token=x%2By"), &headers).as_deref(),
+            Some("x+y")
+        );
+        assert_eq!(request_token(None, &headers), None);
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(request_token(Some("a=1"), &headers).as_deref(), Some("abc"));
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}
