@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use serde_json::json;
+use serde_json::value::RawValue;
 use switchboard_proto::encode;
 use switchboard_proto::{Command, CommandError, ErrorCode, Outgoing, Position, Request};
 
@@ -284,22 +285,30 @@ pub fn history_reply(
     encode::reply(id, &history_fields(channel, history))
 }
 
-/// `{"messages":[...],"offset","epoch"}` (also the server API's history answer).
-pub fn history_fields(channel: &str, history: &crate::engine::HistoryResult) -> serde_json::Value {
-    let messages: Vec<Box<serde_json::value::RawValue>> = history
+/// `{"messages":[...],"offset","epoch"}` (also the server API's history answer), with each
+/// message exactly as it is pushed.
+pub fn history_fields(channel: &str, history: &crate::engine::HistoryResult) -> HistoryFields {
+    let messages = history
         .publications
         .iter()
         .map(|p| {
-            let frame = message_frame(channel, p);
-            serde_json::value::RawValue::from_string(String::from_utf8_lossy(&frame).into_owned())
-                .expect("message frames are valid JSON")
+            let frame = String::from_utf8(message_frame(channel, p).to_vec())
+                .expect("message frames are UTF-8");
+            RawValue::from_string(frame).expect("message frames are valid JSON")
         })
         .collect();
-    json!({
-        "messages": messages,
-        "offset": history.position.offset,
-        "epoch": &*history.position.epoch,
-    })
+    HistoryFields {
+        messages,
+        offset: history.position.offset,
+        epoch: history.position.epoch.to_string(),
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct HistoryFields {
+    pub messages: Vec<Box<RawValue>>,
+    pub offset: u64,
+    pub epoch: String,
 }
 
 fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> CommandError {

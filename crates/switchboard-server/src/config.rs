@@ -166,6 +166,11 @@ impl Config {
             .map_err(|e| ConfigError::Figment(Box::new(e)))
     }
 
+    /// A config from TOML text alone (no file, no environment): for tests and embedding.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::load_from(None, Toml::string(text))
+    }
+
     pub fn with_listen(mut self, listen: Option<String>) -> Config {
         if let Some(listen) = listen {
             self.listen = listen;

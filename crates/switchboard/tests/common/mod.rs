@@ -1,0 +1,145 @@
+//! Test harness: a real server on a free loopback port, in this process, driven over real
+//! sockets by the same client library the CLI uses.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use switchboard_client::{ApiClient, WsClient};
+use switchboard_server::Server;
+use switchboard_server::auth::{TokenClaims, mint_hs256};
+use switchboard_server::config::Config;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const SECRET: &str = "test-secret";
+pub const API_KEY: &str = "test-api-key";
+/// How long a test waits for something that should happen at once.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a test waits to be sure something does not happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// The `[auth]` table most tests use.
+pub fn auth_toml() -> String {
+    format!("[auth]\ntoken_secret = \"{SECRET}\"\napi_key = \"{API_KEY}\"\n")
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub base: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// A server with token auth (HS256 with [`SECRET`]) and API key [`API_KEY`].
+    pub async fn start() -> TestServer {
+        Self::with_config(&auth_toml()).await
+    }
+
+    /// A server from a complete TOML config (`listen` is forced to a free port).
+    pub async fn with_config(toml: &str) -> TestServer {
+        let config = Config::from_toml(toml)
+            .expect("test config parses")
+            .with_listen(Some("127.0.0.1:0".into()));
+        let resolved = config.resolve().expect("test config is valid");
+        let server = Server::bind(&resolved).await.expect("server binds");
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("server runs");
+        });
+        TestServer {
+            addr,
+            base: format!("http://{addr}"),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Triggers a graceful shutdown and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("server stops in time")
+                .expect("server task ends cleanly");
+        }
+    }
+
+    pub fn api(&self) -> ApiClient {
+        ApiClient::new(&self.base, Some(API_KEY))
+    }
+
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        WsClient::ws_url(&self.base, path_and_query)
+    }
+
+    /// Connects with `token` (or none) and returns the client and its `connected` frame.
+    pub async fn connect(&self, token: Option<&str>) -> (WsClient, Value) {
+        WsClient::connect(&self.base, token)
+            .await
+            .expect("websocket connects")
+    }
+
+    /// Connects as `user` allowed to subscribe and publish to every channel.
+    pub async fn connect_as(&self, user: &str) -> WsClient {
+        self.connect(Some(&token(user, &["*"], &["*"]))).await.0
+    }
+
+    /// Fetches `/metrics` and returns the value of one sample line.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (status, text) = self
+            .api()
+            .call_text(reqwest::Method::GET, "/metrics", None)
+            .await
+            .expect("metrics answer");
+        assert_eq!(status, 200);
+        text.lines()
+            .find_map(|line| {
+                let (key, value) = line.split_once(' ')?;
+                (key == name).then(|| value.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// An HS256 token for `user` with these subscribe and publish patterns, valid for an hour.
+pub fn token(user: &str, subscribe: &[&str], publish: &[&str]) -> String {
+    token_with(TokenClaims {
+        sub: Some(user.into()),
+        exp: Some(switchboard_core::unix_now() + 3600),
+        subscribe: Some(subscribe.iter().map(|s| s.to_string()).collect()),
+        publish: Some(publish.iter().map(|s| s.to_string()).collect()),
+        ..TokenClaims::default()
+    })
+}
+
+pub fn token_with(claims: TokenClaims) -> String {
+    mint_hs256(SECRET, &claims)
+}
+
+/// The error code of a failed request (panics if it did not fail with a server error).
+pub fn error_code<T: std::fmt::Debug>(result: switchboard_client::Result<T>) -> String {
+    match result {
+        Err(switchboard_client::Error::Server { code, .. }) => code,
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
