@@ -109,7 +109,9 @@ impl Conn {
                     let events = self.read_available();
                     self.handle_events(events).await;
                 }
-                _ = self.outbox.wait(), if !want_write => {}
+                // Also while blocked on writing: a close must arm its deadline even when the
+                // client reads nothing at all.
+                _ = self.outbox.wait() => {}
                 ready = self.stream.writable(), if want_write => {
                     if ready.is_err() {
                         return;
