@@ -95,6 +95,14 @@ struct ServerArgs {
     api_key: Option<String>,
 }
 
+/// Prints a line to stderr, ignoring a closed stderr (a server must not die of that).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -132,7 +140,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("switchboard: {e}");
+            say!("switchboard: {e}");
             ExitCode::FAILURE
         }
     }
@@ -157,33 +165,33 @@ async fn serve(args: ConfigArgs, listen: Option<String>) -> Result<(), String> {
         .run(shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
-    eprintln!("switchboard: stopped");
+    say!("switchboard: stopped");
     Ok(())
 }
 
 fn announce(resolved: &Resolved, addr: std::net::SocketAddr) {
     let base = format!("http://{addr}");
-    eprintln!(
+    say!(
         "switchboard {} listening on {base}",
         env!("CARGO_PKG_VERSION")
     );
-    eprintln!("  WebSocket  ws://{addr}/ws    API  {base}/api    metrics  {base}/metrics");
+    say!("  WebSocket  ws://{addr}/ws    API  {base}/api    metrics  {base}/metrics");
     if resolved.dev_mode {
         let auth = &resolved.config.auth;
         let key = auth.api_key.as_deref().unwrap_or_default();
         let secret = auth.token_secret.as_deref().unwrap_or_default();
-        eprintln!();
-        eprintln!("  DEVELOPMENT MODE: no config given. Anonymous clients may subscribe, publish");
-        eprintln!("  and read anything. Keys below are generated for this run only:");
-        eprintln!("    API key       {key}");
-        eprintln!("    token secret  {secret}");
-        eprintln!("  Try:");
-        eprintln!("    switchboard subscribe --server {base} chat:lobby");
-        eprintln!(
+        say!();
+        say!("  DEVELOPMENT MODE: no config given. Anonymous clients may subscribe, publish");
+        say!("  and read anything. Keys below are generated for this run only:");
+        say!("    API key       {key}");
+        say!("    token secret  {secret}");
+        say!("  Try:");
+        say!("    switchboard subscribe --server {base} chat:lobby");
+        say!(
             "    switchboard publish --server {base} --api-key {key} chat:lobby '{{\"text\":\"hi\"}}'"
         );
-        eprintln!("  Configure [auth] (see README) before exposing this server.");
-        eprintln!();
+        say!("  Configure [auth] (see README) before exposing this server.");
+        say!();
     }
 }
 
@@ -206,7 +214,7 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
-    eprintln!("switchboard: shutting down, telling clients to reconnect");
+    say!("switchboard: shutting down, telling clients to reconnect");
 }
 
 fn token_claims(
