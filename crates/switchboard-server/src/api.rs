@@ -309,7 +309,7 @@ async fn info(State(state): State<Arc<AppState>>) -> ApiResult {
     .into_response())
 }
 
-async fn not_found() -> Response {
+pub async fn not_found() -> Response {
     error_response(ErrorCode::NotFound, "no such API call")
 }
 

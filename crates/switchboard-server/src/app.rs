@@ -36,6 +36,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .nest("/api", api::router(state.clone()))
+        .fallback(api::not_found)
         .with_state(state)
 }
 

@@ -159,7 +159,9 @@ impl Engine for MemoryEngine {
                     (Vec::new(), false)
                 } else {
                     let oldest = stream.history.front().map(|(_, p)| p.offset);
-                    let complete = *offset == stream.top || oldest == Some(offset + 1);
+                    // Every message after `since` is still held when the oldest held one
+                    // is no later than the first missed one.
+                    let complete = *offset == stream.top || oldest.is_some_and(|o| o <= offset + 1);
                     let after = held.filter(|p| p.offset > *offset);
                     let publications = match query.limit {
                         Some(limit) => after.take(limit).cloned().collect(),
@@ -298,6 +300,9 @@ mod tests {
         let h = e.history("c", since(2, &epoch), opts(3)).await.unwrap();
         assert!(h.complete);
         assert_eq!(h.publications.len(), 3);
+        let h = e.history("c", since(3, &epoch), opts(3)).await.unwrap();
+        assert!(h.complete, "history holds 3..5, more than the missed 4..5");
+        assert_eq!(h.publications.len(), 2);
         let h = e.history("c", since(1, &epoch), opts(3)).await.unwrap();
         assert!(!h.complete);
         let h = e.history("c", since(5, &epoch), opts(3)).await.unwrap();
