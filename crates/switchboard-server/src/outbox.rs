@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use std::task::{Context, Poll};
 use switchboard_core::ClientSink;
 use switchboard_proto::{Disconnect, Outgoing};
-use tokio::sync::Notify;
+
+use futures_util::task::AtomicWaker;
 
 use crate::metrics::ServerStats;
 
@@ -35,7 +37,10 @@ struct Queue {
 
 pub struct Outbox<C: DoorCodec> {
     queue: Mutex<Queue>,
-    wake: Notify,
+    /// The connection task's waker, woken when there is something for it to do.
+    waker: AtomicWaker,
+    /// Something was queued, a close began or a heartbeat is due since the task last looked.
+    woken: AtomicBool,
     limit: usize,
     codec: C,
     ping_due: AtomicBool,
@@ -46,7 +51,8 @@ impl<C: DoorCodec> Outbox<C> {
     pub fn new(codec: C, limit: usize, stats: Arc<ServerStats>) -> Self {
         Outbox {
             queue: Mutex::new(Queue::default()),
-            wake: Notify::new(),
+            waker: AtomicWaker::new(),
+            woken: AtomicBool::new(false),
             limit,
             codec,
             ping_due: AtomicBool::new(false),
@@ -73,7 +79,7 @@ impl<C: DoorCodec> Outbox<C> {
         q.frames.push_back(bytes);
         drop(q);
         if was_empty {
-            self.wake.notify_one();
+            self.wake();
         }
         true
     }
@@ -97,7 +103,12 @@ impl<C: DoorCodec> Outbox<C> {
             q.bytes += bytes.len();
             q.frames.push_back(bytes);
         }
-        self.wake.notify_one();
+        self.wake();
+    }
+
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Begins closing with exactly these last frames (e.g. the answer to a client's close).
@@ -136,9 +147,15 @@ impl<C: DoorCodec> Outbox<C> {
         q.bytes = q.bytes.saturating_sub(n);
     }
 
-    /// Resolves when something was queued, a close began or a heartbeat is due.
-    pub async fn wait(&self) {
-        self.wake.notified().await
+    /// Ready when something was queued, a close began or a heartbeat is due since the last
+    /// time it was ready; otherwise registers the task to be woken.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Takes the heartbeat flag set by the server's ping interval.
@@ -165,7 +182,7 @@ impl<C: DoorCodec> ClientSink for Outbox<C> {
 
     fn heartbeat(&self) {
         self.ping_due.store(true, Ordering::Relaxed);
-        self.wake.notify_one();
+        self.wake();
     }
 }
 

@@ -7,15 +7,18 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use std::pin::Pin;
 use switchboard_core::{AuthError, Claims, ClientSink, Session};
 use switchboard_proto::ws::{self, Decoder, WsEvent};
 use switchboard_proto::{Command, Disconnect, ErrorCode, encode, parse_request};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, sleep_until};
+
+use tokio::time::{Instant, Sleep, sleep, sleep_until};
 
 use super::{Identity, WsCodec};
 use crate::app::AppState;
@@ -31,6 +34,15 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Frames written per vectored write.
 const MAX_IOVECS: usize = 64;
 
+/// What woke the connection task.
+enum Wake {
+    Readable,
+    Writable,
+    Outbox,
+    Deadline,
+    SocketError,
+}
+
 struct Conn {
     state: Arc<AppState>,
     stream: TcpStream,
@@ -40,7 +52,11 @@ struct Conn {
     pending: VecDeque<Bytes>,
     /// The first pending frame is partly written.
     head_started: bool,
-    session: Option<Session>,
+    /// Boxed, like every other part of the connection that is not needed while idle, to
+    /// keep the task small.
+    session: Option<Box<Session>>,
+    /// Connect timeout or close grace period; allocated only while one runs.
+    deadline: Option<Pin<Box<Sleep>>>,
     /// A frame arrived since the last heartbeat.
     active: bool,
     read_closed: bool,
@@ -61,35 +77,42 @@ pub(super) async fn run(state: Arc<AppState>, stream: TcpStream, early: Bytes, i
         pending: VecDeque::new(),
         head_started: false,
         session: None,
+        deadline: None,
         active: true,
         read_closed: false,
     };
-    let mut deadline = match identity {
-        Identity::Known(claims) => {
-            conn.start_session(claims, None);
-            None
-        }
-        Identity::AwaitConnect => Some(Instant::now() + conn.state.limits.connect_timeout),
-    };
-    if !early.is_empty() {
-        let mut events = Vec::new();
-        conn.decoder
-            .feed(&early, conn.state.limits.max_frame_size, &mut events);
-        conn.handle_events(events).await;
+    match identity {
+        Identity::Known(claims) => conn.start_session(*claims, None),
+        Identity::AwaitConnect => conn.arm_deadline(conn.state.limits.connect_timeout),
     }
-    conn.serve(&mut deadline).await;
+    // `early` is a slice of hyper's read buffer and would keep all of it alive: use it and
+    // let it go before the connection settles down.
+    let mut events = Vec::new();
+    conn.decoder
+        .feed(&early, conn.state.limits.max_frame_size, &mut events);
+    drop(early);
+    if !events.is_empty() {
+        Box::pin(conn.handle_events(events)).await;
+    }
+    Box::pin(conn.serve()).await;
     if let Some(session) = conn.session.take() {
-        session.close().await;
+        Box::pin(session.close()).await;
     }
-    conn.linger().await;
+    Box::pin(conn.linger()).await;
 }
 
 impl Conn {
-    async fn serve(&mut self, deadline: &mut Option<Instant>) {
+    fn arm_deadline(&mut self, after: Duration) {
+        self.deadline = Some(Box::pin(sleep(after)));
+    }
+
+    async fn serve(&mut self) {
+        let mut closing_armed = false;
         loop {
             let closing = self.outbox.drain_into(&mut self.pending, self.head_started);
-            if closing.is_some() && deadline.is_none_or(|d| d > Instant::now() + CLOSE_GRACE) {
-                *deadline = Some(Instant::now() + CLOSE_GRACE);
+            if closing.is_some() && !closing_armed {
+                closing_armed = true;
+                self.arm_deadline(CLOSE_GRACE);
             }
             if self.write_pending().is_err() {
                 return;
@@ -100,36 +123,58 @@ impl Conn {
             if self.read_closed && closing.is_none() {
                 return;
             }
-            let want_write = !self.pending.is_empty();
-            tokio::select! {
-                ready = self.stream.readable(), if !self.read_closed => {
-                    if ready.is_err() {
-                        return;
-                    }
+            match std::future::poll_fn(|cx| self.poll_wake(cx)).await {
+                Wake::Readable => {
                     let events = self.read_available();
-                    self.handle_events(events).await;
-                }
-                // Also while blocked on writing: a close must arm its deadline even when the
-                // client reads nothing at all.
-                _ = self.outbox.wait() => {}
-                ready = self.stream.writable(), if want_write => {
-                    if ready.is_err() {
-                        return;
+                    if !events.is_empty() {
+                        // Boxed: the command futures are large and only live while they run.
+                        Box::pin(self.handle_events(events)).await;
                     }
                 }
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                Wake::Outbox | Wake::Writable => {}
+                Wake::Deadline => {
+                    self.deadline = None;
                     if self.session.is_none() && !self.outbox.is_closing() {
                         self.outbox.disconnect(Disconnect::CONNECT_TIMEOUT);
-                        *deadline = Some(Instant::now() + CLOSE_GRACE);
                     } else {
                         return;
                     }
                 }
+                Wake::SocketError => return,
             }
             if self.outbox.take_ping_due() {
                 self.heartbeat();
             }
         }
+    }
+
+    /// Waits for the next thing to do. Readiness is polled directly on the socket (no
+    /// readiness futures in the task's state), which also replaces whatever waker the HTTP
+    /// connection left registered on the socket before the upgrade.
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        if self.outbox.poll_woken(cx).is_ready() {
+            return Poll::Ready(Wake::Outbox);
+        }
+        if !self.pending.is_empty() {
+            match self.stream.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Wake::Writable),
+                Poll::Ready(Err(_)) => return Poll::Ready(Wake::SocketError),
+                Poll::Pending => {}
+            }
+        }
+        if !self.read_closed {
+            match self.stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Wake::Readable),
+                Poll::Ready(Err(_)) => return Poll::Ready(Wake::SocketError),
+                Poll::Pending => {}
+            }
+        }
+        if let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Wake::Deadline);
+        }
+        Poll::Pending
     }
 
     /// Reads what the socket has (up to the budget) through a stack buffer and decodes it.
@@ -276,7 +321,8 @@ impl Conn {
         let ping = self.state.limits.ping_interval.as_secs();
         self.outbox
             .push(ws::encode_text(&session.connected_frame(connect_id, ping)));
-        self.session = Some(session);
+        self.session = Some(Box::new(session));
+        self.deadline = None;
     }
 
     /// Called on the server's ping interval: a client silent since the last one is gone.
@@ -324,9 +370,8 @@ impl Conn {
                 }
             }
         }
-        if self.pending.capacity() > 64 {
-            self.pending = VecDeque::new();
-        }
+        // All written: give the memory back, so an idle connection holds no queue storage.
+        self.pending = VecDeque::new();
         Ok(())
     }
 

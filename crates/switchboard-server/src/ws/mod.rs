@@ -38,7 +38,8 @@ impl DoorCodec for WsCodec {
 
 /// Who the upgrade request says the client is.
 pub(crate) enum Identity {
-    Known(Claims),
+    /// Boxed: this value is part of every connection task's state.
+    Known(Box<Claims>),
     /// No token: the client must send a `connect` frame first.
     AwaitConnect,
 }
@@ -141,13 +142,15 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -
 
     let identity = match request_token(request.uri().query(), headers) {
         Some(token) => match state.auth.verify(&token) {
-            Ok(claims) => Identity::Known(claims),
+            Ok(claims) => Identity::Known(Box::new(claims)),
             Err(e) => {
                 state.count_error();
                 return auth_error_response(&e);
             }
         },
-        None if state.hub.config.allow_anonymous => Identity::Known(Claims::anonymous()),
+        None if state.hub.config.admits_anonymous() => {
+            Identity::Known(Box::new(Claims::anonymous()))
+        }
         None => Identity::AwaitConnect,
     };
 

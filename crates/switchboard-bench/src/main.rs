@@ -1,0 +1,259 @@
+//! `switchboard-bench`: measurements of a running Switchboard binary. Each mode starts the
+//! server as a child process, so what is measured is the real binary, and reads the
+//! server's memory from `/proc/<pid>/status`.
+//!
+//! `idle`: user-space memory per idle WebSocket connection (RSS delta / connections).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard-bench",
+    about = "Measurements of a Switchboard binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Memory per idle WebSocket connection.
+    Idle {
+        /// The server binary (default: the release build next to this one).
+        #[arg(long)]
+        server: Option<PathBuf>,
+        /// Connections to open.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Port for the server.
+        #[arg(long, default_value_t = 7790)]
+        port: u16,
+        /// Also subscribe each connection to its own channel.
+        #[arg(long)]
+        subscribe: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match cli.mode {
+        Mode::Idle {
+            server,
+            connections,
+            port,
+            subscribe,
+        } => runtime.block_on(idle(server, connections, port, subscribe)),
+    }
+}
+
+fn default_server() -> PathBuf {
+    let me = std::env::current_exe().expect("own path");
+    me.with_file_name("switchboard")
+}
+
+/// The server child process; killed when dropped.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    /// SIGTERM first, so the server (or a profiler wrapping it) can finish its output.
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(binary: &PathBuf, port: u16) -> ServerProcess {
+    let child = Command::new(binary)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("SWITCHBOARD_AUTH__ALLOW_ANONYMOUS", "true")
+        .env("SWITCHBOARD_AUTH__API_KEY", "bench")
+        .env("SWITCHBOARD_LIMITS__PING_INTERVAL", "3600")
+        .env("SWITCHBOARD_DEFAULT_NAMESPACE__JOIN_LEAVE", "false")
+        .env("SWITCHBOARD_DEFAULT_NAMESPACE__PRESENCE", "false")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+    ServerProcess(child)
+}
+
+/// Resident set size of a process, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS line")
+        * 1024
+}
+
+fn open_files_limit() -> String {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .map(|l| {
+                    l.split_whitespace()
+                        .skip(3)
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" soft / ")
+                        + " hard"
+                })
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Opens one WebSocket from `source`, waits for the `connected` frame (and the subscribe
+/// reply when asked) and returns the idle socket.
+async fn open_idle(
+    server: SocketAddr,
+    source: Ipv4Addr,
+    channel: Option<String>,
+) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
+    let mut stream = socket.connect(server).await?;
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut seen = Vec::new();
+    let wanted = if channel.is_some() { 2 } else { 1 };
+    let mut sent_subscribe = false;
+    loop {
+        let mut buf = [0u8; 2048];
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        if let Some(channel) = &channel
+            && !sent_subscribe
+            && text.contains("\"connected\"")
+        {
+            let frame = format!(r#"{{"type":"subscribe","id":1,"channel":"{channel}"}}"#);
+            stream
+                .write_all(&masked_text_frame(frame.as_bytes()))
+                .await?;
+            sent_subscribe = true;
+        }
+        let frames = text.matches("\"connected\"").count() + text.matches("\"reply\"").count();
+        if frames >= wanted {
+            return Ok(stream);
+        }
+    }
+}
+
+/// A client text frame (clients must mask; a zero mask keeps the payload readable).
+fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+async fn wait_for_port(server: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(server).await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn idle(server_bin: Option<PathBuf>, connections: usize, port: u16, subscribe: bool) {
+    let binary = server_bin.unwrap_or_else(default_server);
+    let server = start_server(&binary, port);
+    let pid = server.0.id();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_port(addr).await;
+    // Warm up allocator and runtime with a few connections, then measure from there.
+    let mut warm = Vec::new();
+    for i in 0..64 {
+        warm.push(
+            open_idle(
+                addr,
+                Ipv4Addr::new(127, 0, 0, 2),
+                subscribe.then(|| format!("warm{i}")),
+            )
+            .await
+            .expect("warm-up connection"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_bytes(pid);
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(connections);
+    // Source addresses 127.0.0.10.. spread the client side over many ephemeral port ranges.
+    let mut batch = tokio::task::JoinSet::new();
+    for i in 0..connections {
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            (10 + i / 20_000) as u8,
+            (10 + (i / 250) % 240) as u8,
+        );
+        let channel = subscribe.then(|| format!("c{i}"));
+        batch.spawn(open_idle(addr, source, channel));
+        if batch.len() >= 256 {
+            while let Some(result) = batch.join_next().await {
+                sockets.push(result.expect("task").expect("connection"));
+            }
+        }
+    }
+    while let Some(result) = batch.join_next().await {
+        sockets.push(result.expect("task").expect("connection"));
+    }
+    let elapsed = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_bytes(pid);
+    let per = (after.saturating_sub(before)) as f64 / connections as f64;
+    println!("server binary        {}", binary.display());
+    println!("open files limit     {}", open_files_limit());
+    println!(
+        "connections          {connections} idle WebSocket{}",
+        if subscribe {
+            " (each subscribed to one channel)"
+        } else {
+            ""
+        }
+    );
+    println!("server RSS before    {:.1} MiB", before as f64 / 1048576.0);
+    println!("server RSS after     {:.1} MiB", after as f64 / 1048576.0);
+    println!(
+        "per connection       {per:.0} bytes ({:.2} KiB)",
+        per / 1024.0
+    );
+    println!(
+        "handshakes           {:.0}/s (including the connected frame)",
+        connections as f64 / elapsed.as_secs_f64()
+    );
+    drop(sockets);
+    drop(warm);
+}
