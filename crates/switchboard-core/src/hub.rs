@@ -333,14 +333,18 @@ impl Hub {
         };
         self.flush_recovery(client, channel, since.as_ref(), history, &answer, reply)?;
 
+        // The reply is out and the subscription live: a failure to record presence or announce
+        // the join must not turn it into an error. Presence entries of a distributed engine
+        // expire, so a missed one heals itself.
         let member = client.member();
         if ns.presence {
-            self.engine.presence_add(channel, member.clone()).await?;
+            let _ = self.engine.presence_add(channel, member.clone()).await;
         }
         if ns.join_leave {
-            self.engine
+            let _ = self
+                .engine
                 .publish_presence_event(channel, PresenceEvent::Join, member)
-                .await?;
+                .await;
         }
         Ok(answer)
     }

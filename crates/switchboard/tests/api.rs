@@ -14,11 +14,6 @@ use tokio::time::Instant;
 
 // ---------------------------------------------------------------- helpers
 
-/// A server with the test `[auth]` table followed by `extra` TOML tables.
-async fn server_with(extra: &str) -> TestServer {
-    TestServer::with_config(&format!("{}\n{extra}", auth_toml())).await
-}
-
 /// Sends a raw body (not necessarily JSON) with the API key; returns status and body text.
 async fn raw_call(server: &TestServer, method: Method, path: &str, body: &str) -> (u16, String) {
     let response = reqwest::Client::builder()
@@ -60,15 +55,6 @@ fn server_error<T: std::fmt::Debug>(
     }
 }
 
-/// Asserts that no `message` push arrives within [`QUIET`] (presence events are ignored).
-async fn assert_no_message(client: &mut WsClient, what: &str) {
-    match client.next_where(QUIET, |f| f["type"] == "message").await {
-        Err(Error::Timeout(_)) => {}
-        Ok(frame) => panic!("{what}: expected no message, got {frame}"),
-        Err(e) => panic!("{what}: expected no message, got error {e}"),
-    }
-}
-
 /// Polls `GET /api/info` until `check` holds (the server notices closed sockets
 /// asynchronously); panics with the last answer after [`WAIT`].
 async fn info_until(api: &ApiClient, check: impl Fn(&Value) -> bool) -> Value {
@@ -90,17 +76,6 @@ fn offsets(messages: &Value) -> Vec<u64> {
         .iter()
         .map(|m| m["offset"].as_u64().expect("offset is a number"))
         .collect()
-}
-
-fn token_with_info(user: &str, info: &Value) -> String {
-    token_with(TokenClaims {
-        sub: Some(user.into()),
-        exp: Some(switchboard_core::unix_now() + 3600),
-        info: Some(RawValue::from_string(info.to_string()).unwrap()),
-        subscribe: Some(vec!["*".into()]),
-        publish: Some(vec!["*".into()]),
-        ..TokenClaims::default()
-    })
 }
 
 // ---------------------------------------------------------------- authorisation

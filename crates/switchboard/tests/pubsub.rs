@@ -14,11 +14,6 @@ use switchboard_server::auth::TokenClaims;
 
 // ---------------------------------------------------------------- helpers
 
-/// A server with the test `[auth]` table followed by `extra` TOML tables.
-async fn server_with(extra: &str) -> TestServer {
-    TestServer::with_config(&format!("{}\n{extra}", auth_toml())).await
-}
-
 /// Reads the next `n` message pushes of `channel`.
 async fn collect(client: &mut WsClient, channel: &str, n: usize) -> Vec<Value> {
     let mut out = Vec::with_capacity(n);
@@ -30,16 +25,6 @@ async fn collect(client: &mut WsClient, channel: &str, n: usize) -> Vec<Value> {
         out.push(msg);
     }
     out
-}
-
-/// Asserts that no `message` push (of any channel) arrives within [`QUIET`]. Presence
-/// events (`join`/`leave`) that arrive meanwhile are ignored.
-async fn assert_no_message(client: &mut WsClient, what: &str) {
-    match client.next_where(QUIET, |f| f["type"] == "message").await {
-        Err(Error::Timeout(_)) => {}
-        Ok(frame) => panic!("{what}: expected no message, got {frame}"),
-        Err(e) => panic!("{what}: expected no message, got error {e}"),
-    }
 }
 
 /// Asserts that no push at all arrives within [`QUIET`].
@@ -64,18 +49,6 @@ fn epoch_of(frame: &Value) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("no string epoch in {frame}"))
         .to_owned()
-}
-
-/// A token for `user` allowed everything, with `info` as its presence info.
-fn token_with_info(user: &str, info: &Value) -> String {
-    token_with(TokenClaims {
-        sub: Some(user.into()),
-        exp: Some(switchboard_core::unix_now() + 3600),
-        info: Some(RawValue::from_string(info.to_string()).unwrap()),
-        subscribe: Some(vec!["*".into()]),
-        publish: Some(vec!["*".into()]),
-        ..TokenClaims::default()
-    })
 }
 
 /// Connects with `info` and returns the client and its client id.

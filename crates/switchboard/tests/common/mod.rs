@@ -136,6 +136,32 @@ pub fn token_with(claims: TokenClaims) -> String {
     mint_hs256(SECRET, &claims)
 }
 
+/// A token for `user` allowed everything, with this `info` claim.
+pub fn token_with_info(user: &str, info: &Value) -> String {
+    token_with(TokenClaims {
+        sub: Some(user.into()),
+        exp: Some(switchboard_core::unix_now() + 3600),
+        info: Some(serde_json::value::RawValue::from_string(info.to_string()).unwrap()),
+        subscribe: Some(vec!["*".into()]),
+        publish: Some(vec!["*".into()]),
+        ..TokenClaims::default()
+    })
+}
+
+/// A server with the test `[auth]` table and `extra` TOML after it.
+pub async fn server_with(extra: &str) -> TestServer {
+    TestServer::with_config(&format!("{}\n{extra}", auth_toml())).await
+}
+
+/// Asserts that no `message` push arrives within [`QUIET`].
+pub async fn assert_no_message(client: &mut WsClient, what: &str) {
+    match client.next_where(QUIET, |f| f["type"] == "message").await {
+        Err(switchboard_client::Error::Timeout(_)) => {}
+        Ok(frame) => panic!("{what}: expected no message, got {frame}"),
+        Err(e) => panic!("{what}: expected no message, got error {e}"),
+    }
+}
+
 /// The error code of a failed request (panics if it did not fail with a server error).
 pub fn error_code<T: std::fmt::Debug>(result: switchboard_client::Result<T>) -> String {
     match result {
