@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use common::*;
 use reqwest::Method;
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use switchboard_client::{ApiClient, Error, WsClient};
 use switchboard_server::auth::TokenClaims;

@@ -7,10 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use common::*;
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use switchboard_client::{Error, WsClient};
-use switchboard_server::auth::TokenClaims;
 
 // ---------------------------------------------------------------- helpers
 
