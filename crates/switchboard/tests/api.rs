@@ -7,8 +7,7 @@ use std::time::Duration;
 use common::*;
 use reqwest::Method;
 use serde_json::{Value, json};
-use switchboard_client::{ApiClient, Error, WsClient};
-use switchboard_server::auth::TokenClaims;
+use switchboard_client::{ApiClient, Error};
 use tokio::time::Instant;
 
 // ---------------------------------------------------------------- helpers
