@@ -25,6 +25,14 @@ pub struct AuthConfig {
     pub allow_anonymous: Option<bool>,
 }
 
+/// TLS for every door: PEM files of the certificate chain and of its private key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -99,6 +107,9 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// HTTPS and WSS on the listener when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
     /// Settings of channels outside every configured namespace.
     #[serde(default = "default_namespace")]
     pub default_namespace: NamespaceConfigToml,
@@ -112,6 +123,7 @@ impl Default for Config {
             listen: "127.0.0.1:7700".into(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            tls: None,
             default_namespace: default_namespace(),
             namespace: Vec::new(),
         }

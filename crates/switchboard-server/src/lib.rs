@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod outbox;
+pub mod tls;
 pub mod ws;
 
 use std::future::Future;
@@ -30,6 +31,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: Arc<AppState>,
 }
 
@@ -42,6 +44,10 @@ impl Server {
         let hub = Hub::new(hub_config, engine);
         let auth = JwtAuthenticator::new(&config.auth)?;
         let auth: Arc<dyn Authenticator> = Arc::new(auth);
+        let tls = match &config.tls {
+            Some(t) => Some(tls::server_config(&t.cert, &t.key)?),
+            None => None,
+        };
         let listener = TcpListener::bind(resolved.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", resolved.listen))?;
@@ -53,13 +59,22 @@ impl Server {
             api_key: config.auth.api_key.clone(),
             shutting_down: AtomicBool::new(false),
         });
-        Ok(Server { listener, state })
+        Ok(Server {
+            listener,
+            tls,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Whether clients reach this server over TLS (`https://`, `wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -81,7 +96,8 @@ impl Server {
                 state.hub.shutdown();
             }
         };
-        let result = serve_http(self.listener, app::router(state.clone()), on_shutdown).await;
+        let router = app::router(state.clone());
+        let result = serve_http(self.listener, self.tls, router, on_shutdown).await;
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while state.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -91,16 +107,21 @@ impl Server {
     }
 }
 
+/// How long a client has to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts connections and serves HTTP/1.1 on each (with upgrades, which the WebSocket door
-/// takes over as plain TCP streams) until `shutdown`; then lets in-flight requests finish.
+/// takes over), over TLS when configured, until `shutdown`; then lets in-flight requests
+/// finish.
 async fn serve_http(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
 
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     // Every HTTP connection task holds a receiver; shutdown is announced through it and
     // complete once they have all let go.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -120,21 +141,20 @@ async fn serve_http(
         };
         let _ = tcp.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let mut stopped = stopped.clone();
+        let stopped = stopped.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = stopped.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            match acceptor {
+                None => serve_connection(tcp, service, stopped).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    match handshake.await {
+                        Ok(Ok(stream)) => serve_connection(stream, service, stopped).await,
+                        Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!("http connection: {e}");
             }
         });
     }
@@ -145,6 +165,30 @@ async fn serve_http(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// Serves one HTTP/1.1 connection until it ends, is upgraded, or shutdown asks it to stop.
+async fn serve_connection<I>(
+    io: I,
+    service: hyper_util::service::TowerToHyperService<axum::Router>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stopped.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("http connection: {e}");
+    }
 }
 
 /// The one shared timer: token expiry and engine upkeep every second, keep-alives every

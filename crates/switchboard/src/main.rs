@@ -160,7 +160,7 @@ async fn serve(args: ConfigArgs, listen: Option<String>) -> Result<(), String> {
         .resolve()
         .map_err(|e| e.to_string())?;
     let server = Server::bind(&resolved).await?;
-    announce(&resolved, server.local_addr());
+    announce(&resolved, server.local_addr(), server.is_tls());
     server
         .run(shutdown_signal())
         .await
@@ -169,13 +169,18 @@ async fn serve(args: ConfigArgs, listen: Option<String>) -> Result<(), String> {
     Ok(())
 }
 
-fn announce(resolved: &Resolved, addr: std::net::SocketAddr) {
-    let base = format!("http://{addr}");
+fn announce(resolved: &Resolved, addr: std::net::SocketAddr, tls: bool) {
+    let (http, ws) = if tls {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    let base = format!("{http}://{addr}");
     say!(
         "switchboard {} listening on {base}",
         env!("CARGO_PKG_VERSION")
     );
-    say!("  WebSocket  ws://{addr}/ws    API  {base}/api    metrics  {base}/metrics");
+    say!("  WebSocket  {ws}://{addr}/ws    API  {base}/api    metrics  {base}/metrics");
     if resolved.dev_mode {
         let auth = &resolved.config.auth;
         let key = auth.api_key.as_deref().unwrap_or_default();

@@ -15,11 +15,10 @@ use std::pin::Pin;
 use switchboard_core::{AuthError, Claims, ClientSink, Session};
 use switchboard_proto::ws::{self, Decoder, WsEvent};
 use switchboard_proto::{Command, Disconnect, ErrorCode, encode, parse_request};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
 
+use super::socket::Socket;
 use super::{Identity, WsCodec};
 use crate::app::AppState;
 use crate::outbox::Outbox;
@@ -45,7 +44,7 @@ enum Wake {
 
 struct Conn {
     state: Arc<AppState>,
-    stream: TcpStream,
+    socket: Socket,
     outbox: Arc<Outbox<WsCodec>>,
     decoder: Decoder,
     /// Frames taken from the outbox, not yet fully written.
@@ -62,8 +61,7 @@ struct Conn {
     read_closed: bool,
 }
 
-pub(super) async fn run(state: Arc<AppState>, stream: TcpStream, early: Bytes, identity: Identity) {
-    let _ = stream.set_nodelay(true);
+pub(super) async fn run(state: Arc<AppState>, socket: Socket, early: Bytes, identity: Identity) {
     let outbox = Arc::new(Outbox::new(
         WsCodec,
         state.limits.client_queue_bytes,
@@ -71,7 +69,7 @@ pub(super) async fn run(state: Arc<AppState>, stream: TcpStream, early: Bytes, i
     ));
     let mut conn = Conn {
         state,
-        stream,
+        socket,
         outbox,
         decoder: Decoder::default(),
         pending: VecDeque::new(),
@@ -117,7 +115,7 @@ impl Conn {
             if self.write_pending().is_err() {
                 return;
             }
-            if closing.is_some() && self.pending.is_empty() {
+            if closing.is_some() && self.pending.is_empty() && !self.socket.wants_write() {
                 return;
             }
             if self.read_closed && closing.is_none() {
@@ -155,15 +153,15 @@ impl Conn {
         if self.outbox.poll_woken(cx).is_ready() {
             return Poll::Ready(Wake::Outbox);
         }
-        if !self.pending.is_empty() {
-            match self.stream.poll_write_ready(cx) {
+        if !self.pending.is_empty() || self.socket.wants_write() {
+            match self.socket.poll_write_ready(cx) {
                 Poll::Ready(Ok(())) => return Poll::Ready(Wake::Writable),
                 Poll::Ready(Err(_)) => return Poll::Ready(Wake::SocketError),
                 Poll::Pending => {}
             }
         }
         if !self.read_closed {
-            match self.stream.poll_read_ready(cx) {
+            match self.socket.poll_read_ready(cx) {
                 Poll::Ready(Ok(())) => return Poll::Ready(Wake::Readable),
                 Poll::Ready(Err(_)) => return Poll::Ready(Wake::SocketError),
                 Poll::Pending => {}
@@ -184,7 +182,7 @@ impl Conn {
         let mut buf = [0u8; 8192];
         let mut total = 0;
         while total < READ_BUDGET {
-            match self.stream.try_read(&mut buf) {
+            match self.socket.try_read(&mut buf) {
                 Ok(0) => {
                     self.read_closed = true;
                     break;
@@ -337,13 +335,17 @@ impl Conn {
 
     /// Writes pending frames until done or the socket would block.
     fn write_pending(&mut self) -> io::Result<()> {
+        match self.socket.flush() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            other => other?,
+        }
         while !self.pending.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let count = self.pending.len().min(MAX_IOVECS);
             for (slot, frame) in slices.iter_mut().zip(self.pending.iter()) {
                 *slot = IoSlice::new(frame);
             }
-            let written = match self.stream.try_write_vectored(&slices[..count]) {
+            let written = match self.socket.try_write_vectored(&slices[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -378,19 +380,20 @@ impl Conn {
     /// Sends our FIN and reads until the client's, so unread input does not turn the close
     /// into a reset that could destroy the last frames.
     async fn linger(mut self) {
-        let _ = self.stream.shutdown().await;
+        self.socket.shutdown().await;
         if self.read_closed {
             return;
         }
         let until = Instant::now() + LINGER;
         loop {
+            let readable = std::future::poll_fn(|cx| self.socket.poll_read_ready(cx));
             tokio::select! {
-                ready = self.stream.readable() => {
+                ready = readable => {
                     if ready.is_err() {
                         return;
                     }
                     let mut buf = [0u8; 1024];
-                    match self.stream.try_read(&mut buf) {
+                    match self.socket.try_read(&mut buf) {
                         Ok(0) => return,
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -3,6 +3,7 @@
 //! buffer and every frame it sends is bytes shared with all other subscribers.
 
 mod conn;
+pub mod socket;
 
 use std::sync::Arc;
 
@@ -15,6 +16,10 @@ use hyper_util::rt::TokioIo;
 use switchboard_core::{AuthError, Claims};
 use switchboard_proto::{Disconnect, ErrorCode, Outgoing, ws};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use self::socket::Socket;
+use crate::tls::TlsSocket;
 
 use crate::api::error_response;
 use crate::app::AppState;
@@ -163,13 +168,24 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -
                 return;
             }
         };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                let stream = parts.io.into_inner();
-                conn::run(state, stream, parts.read_buf, identity).await;
-            }
-            Err(_) => tracing::error!("websocket upgrade on a non-TCP transport is not supported"),
-        }
+        // Take the socket back from hyper: the connection drives it itself from now on.
+        let (socket, early) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => (Socket::Plain(parts.io.into_inner()), parts.read_buf),
+            Err(upgraded) => match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+                Ok(parts) => {
+                    let (tcp, tls) = parts.io.into_inner().into_inner();
+                    (
+                        Socket::Tls(Box::new(TlsSocket::new(tcp, tls))),
+                        parts.read_buf,
+                    )
+                }
+                Err(_) => {
+                    tracing::error!("websocket upgrade on an unknown transport");
+                    return;
+                }
+            },
+        };
+        conn::run(state, socket, early, identity).await;
     });
 
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
