@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use switchboard_proto::encode::{self, Member};
-use switchboard_proto::{Disconnect, Outgoing, Position};
+use switchboard_proto::{Disconnect, MessageMeta, Outgoing, Position};
 
 use crate::config::HubConfig;
 use crate::engine::{
@@ -39,6 +39,8 @@ pub struct ClientEntry {
     pub exp: AtomicU64,
     /// Channels this client is subscribed to (or subscribing to) on this node.
     channels: Mutex<HashSet<Arc<str>>>,
+    /// An observer (one long-poll request) shows in no presence and triggers no join/leave.
+    observer: bool,
 }
 
 impl ClientEntry {
@@ -169,6 +171,28 @@ impl Hub {
         exp: Option<u64>,
         sink: Arc<dyn ClientSink>,
     ) -> Arc<ClientEntry> {
+        self.register_client(user, info, exp, sink, false)
+    }
+
+    /// Registers a short-lived client that receives messages but is no member of presence
+    /// (one long-poll request).
+    pub fn register_observer(
+        &self,
+        user: &str,
+        exp: Option<u64>,
+        sink: Arc<dyn ClientSink>,
+    ) -> Arc<ClientEntry> {
+        self.register_client(user, None, exp, sink, true)
+    }
+
+    fn register_client(
+        &self,
+        user: &str,
+        info: Option<Bytes>,
+        exp: Option<u64>,
+        sink: Arc<dyn ClientSink>,
+        observer: bool,
+    ) -> Arc<ClientEntry> {
         let id: ClientId = rand::random();
         let entry = Arc::new(ClientEntry {
             id,
@@ -178,6 +202,7 @@ impl Hub {
             sink,
             exp: AtomicU64::new(exp.unwrap_or(0)),
             channels: Mutex::new(HashSet::new()),
+            observer,
         });
         self.clients[(id as usize) % SHARDS]
             .lock()
@@ -337,10 +362,10 @@ impl Hub {
         // the join must not turn it into an error. Presence entries of a distributed engine
         // expire, so a missed one heals itself.
         let member = client.member();
-        if ns.presence {
+        if ns.presence && !client.observer {
             let _ = self.engine.presence_add(channel, member.clone()).await;
         }
-        if ns.join_leave {
+        if ns.join_leave && !client.observer {
             let _ = self
                 .engine
                 .publish_presence_event(channel, PresenceEvent::Join, member)
@@ -386,6 +411,7 @@ impl Hub {
         let Some(pending) = subscriber.pending.take() else {
             return Err(HubError::Overflow);
         };
+        client.sink.subscribed(channel, &answer.position);
         reply(answer);
         let epoch = history.position.epoch.clone();
         let mut last = match since {
@@ -398,8 +424,7 @@ impl Hub {
                 continue;
             }
             last = publication.offset;
-            let frame = message_frame(channel, publication);
-            if client.sink.send(&Outgoing::new(frame)) {
+            if client.sink.send(&message_outgoing(channel, publication)) {
                 delivered += 1;
             }
         }
@@ -432,10 +457,10 @@ impl Hub {
             let _ = self.engine.unsubscribe(channel).await;
         }
         let ns = self.config.namespace(channel);
-        if ns.presence {
+        if ns.presence && !client.observer {
             let _ = self.engine.presence_remove(channel, &client.id_str).await;
         }
-        if ns.join_leave {
+        if ns.join_leave && !client.observer {
             let _ = self
                 .engine
                 .publish_presence_event(channel, PresenceEvent::Leave, client.member())
@@ -494,6 +519,18 @@ pub fn message_frame(channel: &str, publication: &Publication) -> Bytes {
     )
 }
 
+/// The `message` push of a publication, with its position for the doors that track it.
+fn message_outgoing(channel: &str, publication: &Publication) -> Outgoing {
+    Outgoing::message(
+        message_frame(channel, publication),
+        MessageMeta {
+            channel: channel.into(),
+            offset: publication.offset,
+            epoch: publication.epoch.clone(),
+        },
+    )
+}
+
 /// A presence member as JSON on the wire.
 pub fn member_json(member: &PresenceMember) -> serde_json::Value {
     let info = member
@@ -517,7 +554,7 @@ impl EngineHandler for Hub {
             return;
         }
         entry.last = Some((publication.offset, publication.epoch.clone()));
-        let frame = Outgoing::new(message_frame(channel, publication));
+        let frame = message_outgoing(channel, publication);
         let mut delivered = 0u64;
         for subscriber in entry.subscribers.values_mut() {
             match &mut subscriber.pending {

@@ -13,8 +13,19 @@ use switchboard_proto::{Command, CommandError, ErrorCode, Outgoing, Position, Re
 
 use crate::auth::{AuthError, Authenticator, Claims};
 use crate::engine::HistoryQuery;
-use crate::hub::{ClientEntry, Hub, HubError, member_json, message_frame};
+use crate::hub::{ClientEntry, Hub, HubError, SubscribeReply, member_json, message_frame};
 use crate::sink::ClientSink;
+
+/// When a door's own subscription announces itself with a `subscribed` push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// Always, without `recovered` (a fresh stream).
+    Always,
+    /// Always, with `recovered` (a stream resumed from a cursor).
+    Resumed,
+    /// Only when history no longer held every missed message (a later long poll).
+    IfNotRecovered,
+}
 
 /// A connected client: its claims and its place in the hub.
 pub struct Session {
@@ -22,6 +33,10 @@ pub struct Session {
     auth: Arc<dyn Authenticator>,
     claims: Claims,
     client: Arc<ClientEntry>,
+    /// Subscribe replies go through the sink, ahead of the channel's messages (WebSocket);
+    /// otherwise they are returned to the caller (commands posted to a one-way door's
+    /// session, whose answers travel in the HTTP response).
+    replies_via_sink: bool,
 }
 
 type Answer = Result<Bytes, CommandError>;
@@ -40,7 +55,36 @@ impl Session {
             auth,
             claims,
             client,
+            replies_via_sink: true,
         }
+    }
+
+    /// A session for one long-poll request: it receives its channels' messages but shows in
+    /// no presence and announces no join or leave.
+    pub fn open_observer(
+        hub: Arc<Hub>,
+        auth: Arc<dyn Authenticator>,
+        claims: Claims,
+        sink: Arc<dyn ClientSink>,
+    ) -> Session {
+        let client = hub.register_observer(&claims.user, claims.exp, sink);
+        Session {
+            hub,
+            auth,
+            claims,
+            client,
+            replies_via_sink: false,
+        }
+    }
+
+    /// Return every reply from [`Session::handle`] instead of queueing subscribe replies to
+    /// the sink (see `replies_via_sink`).
+    pub fn return_replies(&mut self) {
+        self.replies_via_sink = false;
+    }
+
+    pub fn claims(&self) -> &Claims {
+        &self.claims
     }
 
     pub fn client(&self) -> &Arc<ClientEntry> {
@@ -48,14 +92,21 @@ impl Session {
     }
 
     /// The `connected` frame, first on every door.
-    /// `id`: that of the `connect` frame it answers, if any.
-    pub fn connected_frame(&self, id: Option<u64>, ping_interval: u64) -> Bytes {
+    /// `id`: that of the `connect` frame it answers, if any; `session`: the one-way doors'
+    /// session secret.
+    pub fn connected_frame(
+        &self,
+        id: Option<u64>,
+        ping_interval: u64,
+        session: Option<&str>,
+    ) -> Bytes {
         encode::connected(
             id,
             &self.client.id_str,
             &self.claims.user,
             self.claims.exp,
             ping_interval,
+            session,
         )
     }
 
@@ -77,11 +128,10 @@ impl Session {
         let id = request.id;
         let answer = match request.command {
             Command::Subscribe { channel, since } => {
-                return self
-                    .subscribe(id, &channel, since)
-                    .await
-                    .err()
-                    .map(|e| error_frame(&e));
+                return match self.subscribe_command(id, &channel, since).await {
+                    Ok(reply) => reply,
+                    Err(e) => Some(error_frame(&e)),
+                };
             }
             Command::Ping => return Some(encode::pong(id)),
             Command::Connect { .. } => Err(err(id, ErrorCode::BadRequest, "already connected")),
@@ -106,11 +156,65 @@ impl Session {
         Some(answer.unwrap_or_else(|e| error_frame(&e)))
     }
 
+    /// The `subscribe` command: `Ok(None)` when the reply went through the sink.
+    async fn subscribe_command(
+        &mut self,
+        id: Option<u64>,
+        channel: &str,
+        since: Option<Position>,
+    ) -> Result<Option<Bytes>, CommandError> {
+        let sink = self.client.sink.clone();
+        let via_sink = self.replies_via_sink;
+        let mut returned = None;
+        let mut send_reply = |r: &SubscribeReply| {
+            let mut fields = json!({
+                "channel": channel,
+                "offset": r.position.offset,
+                "epoch": &*r.position.epoch,
+            });
+            if let Some(recovered) = r.recovered {
+                fields["recovered"] = json!(recovered);
+            }
+            let frame = encode::reply(id, &fields);
+            if via_sink {
+                sink.send(&Outgoing::new(frame));
+            } else {
+                returned = Some(frame);
+            }
+        };
+        self.subscribe(id, channel, since, &mut send_reply).await?;
+        Ok(returned)
+    }
+
+    /// Subscribes a channel a one-way door names in its URL, announcing it with a
+    /// `subscribed` push as `announce` says.
+    pub async fn subscribe_for_door(
+        &mut self,
+        channel: &str,
+        since: Option<Position>,
+        announce: Announce,
+    ) -> Result<(), CommandError> {
+        let sink = self.client.sink.clone();
+        let mut send = |r: &SubscribeReply| {
+            let recovered = match announce {
+                Announce::Always => None,
+                Announce::Resumed => r.recovered,
+                Announce::IfNotRecovered if r.recovered == Some(false) => r.recovered,
+                Announce::IfNotRecovered => return,
+            };
+            let frame =
+                encode::subscribed(channel, r.position.offset, &r.position.epoch, recovered);
+            sink.send(&Outgoing::new(frame));
+        };
+        self.subscribe(None, channel, since, &mut send).await
+    }
+
     async fn subscribe(
         &mut self,
         id: Option<u64>,
         channel: &str,
         since: Option<Position>,
+        reply: &mut (dyn FnMut(&SubscribeReply) + Send),
     ) -> Result<(), CommandError> {
         self.check_subscribe(id, channel)?;
         if self.client.is_subscribed(channel) {
@@ -128,20 +232,8 @@ impl Session {
                 format!("too many subscriptions (at most {max} per connection)"),
             ));
         }
-        let sink = self.client.sink.clone();
-        let mut send_reply = |r: &crate::hub::SubscribeReply| {
-            let mut fields = json!({
-                "channel": channel,
-                "offset": r.position.offset,
-                "epoch": &*r.position.epoch,
-            });
-            if let Some(recovered) = r.recovered {
-                fields["recovered"] = json!(recovered);
-            }
-            sink.send(&Outgoing::new(encode::reply(id, &fields)));
-        };
         self.hub
-            .subscribe(&self.client, channel, since, &mut send_reply)
+            .subscribe(&self.client, channel, since, reply)
             .await
             .map(|_| ())
             .map_err(|e| hub_error(id, e))

@@ -14,4 +14,9 @@ pub trait ClientSink: Send + Sync {
 
     /// Called on the server's ping interval; a door that needs keep-alives sends one here.
     fn heartbeat(&self) {}
+
+    /// A subscription to `channel` starts at `position`: called under the channel's lock,
+    /// before its reply and its first message are sent. Doors that track positions per
+    /// client (cursors) record it here.
+    fn subscribed(&self, _channel: &str, _position: &crate::engine::StreamPosition) {}
 }

@@ -1,7 +1,7 @@
 //! Encoding of server frames. Each frame is serialized once to JSON; the doors derive their
 //! wire bytes from that once per frame (see [`Outgoing`]), never once per subscriber.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -15,6 +15,16 @@ use crate::{ErrorCode, ws};
 pub struct Outgoing {
     json: Bytes,
     ws_frame: OnceLock<Bytes>,
+    message: Option<MessageMeta>,
+}
+
+/// The position a `message` frame carries, for doors that track positions per client (the
+/// cursor of SSE, streaming and polling).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageMeta {
+    pub channel: Arc<str>,
+    pub offset: u64,
+    pub epoch: Arc<str>,
 }
 
 impl Outgoing {
@@ -22,11 +32,26 @@ impl Outgoing {
         Outgoing {
             json,
             ws_frame: OnceLock::new(),
+            message: None,
+        }
+    }
+
+    /// A `message` frame of `meta.channel` at `meta.offset`.
+    pub fn message(json: Bytes, meta: MessageMeta) -> Self {
+        Outgoing {
+            json,
+            ws_frame: OnceLock::new(),
+            message: Some(meta),
         }
     }
 
     pub fn json(&self) -> &Bytes {
         &self.json
+    }
+
+    /// Set on `message` frames.
+    pub fn message_meta(&self) -> Option<&MessageMeta> {
+        self.message.as_ref()
     }
 
     /// The complete WebSocket text frame (header and payload), encoded once.
@@ -102,6 +127,28 @@ pub fn presence_event(kind: &'static str, channel: &str, member: &Member) -> Byt
     })
 }
 
+/// `{"type":"subscribed","channel","offset","epoch"[,"recovered"]}`: a one-way door
+/// subscribed its URL's channel (`recovered` when it resumed from a cursor).
+pub fn subscribed(channel: &str, offset: u64, epoch: &str, recovered: Option<bool>) -> Bytes {
+    #[derive(Serialize)]
+    struct Subscribed<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        offset: u64,
+        epoch: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+    }
+    to_bytes(&Subscribed {
+        kind: "subscribed",
+        channel,
+        offset,
+        epoch,
+        recovered,
+    })
+}
+
 /// `{"type":"unsubscribed","channel","reason"}`: the server ended a subscription.
 pub fn unsubscribed(channel: &str, reason: &str) -> Bytes {
     #[derive(Serialize)]
@@ -174,6 +221,7 @@ pub fn connected(
     user: &str,
     exp: Option<u64>,
     ping_interval: u64,
+    session: Option<&str>,
 ) -> Bytes {
     #[derive(Serialize)]
     struct Connected<'a> {
@@ -188,6 +236,9 @@ pub fn connected(
         exp: Option<u64>,
         /// Seconds between the server's pings; a client may use it to detect a dead link.
         ping_interval: u64,
+        /// On the one-way doors: the secret for `POST /session/<session>`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        session: Option<&'a str>,
     }
     to_bytes(&Connected {
         kind: "connected",
@@ -196,6 +247,7 @@ pub fn connected(
         user,
         exp,
         ping_interval,
+        session,
     })
 }
 

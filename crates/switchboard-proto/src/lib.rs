@@ -8,4 +8,4 @@ pub mod ws;
 
 pub use code::{Disconnect, ErrorCode};
 pub use command::{Command, CommandError, Position, Request, parse_request};
-pub use encode::Outgoing;
+pub use encode::{MessageMeta, Outgoing};

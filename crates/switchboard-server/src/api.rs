@@ -57,6 +57,28 @@ pub struct ApiError {
     message: String,
 }
 
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<&switchboard_core::AuthError> for ApiError {
+    fn from(e: &switchboard_core::AuthError) -> Self {
+        match e {
+            switchboard_core::AuthError::Expired => {
+                ApiError::new(ErrorCode::TokenExpired, "token expired")
+            }
+            switchboard_core::AuthError::Invalid(why) => {
+                ApiError::new(ErrorCode::Unauthorized, why.clone())
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         error_response(self.code, &self.message)

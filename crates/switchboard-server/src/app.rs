@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use switchboard_core::{Authenticator, Hub};
 
 use crate::config::LimitsConfig;
 use crate::metrics::ServerStats;
-use crate::{api, metrics, ws};
+use crate::{api, cors, metrics, streams, ws};
 
 /// What every door and the API share.
 pub struct AppState {
@@ -22,6 +23,12 @@ pub struct AppState {
     pub limits: LimitsConfig,
     pub api_key: Option<String>,
     pub shutting_down: AtomicBool,
+    /// Signs the cursors of the one-way doors.
+    pub cursor_key: Arc<crate::streams::cursor::CursorKey>,
+    /// Live sessions of this node's streams, for `POST /session/<session>`.
+    pub sessions: crate::streams::sessions::Sessions,
+    /// Browser origins besides the server's own that may use the one-way doors.
+    pub allowed_origins: Vec<String>,
 }
 
 impl AppState {
@@ -31,13 +38,28 @@ impl AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let browser_doors = Router::new()
+        .route("/sse", get(streams::sse).options(preflight))
+        .route("/stream", get(streams::ndjson).options(preflight))
+        .route("/poll", get(streams::poll).options(preflight))
+        .route(
+            "/session/{id}",
+            post(streams::post_session).options(preflight),
+        )
+        .layer(middleware::from_fn_with_state(state.clone(), cors::cors));
     Router::new()
+        .merge(browser_doors)
         .route("/ws", any(ws::upgrade))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .nest("/api", api::router(state.clone()))
         .fallback(api::not_found)
         .with_state(state)
+}
+
+/// CORS preflights are answered by the CORS layer; this only gives them a route.
+async fn preflight() -> StatusCode {
+    StatusCode::NO_CONTENT
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {

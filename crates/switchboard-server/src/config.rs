@@ -23,6 +23,13 @@ pub struct AuthConfig {
     pub api_key: Option<String>,
     /// Clients without a token may connect and do anything.
     pub allow_anonymous: Option<bool>,
+    /// Browser origins (`https://app.example`, or `*`) that may use the one-way doors besides
+    /// the server's own origin.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Signs stream cursors; every node of a deployment needs the same. Defaults to one
+    /// derived from the other secrets.
+    pub cursor_secret: Option<String>,
 }
 
 /// TLS for every door: PEM files of the certificate chain and of its private key.
@@ -231,6 +238,20 @@ impl Config {
             listen,
             dev_mode,
         })
+    }
+
+    /// The secret cursors are signed with: configured, or derived from the other secrets
+    /// (which every node of a deployment shares too).
+    pub fn cursor_secret(&self) -> String {
+        let a = &self.auth;
+        match &a.cursor_secret {
+            Some(secret) => secret.clone(),
+            None => [&a.token_secret, &a.api_key, &a.token_public_key]
+                .iter()
+                .map(|s| s.as_deref().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join("\0"),
+        }
     }
 
     pub fn hub_config(&self) -> HubConfig {

@@ -6,8 +6,10 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod metrics;
 pub mod outbox;
+pub mod streams;
 pub mod tls;
 pub mod ws;
 
@@ -24,6 +26,17 @@ use crate::app::AppState;
 use crate::auth::JwtAuthenticator;
 use crate::config::Resolved;
 use crate::metrics::ServerStats;
+
+/// Lets a request drop its own HTTP connection (a streaming response whose client stopped
+/// reading cannot otherwise be ended: hyper only polls a body when it can write).
+#[derive(Clone)]
+pub struct ConnectionKill(Arc<tokio::sync::Notify>);
+
+impl ConnectionKill {
+    pub fn kill(&self) {
+        self.0.notify_one();
+    }
+}
 
 /// How long shutdown waits for clients to receive their `disconnect` and go.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,6 +71,11 @@ impl Server {
             limits: config.limits.clone(),
             api_key: config.auth.api_key.clone(),
             shutting_down: AtomicBool::new(false),
+            cursor_key: Arc::new(streams::cursor::CursorKey::new(
+                config.cursor_secret().as_bytes(),
+            )),
+            sessions: streams::sessions::Sessions::default(),
+            allowed_origins: config.auth.allowed_origins.clone(),
         });
         Ok(Server {
             listener,
@@ -119,8 +137,6 @@ async fn serve_http(
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::service::TowerToHyperService;
-
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     // Every HTTP connection task holds a receiver; shutdown is announced through it and
     // complete once they have all let go.
@@ -140,17 +156,17 @@ async fn serve_http(
             _ = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let stopped = stopped.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             match acceptor {
-                None => serve_connection(tcp, service, stopped).await,
+                None => serve_connection(tcp, router, stopped).await,
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
                     match handshake.await {
-                        Ok(Ok(stream)) => serve_connection(stream, service, stopped).await,
+                        Ok(Ok(stream)) => serve_connection(stream, router, stopped).await,
                         Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -170,11 +186,20 @@ async fn serve_http(
 /// Serves one HTTP/1.1 connection until it ends, is upgraded, or shutdown asks it to stop.
 async fn serve_connection<I>(
     io: I,
-    service: hyper_util::service::TowerToHyperService<axum::Router>,
+    router: axum::Router,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    use tower_service::Service;
+
+    let kill = ConnectionKill(Arc::new(tokio::sync::Notify::new()));
+    let handle = kill.clone();
+    let service = hyper::service::service_fn(move |mut request: axum::http::Request<_>| {
+        request.extensions_mut().insert(handle.clone());
+        let mut router = router.clone();
+        async move { router.call(request).await }
+    });
     let connection = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
         .with_upgrades();
@@ -185,6 +210,8 @@ async fn serve_connection<I>(
             connection.as_mut().graceful_shutdown();
             connection.await
         }
+        // Dropping the connection closes its socket.
+        _ = kill.0.notified() => return,
     };
     if let Err(e) = result {
         tracing::debug!("http connection: {e}");

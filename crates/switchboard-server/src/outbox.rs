@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::task::{Context, Poll};
-use switchboard_core::ClientSink;
+use switchboard_core::{ClientSink, StreamPosition};
 use switchboard_proto::{Disconnect, Outgoing};
 
 use futures_util::task::AtomicWaker;
@@ -19,24 +19,62 @@ use crate::metrics::ServerStats;
 
 /// How a door turns frames into its wire bytes.
 pub trait DoorCodec: Send + Sync + 'static {
-    fn frame(&self, frame: &Outgoing) -> Bytes;
+    /// What the codec remembers per connection (the positions behind a cursor). It is only
+    /// touched under the outbox's lock, together with the queue, so what it encodes follows
+    /// the order of the wire.
+    type State: Default + Send;
+
+    fn frame(&self, state: &mut Self::State, frame: &Outgoing) -> Wire;
+
+    /// A subscription of this connection starts at `position` (see
+    /// [`ClientSink::subscribed`]).
+    fn subscribed(&self, _state: &mut Self::State, _channel: &str, _position: &StreamPosition) {}
+
     /// The last bytes sent before closing: a `disconnect` frame and, where the door has one,
     /// its own close.
     fn goodbye(&self, reason: &Disconnect) -> Vec<Bytes>;
 }
 
-#[derive(Default)]
-struct Queue {
+/// One frame on the wire: a single buffer, or a shared middle between two per-client parts
+/// (a cursor's event id before, its field after), so shared bytes are never copied.
+pub enum Wire {
+    One(Bytes),
+    Three(Bytes, Bytes, Bytes),
+}
+
+impl Wire {
+    fn len(&self) -> usize {
+        match self {
+            Wire::One(b) => b.len(),
+            Wire::Three(a, b, c) => a.len() + b.len() + c.len(),
+        }
+    }
+}
+
+struct Queue<S> {
     frames: VecDeque<Bytes>,
     /// Bytes queued or taken by the writer and not yet written.
     bytes: usize,
     closing: Option<Disconnect>,
     /// The backlog was dropped; the writer must drop what it holds too, once.
     trim_writer: bool,
+    state: S,
+}
+
+impl<S: Default> Default for Queue<S> {
+    fn default() -> Self {
+        Queue {
+            frames: VecDeque::new(),
+            bytes: 0,
+            closing: None,
+            trim_writer: false,
+            state: S::default(),
+        }
+    }
 }
 
 pub struct Outbox<C: DoorCodec> {
-    queue: Mutex<Queue>,
+    queue: Mutex<Queue<C::State>>,
     /// The connection task's waker, woken when there is something for it to do.
     waker: AtomicWaker,
     /// Something was queued, a close began or a heartbeat is due since the task last looked.
@@ -67,24 +105,36 @@ impl<C: DoorCodec> Outbox<C> {
     /// Queues door-encoded bytes (a reply, a control frame), subject to the same bound.
     pub fn push(&self, bytes: Bytes) -> bool {
         let mut q = self.queue.lock();
+        self.push_locked(&mut q, Wire::One(bytes))
+    }
+
+    fn push_locked(&self, q: &mut Queue<C::State>, wire: Wire) -> bool {
         if q.closing.is_some() {
             return false;
         }
-        if q.bytes + bytes.len() > self.limit {
-            self.overflow(&mut q);
+        let len = wire.len();
+        if q.bytes + len > self.limit {
+            self.overflow(q);
             return false;
         }
-        q.bytes += bytes.len();
+        q.bytes += len;
         let was_empty = q.frames.is_empty();
-        q.frames.push_back(bytes);
-        drop(q);
+        match wire {
+            Wire::One(b) => q.frames.push_back(b),
+            Wire::Three(a, b, c) => q.frames.extend([a, b, c]),
+        }
         if was_empty {
             self.wake();
         }
         true
     }
 
-    fn overflow(&self, q: &mut Queue) {
+    /// Runs `f` on the codec's per-connection state, under the queue's lock.
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut C::State) -> R) -> R {
+        f(&mut self.queue.lock().state)
+    }
+
+    fn overflow(&self, q: &mut Queue<C::State>) {
         self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
         q.frames.clear();
         q.bytes = 0;
@@ -92,12 +142,12 @@ impl<C: DoorCodec> Outbox<C> {
         self.close_locked(q, Disconnect::SLOW_CONSUMER);
     }
 
-    fn close_locked(&self, q: &mut Queue, reason: Disconnect) {
+    fn close_locked(&self, q: &mut Queue<C::State>, reason: Disconnect) {
         let goodbye = self.codec.goodbye(&reason);
         self.close_with_locked(q, reason, goodbye);
     }
 
-    fn close_with_locked(&self, q: &mut Queue, reason: Disconnect, goodbye: Vec<Bytes>) {
+    fn close_with_locked(&self, q: &mut Queue<C::State>, reason: Disconnect, goodbye: Vec<Bytes>) {
         q.closing = Some(reason);
         for bytes in goodbye {
             q.bytes += bytes.len();
@@ -170,7 +220,17 @@ impl<C: DoorCodec> Outbox<C> {
 
 impl<C: DoorCodec> ClientSink for Outbox<C> {
     fn send(&self, frame: &Outgoing) -> bool {
-        self.push(self.codec.frame(frame))
+        let mut q = self.queue.lock();
+        if q.closing.is_some() {
+            return false;
+        }
+        let wire = self.codec.frame(&mut q.state, frame);
+        self.push_locked(&mut q, wire)
+    }
+
+    fn subscribed(&self, channel: &str, position: &StreamPosition) {
+        let mut q = self.queue.lock();
+        self.codec.subscribed(&mut q.state, channel, position);
     }
 
     fn disconnect(&self, reason: Disconnect) {
@@ -192,8 +252,9 @@ mod tests {
 
     struct Plain;
     impl DoorCodec for Plain {
-        fn frame(&self, frame: &Outgoing) -> Bytes {
-            frame.json().clone()
+        type State = ();
+        fn frame(&self, _: &mut (), frame: &Outgoing) -> Wire {
+            Wire::One(frame.json().clone())
         }
         fn goodbye(&self, reason: &Disconnect) -> Vec<Bytes> {
             vec![Bytes::from(reason.code)]

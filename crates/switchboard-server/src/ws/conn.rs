@@ -317,8 +317,9 @@ impl Conn {
             sink,
         );
         let ping = self.state.limits.ping_interval.as_secs();
-        self.outbox
-            .push(ws::encode_text(&session.connected_frame(connect_id, ping)));
+        self.outbox.push(ws::encode_text(
+            &session.connected_frame(connect_id, ping, None),
+        ));
         self.session = Some(Box::new(session));
         self.deadline = None;
     }

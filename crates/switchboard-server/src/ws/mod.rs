@@ -23,14 +23,16 @@ use crate::tls::TlsSocket;
 
 use crate::api::error_response;
 use crate::app::AppState;
-use crate::outbox::DoorCodec;
+use crate::outbox::{DoorCodec, Wire};
 
 /// WebSocket wire bytes: each frame is a text frame, encoded once and shared.
 pub struct WsCodec;
 
 impl DoorCodec for WsCodec {
-    fn frame(&self, frame: &Outgoing) -> Bytes {
-        frame.ws_frame()
+    type State = ();
+
+    fn frame(&self, _: &mut (), frame: &Outgoing) -> Wire {
+        Wire::One(frame.ws_frame())
     }
 
     fn goodbye(&self, reason: &Disconnect) -> Vec<Bytes> {
@@ -97,10 +99,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 pub(crate) fn auth_error_response(e: &AuthError) -> Response {
-    match e {
-        AuthError::Expired => error_response(ErrorCode::TokenExpired, "token expired"),
-        AuthError::Invalid(why) => error_response(ErrorCode::Unauthorized, why),
-    }
+    crate::api::ApiError::from(e).into_response()
 }
 
 /// `GET /ws`: checks the upgrade and the token, answers 101 and hands the socket over.

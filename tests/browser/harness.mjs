@@ -1,0 +1,413 @@
+// The browser tests' harness: the real server binary on a free port, a page served from another
+// origin (so every request from the page is cross-origin and CORS is exercised), Debian's
+// Chromium driven by playwright-core, tokens minted here, and the server API for publishing.
+//
+// Nothing here knows how a door works: the page side lives in page/doors.js.
+
+import { spawn } from 'node:child_process';
+import { createHmac, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repoRoot = resolve(here, '..', '..');
+
+export const TOKEN_SECRET = 'browser-secret';
+export const API_KEY = 'browser-key';
+
+export const CHROMIUM_PATH = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+export const CHROMIUM_ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--disable-dev-shm-usage',
+];
+
+/** The server binary: `target/debug/switchboard` unless SWITCHBOARD_BIN says otherwise. */
+export function serverBinary() {
+  if (process.env.SWITCHBOARD_BIN) return process.env.SWITCHBOARD_BIN;
+  const target = process.env.CARGO_TARGET_DIR
+    ? resolve(repoRoot, process.env.CARGO_TARGET_DIR)
+    : join(repoRoot, 'target');
+  return join(target, 'debug', 'switchboard');
+}
+
+/** A unique suffix for channel and user names, so every test starts at offset 1. */
+export function uniq(prefix) {
+  return `${prefix}-${randomBytes(4).toString('hex')}`;
+}
+
+/** A TCP port nobody listens on right now (the OS picks it). */
+export async function freePort() {
+  const srv = createNetServer();
+  await new Promise((ok, fail) => srv.once('error', fail).listen(0, '127.0.0.1', ok));
+  const { port } = srv.address();
+  await new Promise((ok) => srv.close(ok));
+  return port;
+}
+
+const b64url = (buf) => Buffer.from(buf).toString('base64url');
+
+/** An HS256 JWT over `claims`, signed with `secret`. */
+export function signHs256(claims, secret = TOKEN_SECRET) {
+  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+  const body = b64url(JSON.stringify(claims));
+  const sig = createHmac('sha256', secret).update(`${head}.${body}`).digest();
+  return `${head}.${body}.${b64url(sig)}`;
+}
+
+/** A connection token for `user` that may subscribe and publish anything, valid for an hour. */
+export function mintToken(user, { ttl = 3600, secret = TOKEN_SECRET, extra = {} } = {}) {
+  const exp = Math.floor(Date.now() / 1000) + ttl;
+  return signHs256({ sub: user, exp, subscribe: ['*'], publish: ['*'], ...extra }, secret);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The page server: a tiny node:http server on its own port serving the test page.
+
+const PAGE_HTML = `<!doctype html>
+<meta charset="utf-8">
+<title>switchboard browser tests</title>
+<script src="/doors.js"></script>
+<p>switchboard browser tests</p>
+`;
+
+export async function startPageServer() {
+  const doorsJs = readFileSync(join(here, 'page', 'doors.js'));
+  const server = createServer((req, res) => {
+    const path = new URL(req.url, 'http://x').pathname;
+    if (path === '/' || path === '/index.html') {
+      res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+      res.end(PAGE_HTML);
+    } else if (path === '/doors.js') {
+      res.writeHead(200, { 'content-type': 'text/javascript; charset=utf-8', 'cache-control': 'no-store' });
+      res.end(doorsJs);
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('not found');
+    }
+  });
+  await new Promise((ok, fail) => server.once('error', fail).listen(0, '127.0.0.1', ok));
+  const { port } = server.address();
+  return {
+    port,
+    origin: `http://127.0.0.1:${port}`,
+    close: () => new Promise((ok) => { server.closeAllConnections?.(); server.close(() => ok()); }),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server.
+
+function configToml({ port, origins }) {
+  const lines = [
+    `listen = "127.0.0.1:${port}"`,
+    '',
+    '[auth]',
+    `token_secret = "${TOKEN_SECRET}"`,
+    `api_key = "${API_KEY}"`,
+  ];
+  if (origins) lines.push(`allowed_origins = [${origins.map((o) => JSON.stringify(o)).join(', ')}]`);
+  return lines.join('\n') + '\n';
+}
+
+/**
+ * Starts `switchboard serve --config <tmp toml>` on a free port, allowing `origins` for CORS,
+ * and waits until `GET /health` answers. Tries a few ports in case another process takes the
+ * one picked in between.
+ */
+export async function startServer({ origins = [] } = {}) {
+  const bin = serverBinary();
+  let lastError;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = await freePort();
+    try {
+      const server = await launchServer(bin, port, origins);
+      server.corsConfigured = true;
+      return server;
+    } catch (e) {
+      lastError = e;
+      if (/unknown field.*allowed_origins/.test(String(e.message))) {
+        // A server that predates `[auth] allowed_origins`: run it without, so the WebSocket
+        // self-test still works; the cross-origin door tests check `corsConfigured` and fail
+        // with this reason.
+        process.stderr.write('warning: this switchboard does not know [auth] allowed_origins; started without it\n');
+        const server = await launchServer(bin, port, null);
+        server.corsConfigured = false;
+        server.corsRefusal = String(e.message).split('\n').find((l) => l.includes('allowed_origins'));
+        return server;
+      }
+      if (!/address|in use|bind/i.test(String(e.message))) break;
+    }
+  }
+  throw lastError;
+}
+
+async function launchServer(bin, port, origins) {
+  const dir = mkdtempSync(join(tmpdir(), 'switchboard-browser-'));
+  const configPath = join(dir, 'switchboard.toml');
+  writeFileSync(configPath, configToml({ port, origins }));
+  const output = [];
+  const child = spawn(bin, ['serve', '--config', configPath], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, RUST_BACKTRACE: '1' },
+  });
+  const keep = (chunk) => {
+    output.push(chunk.toString());
+    if (output.length > 400) output.splice(0, output.length - 400);
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  let exited = null;
+  const exitPromise = new Promise((ok) => child.once('exit', (code, signal) => { exited = { code, signal }; ok(exited); }));
+  child.once('error', (e) => { output.push(`spawn error: ${e.message}\n`); exited = exited || { code: -1, signal: null }; });
+  const killOnExit = () => { try { child.kill('SIGKILL'); } catch { /* gone */ } };
+  process.once('exit', killOnExit);
+
+  const base = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 15_000;
+  let ready = false;
+  while (Date.now() < deadline && !exited) {
+    try {
+      const res = await fetch(`${base}/health`, { signal: AbortSignal.timeout(1000) });
+      if (res.ok && (await res.json()).status === 'ok') { ready = true; break; }
+    } catch { /* not listening yet */ }
+    await sleep(50);
+  }
+  if (!ready) {
+    killOnExit();
+    await Promise.race([exitPromise, sleep(2000, null, { ref: false })]);
+    rmSync(dir, { recursive: true, force: true });
+    throw new Error(
+      `switchboard did not become ready on ${base} (${exited ? `exited ${JSON.stringify(exited)}` : 'timed out'})\n` +
+      `${bin} serve --config ${configPath}\n--- its output ---\n${output.join('')}`,
+    );
+  }
+
+  return {
+    port,
+    url: base,
+    wsUrl: `ws://127.0.0.1:${port}`,
+    origins,
+    output: () => output.join(''),
+    token: (user, opts) => mintToken(user, opts),
+    async api(method, path, body) {
+      const res = await fetch(`${base}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(5000),
+      });
+      const text = await res.text();
+      if (!res.ok) throw new Error(`${method} ${path} -> HTTP ${res.status}: ${text}`);
+      return JSON.parse(text);
+    },
+    /** POST /api/publish; answers `{offset, epoch}`. */
+    publish(channel, data) {
+      return this.api('POST', '/api/publish', { channel, data });
+    },
+    /** POST /api/disconnect; answers `{disconnected: N}`. */
+    disconnect(user) {
+      return this.api('POST', '/api/disconnect', { user });
+    },
+    async stop() {
+      process.removeListener('exit', killOnExit);
+      if (!exited) {
+        child.kill('SIGTERM');
+        const done = await Promise.race([exitPromise, sleep(7000, null, { ref: false })]);
+        if (!done) { child.kill('SIGKILL'); await exitPromise; }
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The browser.
+
+export function launchBrowser() {
+  return chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args: CHROMIUM_ARGS, timeout: 30_000 });
+}
+
+/**
+ * Everything a test needs: the page server, the server (allowing the page's origin), Chromium
+ * and one page already showing the test page. `close()` tears it all down, server last.
+ */
+export async function setup() {
+  const pages = await startPageServer();
+  let sb;
+  let browser;
+  try {
+    sb = await startServer({ origins: [pages.origin] });
+    browser = await launchBrowser();
+  } catch (e) {
+    await browser?.close();
+    await sb?.stop();
+    await pages.close();
+    throw e;
+  }
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const consoleLines = [];
+  page.on('console', (m) => consoleLines.push(`[${m.type()}] ${m.text()}`));
+  page.on('pageerror', (e) => consoleLines.push(`[pageerror] ${e.message}`));
+  await page.goto(`${pages.origin}/`, { timeout: 10_000 });
+  await page.waitForFunction(() => typeof window.sb === 'object', null, { timeout: 5_000 });
+  return {
+    sb,
+    pages,
+    browser,
+    context,
+    page,
+    consoleLines,
+    async close() {
+      await browser.close().catch(() => {});
+      await sb.stop();
+      await pages.close();
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting and asserting.
+
+/**
+ * Polls the page's state (`window.sb.snapshot(key)`) until `pred(state)` holds, or fails after
+ * `timeout` ms with `what` and a summary of what the page had.
+ */
+export async function waitForPage(page, key, pred, { timeout = 5000, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeout;
+  let state;
+  for (;;) {
+    state = await page.evaluate((k) => window.sb.snapshot(k), key);
+    if (pred(state)) return state;
+    if (Date.now() > deadline) break;
+    await sleep(40);
+  }
+  throw new Error(`timed out after ${timeout} ms waiting for ${what}\npage state: ${summarize(state)}`);
+}
+
+/** A short, readable account of a door's state for failure messages. */
+export function summarize(state) {
+  if (!state) return String(state);
+  const frames = (state.frames || []).map((r) => {
+    const f = r.frame;
+    if (!f || typeof f !== 'object') return JSON.stringify(r);
+    if (f.type === 'message') return `message(${f.channel}#${f.offset})`;
+    if (f.type === 'subscribed') return `subscribed(${f.channel} offset=${f.offset} recovered=${f.recovered})`;
+    return JSON.stringify(f).slice(0, 160);
+  });
+  const rest = { ...state };
+  delete rest.frames;
+  return `${JSON.stringify(rest).slice(0, 2000)}\nframes (${frames.length}): ${frames.join(', ').slice(0, 4000)}`;
+}
+
+export const messagesOf = (state) => state.frames.map((r) => r.frame).filter((f) => f && f.type === 'message');
+export const framesOfType = (state, type) => state.frames.filter((r) => r.frame && r.frame.type === type);
+
+/**
+ * Publishes `count` messages to each channel, interleaved (a1 b1 a2 b2 ...), recording what was
+ * published in `published` (channel -> [{offset, epoch, data}]) and checking the API's offsets.
+ * Answers when the first publish and the last were done (`Date.now()`, the page's clock too).
+ */
+export async function publishRound(sb, published, channels, count, label) {
+  let firstDoneAt = null;
+  for (let i = 0; i < count; i++) {
+    for (const channel of channels) {
+      const list = published.get(channel) || [];
+      published.set(channel, list);
+      const data = { label, n: list.length + 1, channel, note: `${label} ${i} ${randomBytes(3).toString('hex')}` };
+      const answer = await sb.publish(channel, data);
+      if (answer.offset !== list.length + 1) {
+        throw new Error(`/api/publish on ${channel} answered offset ${answer.offset}, expected ${list.length + 1}`);
+      }
+      list.push({ offset: answer.offset, epoch: answer.epoch, data });
+      firstDoneAt ??= Date.now();
+    }
+  }
+  return { firstDoneAt, doneAt: Date.now() };
+}
+
+export const publishedCount = (published) => [...published.values()].reduce((n, l) => n + l.length, 0);
+
+/**
+ * The heart of every door test: per channel, the message frames the page received have offsets
+ * exactly 1..N in order (no gap, no repeat), one epoch, each carrying the very payload published
+ * at that offset and a string cursor; and no message arrived for a channel nobody published to.
+ */
+export function assertExactlyOnce(assert, state, published, { cursors = true } = {}) {
+  const received = new Map();
+  for (const f of messagesOf(state)) {
+    if (!received.has(f.channel)) received.set(f.channel, []);
+    received.get(f.channel).push(f);
+  }
+  for (const channel of received.keys()) {
+    assert.ok(published.has(channel), `a message arrived for ${channel}, which nobody published to`);
+  }
+  for (const [channel, sent] of published) {
+    const got = received.get(channel) || [];
+    const offsets = got.map((f) => f.offset);
+    const expected = sent.map((m) => m.offset);
+    assert.deepStrictEqual(offsets, expected, `offsets received on ${channel} (expected exactly 1..${sent.length}, in order, once each)`);
+    for (let i = 0; i < sent.length; i++) {
+      assert.deepStrictEqual(got[i].data, sent[i].data, `payload of ${channel} offset ${sent[i].offset}`);
+      assert.strictEqual(got[i].epoch, sent[i].epoch, `epoch of ${channel} offset ${sent[i].offset}`);
+      if (!cursors) continue;
+      assert.strictEqual(typeof got[i].cursor, 'string', `${channel} offset ${sent[i].offset} carries a cursor`);
+      assert.ok(got[i].cursor.length > 0, `${channel} offset ${sent[i].offset} carries a non-empty cursor`);
+    }
+    const payloads = got.map((f) => JSON.stringify(f.data));
+    assert.strictEqual(new Set(payloads).size, payloads.length, `no payload repeated on ${channel}`);
+  }
+}
+
+/**
+ * Runs a test body; when it fails, the error also carries the tail of the server's output and
+ * what the page printed, so a CI log shows why.
+ */
+export async function withDiagnostics(env, body) {
+  try {
+    await body();
+  } catch (e) {
+    const serverTail = env?.sb ? env.sb.output().split('\n').slice(-40).join('\n') : '(no server)';
+    const consoleTail = env?.consoleLines ? env.consoleLines.slice(-30).join('\n') : '';
+    e.message += `\n--- server output (tail) ---\n${serverTail}\n--- page console (tail) ---\n${consoleTail}`;
+    throw e;
+  }
+}
+
+/** Waits `ms` more (so late repeats would show up), then answers the page's state. */
+export async function settle(page, key, ms = 300) {
+  await sleep(ms);
+  return page.evaluate((k) => window.sb.snapshot(k), key);
+}
+
+/** The one-way door tests are cross-origin: they need the server to take `allowed_origins`. */
+export function assertCorsConfigured(assert, sb) {
+  assert.ok(
+    sb.corsConfigured,
+    `the server refused [auth] allowed_origins, so no cross-origin page can use its doors: ${sb.corsRefusal}`,
+  );
+}
+
+/** The `subscribed` frames that came after the `n`th `connected` (0-based) of a door's state. */
+export function subscribedAfterConnect(state, n) {
+  let seen = -1;
+  const out = [];
+  for (const r of state.frames) {
+    if (r.frame?.type === 'connected') seen++;
+    else if (r.frame?.type === 'subscribed' && seen === n) out.push(r.frame);
+  }
+  return out;
+}
