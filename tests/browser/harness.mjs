@@ -93,6 +93,9 @@ export async function startPageServer() {
     } else if (path === '/doors.js') {
       res.writeHead(200, { 'content-type': 'text/javascript; charset=utf-8', 'cache-control': 'no-store' });
       res.end(doorsJs);
+    } else if (path === '/favicon.ico') {
+      res.writeHead(204);
+      res.end();
     } else {
       res.writeHead(404, { 'content-type': 'text/plain' });
       res.end('not found');
@@ -382,7 +385,12 @@ export async function withDiagnostics(env, body) {
   } catch (e) {
     const serverTail = env?.sb ? env.sb.output().split('\n').slice(-40).join('\n') : '(no server)';
     const consoleTail = env?.consoleLines ? env.consoleLines.slice(-30).join('\n') : '';
-    e.message += `\n--- server output (tail) ---\n${serverTail}\n--- page console (tail) ---\n${consoleTail}`;
+    const diag = `\n--- server output (tail) ---\n${serverTail}\n--- page console (tail) ---\n${consoleTail}`;
+    // Reporters print the stack (made when the error was), so the tail goes on both.
+    if (e instanceof Error) {
+      e.message += diag;
+      if (typeof e.stack === 'string') e.stack += diag;
+    }
     throw e;
   }
 }

@@ -22,7 +22,7 @@ test('harness: a page on another origin gets connected over WebSocket and receiv
     const url = `${sb.wsUrl}/ws?token=${sb.token(user)}`;
     await page.evaluate(([u, c]) => window.sb.startWs('ws', u, c), [url, channel]);
 
-    let st = await waitForPage(page, 'ws', (s) => framesOfType(s, 'reply').length > 0 || framesOfType(s, 'error').length > 0, {
+    let st = await waitForPage(page, 'ws', (s) => framesOfType(s, 'reply').length > 0 || framesOfType(s, 'error').length > 0 || s.events.some((e) => e.startsWith('close')), {
       timeout: 5000, what: 'connected, then the reply to subscribe',
     });
     const first = st.frames[0].frame;

@@ -43,7 +43,6 @@ test('poll: a fetch() loop gets every message of two channels exactly once, in o
     const connected = st.frames[0]?.frame;
     assert.equal(connected?.type, 'connected', `the first poll's messages start with connected: ${JSON.stringify(first.types)}`);
     assert.equal(connected.user, user);
-    assert.equal(typeof connected.session, 'string', 'connected carries a session on long polling');
     const headers = await responses[0].allHeaders();
     assert.equal(headers['access-control-allow-origin'], pages.origin, 'CORS header for the page\'s origin');
 
@@ -93,4 +92,17 @@ test('poll: a fetch() loop gets every message of two channels exactly once, in o
       assert.equal(p.status, 200, `poll ${i} answered ${p.status} ${p.body || p.error || ''}`);
     });
     assert.deepEqual(st.bad, [], 'every answer was JSON');
+  }));
+
+test('poll: the first poll\'s connected carries a session (PROTOCOL §5)', { timeout: 10_000 }, () =>
+  withDiagnostics(env, async () => {
+    const { sb, page } = env;
+    assertCorsConfigured(assert, sb);
+    const user = uniq('poll-session');
+    const url = `${sb.url}/poll?channel=${uniq('poll-s')}&token=${sb.token(user)}`;
+    const got = await page.evaluate((u) => window.sb.tryFetch(u, { signal: AbortSignal.timeout(5000) }), url);
+    assert.equal(got.status, 200, JSON.stringify(got).slice(0, 300));
+    const connected = JSON.parse(got.body).messages[0];
+    assert.equal(connected.type, 'connected');
+    assert.equal(typeof connected.session, 'string', `connected carries a session on long polling: ${JSON.stringify(connected)}`);
   }));

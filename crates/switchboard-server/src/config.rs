@@ -66,7 +66,7 @@ impl Default for LimitsConfig {
             max_subscriptions: 128,
             client_queue_bytes: 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
-            ping_interval: Duration::from_secs(25),
+            ping_interval: Duration::from_secs(20),
             max_api_body: 1024 * 1024,
         }
     }
