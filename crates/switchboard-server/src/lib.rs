@@ -231,6 +231,7 @@ async fn tick(state: Arc<AppState>) {
         let now = unix_now();
         state.hub.expire_tokens(now);
         state.hub.engine().maintain(now);
+        state.sessions.expire_polls(now);
         if seconds.is_multiple_of(ping_every) {
             state.hub.heartbeat();
         }

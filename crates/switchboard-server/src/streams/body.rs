@@ -135,10 +135,6 @@ impl Drop for StreamBody {
         self.state.sessions.remove(&self.session_id);
         let cell = self.cell.clone();
         // Leaving the hub is async (the engine may be remote): do it in the background.
-        tokio::spawn(async move {
-            if let Some(session) = cell.session.lock().await.take() {
-                session.close().await;
-            }
-        });
+        tokio::spawn(async move { cell.close().await });
     }
 }

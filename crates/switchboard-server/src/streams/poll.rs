@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use super::codec::CursorState;
 use super::cursor::CursorKey;
+use super::sessions::SessionBuffer;
 use super::{no_buffering, read_request, start_positions};
 use crate::api::error_response;
 use crate::app::AppState;
@@ -111,7 +112,25 @@ impl ClientSink for PollSink {
     }
 }
 
-/// `GET /poll?channel=...[&cursor=...][&timeout=...]`.
+/// Opens the session a long poller talks back through (spec §5): a client of the hub whose
+/// frames wait in a buffer for the next poll that names it (`&session=`). Returns its id and
+/// the `connected` frame that announces it.
+fn open_poll_session(
+    state: &Arc<AppState>,
+    claims: switchboard_core::Claims,
+    heartbeat: u64,
+) -> (String, Bytes) {
+    let buffer = Arc::new(SessionBuffer::new(state.limits.client_queue_bytes));
+    let sink: Arc<dyn ClientSink> = buffer.clone();
+    let mut session = Session::open(state.hub.clone(), state.auth.clone(), claims, sink);
+    session.return_replies();
+    let id = crate::config::random_hex(16);
+    let connected = session.connected_frame(None, heartbeat, Some(&id));
+    state.sessions.insert_poll(id.clone(), session, buffer);
+    (id, connected)
+}
+
+/// `GET /poll?channel=...[&cursor=...][&timeout=...][&session=...]`.
 pub async fn poll(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, _) = request.into_parts();
     let door = match read_request(&state, &parts, false) {
@@ -121,12 +140,21 @@ pub async fn poll(State(state): State<Arc<AppState>>, request: Request) -> Respo
             return refusal.into_response();
         }
     };
-    let timeout = match Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
-        .ok()
-        .and_then(|Query(q)| q.into_iter().find(|(k, _)| k == "timeout"))
-    {
+    let params = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+        .map(|Query(q)| q)
+        .unwrap_or_default();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    // The session of an earlier poll, if this node still has it: what its commands
+    // subscribed arrives through it.
+    let poll_session = param("session").and_then(|id| state.sessions.touch_poll(&id));
+    let timeout = match param("timeout") {
         None => DEFAULT_TIMEOUT,
-        Some((_, v)) => match v.parse::<u64>() {
+        Some(v) => match v.parse::<u64>() {
             Ok(secs) => secs.min(MAX_TIMEOUT),
             Err(_) => {
                 return error_response(ErrorCode::BadRequest, "`timeout` must be whole seconds");
@@ -154,13 +182,15 @@ pub async fn poll(State(state): State<Arc<AppState>>, request: Request) -> Respo
         limit: state.limits.client_queue_bytes,
     });
     let first = door.cursor.is_none();
+    if first {
+        let heartbeat = state.limits.ping_interval.as_secs();
+        let (id, connected) = open_poll_session(&state, door.claims.clone(), heartbeat);
+        sink.push(connected);
+        tracing::debug!("long-poll session {id} opened");
+    }
     let as_sink: Arc<dyn ClientSink> = sink.clone();
     let mut session =
         Session::open_observer(state.hub.clone(), state.auth.clone(), door.claims, as_sink);
-    if first {
-        let heartbeat = state.limits.ping_interval.as_secs();
-        sink.push(session.connected_frame(None, heartbeat, None));
-    }
     // The first poll announces every channel; later ones only a channel whose missed
     // messages history no longer held.
     let announce = if first {
@@ -178,21 +208,36 @@ pub async fn poll(State(state): State<Arc<AppState>>, request: Request) -> Respo
             sink.push(error_frame(&e));
         }
     }
+    let buffer = poll_session.as_ref().and_then(|cell| cell.buffer.clone());
     if !first {
         let wait = async {
             loop {
                 let arrived = sink.arrived.notified();
-                if !sink.inner.lock().frames.is_empty() {
+                let buffered = async {
+                    match &buffer {
+                        Some(b) => b.arrived.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                if !sink.inner.lock().frames.is_empty()
+                    || buffer.as_ref().is_some_and(|b| !b.is_empty())
+                {
                     return;
                 }
-                arrived.await;
+                tokio::select! {
+                    _ = arrived => {}
+                    _ = buffered => {}
+                }
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(timeout), wait).await;
     }
     session.close().await;
 
-    let collected = std::mem::take(&mut *sink.inner.lock());
+    let mut collected = std::mem::take(&mut *sink.inner.lock());
+    if let Some(buffer) = &buffer {
+        collected.frames.extend(buffer.take());
+    }
     let cursor = collected.cursor.cursor(&state.cursor_key);
     let mut out = Vec::with_capacity(collected.bytes + collected.frames.len() + 64);
     out.extend_from_slice(b"{\"messages\":[");

@@ -8,20 +8,96 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
-use switchboard_core::Session;
 use switchboard_core::session::error_frame;
-use switchboard_proto::{ErrorCode, parse_request};
+use switchboard_core::{ClientSink, Session};
+use switchboard_proto::{Disconnect, ErrorCode, Outgoing, encode, parse_request};
+use tokio::sync::Notify;
 
 use crate::api::error_response;
 use crate::app::AppState;
 
-/// A stream's session, shared by its body (which owns its lifetime) and the registry.
+/// A door's session, shared by the registry and whatever owns its lifetime: a stream's body,
+/// or (for long polling, whose requests come and go) the registry itself until it expires.
 pub struct SessionCell {
-    /// `None` once the stream ended.
+    /// `None` once the door ended.
     pub session: tokio::sync::Mutex<Option<Session>>,
+    /// Long polling only: what the session received between polls.
+    pub buffer: Option<Arc<SessionBuffer>>,
+    /// Unix seconds of the last poll (long polling only).
+    last_seen: AtomicU64,
+}
+
+/// The sink of a long-poll session: frames wait here for the next poll, up to a byte bound
+/// (past it the session is closed as a slow consumer, like any other client).
+pub struct SessionBuffer {
+    inner: Mutex<BufferInner>,
+    pub arrived: Notify,
+    limit: usize,
+}
+
+#[derive(Default)]
+struct BufferInner {
+    frames: Vec<Bytes>,
+    bytes: usize,
+    closed: bool,
+}
+
+impl SessionBuffer {
+    pub fn new(limit: usize) -> Self {
+        SessionBuffer {
+            inner: Mutex::new(BufferInner::default()),
+            arrived: Notify::new(),
+            limit,
+        }
+    }
+
+    pub fn take(&self) -> Vec<Bytes> {
+        let mut inner = self.inner.lock();
+        inner.bytes = 0;
+        std::mem::take(&mut inner.frames)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.lock().frames.is_empty()
+    }
+
+    fn push(&self, inner: &mut BufferInner, frame: Bytes) {
+        inner.bytes += frame.len();
+        inner.frames.push(frame);
+        self.arrived.notify_one();
+    }
+}
+
+impl ClientSink for SessionBuffer {
+    fn send(&self, frame: &Outgoing) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.closed {
+            return false;
+        }
+        if inner.bytes + frame.json().len() > self.limit {
+            inner.frames.clear();
+            inner.bytes = 0;
+            inner.closed = true;
+            self.push(&mut inner, encode::disconnect(&Disconnect::SLOW_CONSUMER));
+            return false;
+        }
+        self.push(&mut inner, frame.json().clone());
+        true
+    }
+
+    fn disconnect(&self, reason: Disconnect) {
+        let mut inner = self.inner.lock();
+        if !inner.closed {
+            inner.closed = true;
+            self.push(&mut inner, encode::disconnect(&reason));
+        }
+    }
 }
 
 /// The live sessions of this node's streams, by secret.
@@ -32,11 +108,52 @@ pub struct Sessions {
 
 impl Sessions {
     pub fn insert(&self, id: String, session: Session) -> (String, Arc<SessionCell>) {
+        self.insert_cell(id, session, None)
+    }
+
+    /// A long-poll session: it lives in the registry until no poll came for [`POLL_SESSION_TTL`].
+    pub fn insert_poll(&self, id: String, session: Session, buffer: Arc<SessionBuffer>) {
+        self.insert_cell(id, session, Some(buffer));
+    }
+
+    fn insert_cell(
+        &self,
+        id: String,
+        session: Session,
+        buffer: Option<Arc<SessionBuffer>>,
+    ) -> (String, Arc<SessionCell>) {
         let cell = Arc::new(SessionCell {
             session: tokio::sync::Mutex::new(Some(session)),
+            buffer,
+            last_seen: AtomicU64::new(switchboard_core::unix_now()),
         });
         self.cells.lock().insert(id.clone(), cell.clone());
         (id, cell)
+    }
+
+    /// The long-poll session `id`, marked as seen now.
+    pub fn touch_poll(&self, id: &str) -> Option<Arc<SessionCell>> {
+        let cell = self.get(id).filter(|c| c.buffer.is_some())?;
+        cell.last_seen
+            .store(switchboard_core::unix_now(), Ordering::Relaxed);
+        Some(cell)
+    }
+
+    /// Removes long-poll sessions no poll came for, and closes them in the background.
+    pub fn expire_polls(&self, now: u64) {
+        let mut expired = Vec::new();
+        self.cells.lock().retain(|_, cell| {
+            let idle = cell.buffer.is_some()
+                && now.saturating_sub(cell.last_seen.load(Ordering::Relaxed))
+                    >= POLL_SESSION_TTL.as_secs();
+            if idle {
+                expired.push(cell.clone());
+            }
+            !idle
+        });
+        for cell in expired {
+            tokio::spawn(async move { cell.close().await });
+        }
     }
 
     pub fn remove(&self, id: &str) {
@@ -47,6 +164,18 @@ impl Sessions {
         self.cells.lock().get(id).cloned()
     }
 }
+
+impl SessionCell {
+    /// Ends the session: it leaves the hub.
+    pub async fn close(&self) {
+        if let Some(session) = self.session.lock().await.take() {
+            session.close().await;
+        }
+    }
+}
+
+/// How long a long-poll session lives without a poll.
+pub const POLL_SESSION_TTL: Duration = Duration::from_secs(60);
 
 /// Most commands in one `POST /session/...`.
 const MAX_COMMANDS: usize = 100;
