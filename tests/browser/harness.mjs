@@ -386,11 +386,9 @@ export async function withDiagnostics(env, body) {
     const serverTail = env?.sb ? env.sb.output().split('\n').slice(-40).join('\n') : '(no server)';
     const consoleTail = env?.consoleLines ? env.consoleLines.slice(-30).join('\n') : '';
     const diag = `\n--- server output (tail) ---\n${serverTail}\n--- page console (tail) ---\n${consoleTail}`;
-    // Reporters print the stack (made when the error was), so the tail goes on both.
-    if (e instanceof Error) {
-      e.message += diag;
-      if (typeof e.stack === 'string') e.stack += diag;
-    }
+    // Reporters print the stack (made with the error, message included), so the tail goes there.
+    if (e instanceof Error && typeof e.stack === 'string') e.stack += diag;
+    else if (e instanceof Error) e.message += diag;
     throw e;
   }
 }

@@ -39,7 +39,18 @@ enum Mode {
         /// Also subscribe each connection to its own channel.
         #[arg(long)]
         subscribe: bool,
+        /// Which door the connections use.
+        #[arg(long, value_enum, default_value_t = Door::Ws)]
+        door: Door,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Door {
+    /// WebSocket (`/ws`).
+    Ws,
+    /// Server-Sent Events (`/sse`), each on its own channel.
+    Sse,
 }
 
 fn main() {
@@ -54,7 +65,8 @@ fn main() {
             connections,
             port,
             subscribe,
-        } => runtime.block_on(idle(server, connections, port, subscribe)),
+            door,
+        } => runtime.block_on(idle(server, connections, port, subscribe, door)),
     }
 }
 
@@ -128,6 +140,32 @@ fn open_files_limit() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Opens one SSE stream of its own channel from `source` and waits for its `subscribed`
+/// frame.
+async fn open_idle_sse(
+    server: SocketAddr,
+    source: Ipv4Addr,
+    channel: String,
+) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
+    let mut stream = socket.connect(server).await?;
+    let request = format!("GET /sse?channel={channel} HTTP/1.1\r\nHost: {server}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut seen = Vec::new();
+    loop {
+        let mut buf = [0u8; 2048];
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        seen.extend_from_slice(&buf[..n]);
+        if String::from_utf8_lossy(&seen).contains("\"subscribed\"") {
+            return Ok(stream);
+        }
+    }
+}
+
 /// Opens one WebSocket from `source`, waits for the `connected` frame (and the subscribe
 /// reply when asked) and returns the idle socket.
 async fn open_idle(
@@ -179,6 +217,10 @@ fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+fn addr_of(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 async fn wait_for_port(server: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(server).await.is_err() {
@@ -187,7 +229,26 @@ async fn wait_for_port(server: SocketAddr) {
     }
 }
 
-async fn idle(server_bin: Option<PathBuf>, connections: usize, port: u16, subscribe: bool) {
+async fn idle(
+    server_bin: Option<PathBuf>,
+    connections: usize,
+    port: u16,
+    subscribe: bool,
+    door: Door,
+) {
+    let open = move |source: Ipv4Addr, i: usize, warm: bool| {
+        let name = if warm {
+            format!("warm{i}")
+        } else {
+            format!("c{i}")
+        };
+        async move {
+            match door {
+                Door::Ws => open_idle(addr_of(port), source, subscribe.then_some(name)).await,
+                Door::Sse => open_idle_sse(addr_of(port), source, name).await,
+            }
+        }
+    };
     let binary = server_bin.unwrap_or_else(default_server);
     let server = start_server(&binary, port);
     let pid = server.0.id();
@@ -219,8 +280,7 @@ async fn idle(server_bin: Option<PathBuf>, connections: usize, port: u16, subscr
             (10 + i / 20_000) as u8,
             (10 + (i / 250) % 240) as u8,
         );
-        let channel = subscribe.then(|| format!("c{i}"));
-        batch.spawn(open_idle(addr, source, channel));
+        batch.spawn(open(source, i, false));
         if batch.len() >= 256 {
             while let Some(result) = batch.join_next().await {
                 sockets.push(result.expect("task").expect("connection"));
@@ -236,14 +296,12 @@ async fn idle(server_bin: Option<PathBuf>, connections: usize, port: u16, subscr
     let per = (after.saturating_sub(before)) as f64 / connections as f64;
     println!("server binary        {}", binary.display());
     println!("open files limit     {}", open_files_limit());
-    println!(
-        "connections          {connections} idle WebSocket{}",
-        if subscribe {
-            " (each subscribed to one channel)"
-        } else {
-            ""
-        }
-    );
+    let what = match door {
+        Door::Ws if subscribe => "idle WebSocket (each subscribed to one channel)",
+        Door::Ws => "idle WebSocket",
+        Door::Sse => "idle SSE streams (each on one channel)",
+    };
+    println!("connections          {connections} {what}");
     println!("server RSS before    {:.1} MiB", before as f64 / 1048576.0);
     println!("server RSS after     {:.1} MiB", after as f64 / 1048576.0);
     println!(
