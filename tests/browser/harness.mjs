@@ -136,21 +136,9 @@ export async function startServer({ origins = [] } = {}) {
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();
     try {
-      const server = await launchServer(bin, port, origins);
-      server.corsConfigured = true;
-      return server;
+      return await launchServer(bin, port, origins);
     } catch (e) {
       lastError = e;
-      if (/unknown field.*allowed_origins/.test(String(e.message))) {
-        // A server that predates `[auth] allowed_origins`: run it without, so the WebSocket
-        // self-test still works; the cross-origin door tests check `corsConfigured` and fail
-        // with this reason.
-        process.stderr.write('warning: this switchboard does not know [auth] allowed_origins; started without it\n');
-        const server = await launchServer(bin, port, null);
-        server.corsConfigured = false;
-        server.corsRefusal = String(e.message).split('\n').find((l) => l.includes('allowed_origins'));
-        return server;
-      }
       if (!/address|in use|bind/i.test(String(e.message))) break;
     }
   }
@@ -397,14 +385,6 @@ export async function withDiagnostics(env, body) {
 export async function settle(page, key, ms = 300) {
   await sleep(ms);
   return page.evaluate((k) => window.sb.snapshot(k), key);
-}
-
-/** The one-way door tests are cross-origin: they need the server to take `allowed_origins`. */
-export function assertCorsConfigured(assert, sb) {
-  assert.ok(
-    sb.corsConfigured,
-    `the server refused [auth] allowed_origins, so no cross-origin page can use its doors: ${sb.corsRefusal}`,
-  );
 }
 
 /** The `subscribed` frames that came after the `n`th `connected` (0-based) of a door's state. */

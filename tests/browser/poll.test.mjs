@@ -7,7 +7,7 @@ import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import {
-  assertCorsConfigured, assertExactlyOnce, messagesOf, publishRound, publishedCount,
+  assertExactlyOnce, messagesOf, publishRound, publishedCount,
   settle, setup, uniq, waitForPage, withDiagnostics,
 } from './harness.mjs';
 
@@ -24,7 +24,6 @@ const waitingPoll = (ms, since = 0) => (s) =>
 test('poll: a fetch() loop gets every message of two channels exactly once, in order, published during and between polls', { timeout: 20_000 }, () =>
   withDiagnostics(env, async () => {
     const { sb, page, pages } = env;
-    assertCorsConfigured(assert, sb);
     const user = uniq('poll-user');
     const [a, b] = [uniq('poll-a'), uniq('poll-b')];
     const url = `${sb.url}/poll?channel=${a}&channel=${b}&token=${sb.token(user)}`;
@@ -97,7 +96,6 @@ test('poll: a fetch() loop gets every message of two channels exactly once, in o
 test('poll: the first poll\'s connected carries a session (PROTOCOL §5)', { timeout: 10_000 }, () =>
   withDiagnostics(env, async () => {
     const { sb, page } = env;
-    assertCorsConfigured(assert, sb);
     const user = uniq('poll-session');
     const url = `${sb.url}/poll?channel=${uniq('poll-s')}&token=${sb.token(user)}`;
     const got = await page.evaluate((u) => window.sb.tryFetch(u, { signal: AbortSignal.timeout(5000) }), url);

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
 import {
-  assertCorsConfigured, assertExactlyOnce, framesOfType, messagesOf, publishRound, publishedCount,
+  assertExactlyOnce, framesOfType, messagesOf, publishRound, publishedCount,
   settle, setup, subscribedAfterConnect, uniq, waitForPage, withDiagnostics,
 } from './harness.mjs';
 
@@ -16,7 +16,6 @@ after(async () => { await env?.close(); });
 test('stream: fetch() NDJSON gets every message of two channels exactly once, in order, across a server disconnect', { timeout: 20_000 }, () =>
   withDiagnostics(env, async () => {
     const { sb, page, pages } = env;
-    assertCorsConfigured(assert, sb);
     const user = uniq('stream-user');
     const [a, b] = [uniq('stream-a'), uniq('stream-b')];
     const url = `${sb.url}/stream?channel=${a}&channel=${b}&token=${sb.token(user)}`;
