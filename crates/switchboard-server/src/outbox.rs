@@ -33,6 +33,10 @@ pub trait DoorCodec: Send + Sync + 'static {
     /// The last bytes sent before closing: a `disconnect` frame and, where the door has one,
     /// its own close.
     fn goodbye(&self, reason: &Disconnect) -> Vec<Bytes>;
+
+    /// The connection begins to close (called once, from whichever thread closes it): a door
+    /// whose writer might never run again (a client that reads nothing) arms a timeout here.
+    fn closing(&self) {}
 }
 
 /// One frame on the wire: a single buffer, or a shared middle between two per-client parts
@@ -149,6 +153,7 @@ impl<C: DoorCodec> Outbox<C> {
 
     fn close_with_locked(&self, q: &mut Queue<C::State>, reason: Disconnect, goodbye: Vec<Bytes>) {
         q.closing = Some(reason);
+        self.codec.closing();
         for bytes in goodbye {
             q.bytes += bytes.len();
             q.frames.push_back(bytes);

@@ -7,20 +7,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::codec::StreamCodec;
 use super::sessions::SessionCell;
-use crate::ConnectionKill;
 use crate::app::AppState;
 use crate::outbox::Outbox;
-
-/// How long a closing stream may take to hand over its last frames before its connection is
-/// dropped (a client that reads nothing at all).
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 pub struct StreamBody {
     state: Arc<AppState>,
@@ -28,10 +22,8 @@ pub struct StreamBody {
     pending: VecDeque<Bytes>,
     session_id: String,
     cell: Arc<SessionCell>,
-    kill: Option<ConnectionKill>,
     /// Set when the body is gone, so a pending kill leaves a reused connection alone.
     finished: Arc<AtomicBool>,
-    close_armed: bool,
     ended: bool,
 }
 
@@ -41,34 +33,17 @@ impl StreamBody {
         outbox: Arc<Outbox<StreamCodec>>,
         session_id: String,
         cell: Arc<SessionCell>,
-        kill: Option<ConnectionKill>,
     ) -> Self {
+        let finished = outbox.codec().finished.clone();
         StreamBody {
             state,
             outbox,
             pending: VecDeque::new(),
             session_id,
             cell,
-            kill,
-            finished: Arc::new(AtomicBool::new(false)),
-            close_armed: false,
+            finished,
             ended: false,
         }
-    }
-
-    /// A close began: if the client does not take the last frames in time, drop its
-    /// connection (hyper only polls a body when it can write).
-    fn arm_close(&mut self) {
-        self.close_armed = true;
-        let (Some(kill), finished) = (self.kill.clone(), self.finished.clone()) else {
-            return;
-        };
-        tokio::spawn(async move {
-            tokio::time::sleep(CLOSE_GRACE).await;
-            if !finished.load(Ordering::Acquire) {
-                kill.kill();
-            }
-        });
     }
 }
 
@@ -98,9 +73,6 @@ impl Body for StreamBody {
             }
             let closing = this.outbox.drain_into(&mut this.pending, false);
             if closing.is_some() {
-                if !this.close_armed {
-                    this.arm_close();
-                }
                 // Send what is left (the goodbye included), then end.
                 this.ended = true;
                 continue;

@@ -4,12 +4,15 @@
 //! between two small per-client parts, so fan-out still copies no payload.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use switchboard_core::StreamPosition;
 use switchboard_proto::{Disconnect, Outgoing, encode};
 
 use super::cursor::CursorKey;
+use crate::ConnectionKill;
 use crate::outbox::{DoorCodec, Wire};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +44,27 @@ impl CursorState {
 pub struct StreamCodec {
     pub kind: StreamKind,
     pub key: Arc<CursorKey>,
+    /// Drops the HTTP connection of a stream whose close did not complete in time.
+    pub kill: Option<ConnectionKill>,
+    /// Set by the body when the response is over (the connection may serve another request).
+    pub finished: Arc<AtomicBool>,
 }
 
+/// How long a closing stream may take to hand over its last frames before its connection is
+/// dropped (a client that reads nothing at all: hyper then stops polling the body, so only a
+/// timer can end it).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 impl StreamCodec {
+    pub fn new(kind: StreamKind, key: Arc<CursorKey>, kill: Option<ConnectionKill>) -> Self {
+        StreamCodec {
+            kind,
+            key,
+            kill,
+            finished: Arc::default(),
+        }
+    }
+
     /// A frame without a cursor.
     pub fn plain(&self, json: Bytes) -> Wire {
         match self.kind {
@@ -105,6 +126,18 @@ impl DoorCodec for StreamCodec {
         }
     }
 
+    fn closing(&self) {
+        let (Some(kill), finished) = (self.kill.clone(), self.finished.clone()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(CLOSE_GRACE).await;
+            if !finished.load(Ordering::Acquire) {
+                kill.kill();
+            }
+        });
+    }
+
     fn goodbye(&self, reason: &Disconnect) -> Vec<Bytes> {
         match self.plain(encode::disconnect(reason)) {
             Wire::One(b) => vec![b],
@@ -138,10 +171,7 @@ mod tests {
     #[test]
     fn sse_message_carries_the_cursor_as_id_and_field() {
         let key = Arc::new(CursorKey::new(b"k"));
-        let codec = StreamCodec {
-            kind: StreamKind::Sse,
-            key: key.clone(),
-        };
+        let codec = StreamCodec::new(StreamKind::Sse, key.clone(), None);
         let mut state = state();
         let json = encode::message_raw("a", 1, "e1", b"{\"x\":1}");
         let frame = Outgoing::message(
@@ -168,20 +198,14 @@ mod tests {
 
     #[test]
     fn ndjson_lines_and_plain_frames() {
-        let codec = StreamCodec {
-            kind: StreamKind::Ndjson,
-            key: Arc::new(CursorKey::new(b"k")),
-        };
+        let codec = StreamCodec::new(StreamKind::Ndjson, Arc::new(CursorKey::new(b"k")), None);
         let text = concat(codec.frame(&mut state(), &Outgoing::new(Bytes::from_static(b"{}"))));
         assert_eq!(text, "{}\n");
     }
 
     #[test]
     fn a_new_epoch_moves_the_position() {
-        let codec = StreamCodec {
-            kind: StreamKind::Sse,
-            key: Arc::new(CursorKey::new(b"k")),
-        };
+        let codec = StreamCodec::new(StreamKind::Sse, Arc::new(CursorKey::new(b"k")), None);
         let mut state = state();
         let same = StreamPosition {
             offset: 99,

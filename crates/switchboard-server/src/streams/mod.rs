@@ -178,10 +178,8 @@ async fn open_stream(state: Arc<AppState>, request: Request, kind: StreamKind) -
         Ok(starts) => starts,
         Err(refusal) => return refusal.into_response(),
     };
-    let codec = StreamCodec {
-        kind,
-        key: state.cursor_key.clone(),
-    };
+    let kill = parts.extensions.get::<crate::ConnectionKill>().cloned();
+    let codec = StreamCodec::new(kind, state.cursor_key.clone(), kill);
     let outbox = Arc::new(Outbox::new(
         codec,
         state.limits.client_queue_bytes,
@@ -223,8 +221,7 @@ async fn open_stream(state: Arc<AppState>, request: Request, kind: StreamKind) -
     }
 
     let (session_id, cell) = state.sessions.insert(session_id, session);
-    let kill = parts.extensions.get::<crate::ConnectionKill>().cloned();
-    let body = StreamBody::new(state.clone(), outbox, session_id, cell, kill);
+    let body = StreamBody::new(state.clone(), outbox, session_id, cell);
     let mut response = axum::body::Body::new(body).into_response();
     let headers = response.headers_mut();
     let content_type = match kind {

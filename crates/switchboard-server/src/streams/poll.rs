@@ -151,7 +151,10 @@ pub async fn poll(State(state): State<Arc<AppState>>, request: Request) -> Respo
     };
     // The session of an earlier poll, if this node still has it: what its commands
     // subscribed arrives through it.
-    let poll_session = param("session").and_then(|id| state.sessions.touch_poll(&id));
+    let session_id = param("session");
+    let poll_session = session_id
+        .as_deref()
+        .and_then(|id| state.sessions.touch_poll(id));
     let timeout = match param("timeout") {
         None => DEFAULT_TIMEOUT,
         Some(v) => match v.parse::<u64>() {
@@ -237,6 +240,12 @@ pub async fn poll(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let mut collected = std::mem::take(&mut *sink.inner.lock());
     if let Some(buffer) = &buffer {
         collected.frames.extend(buffer.take());
+        if buffer.is_closed()
+            && let Some(id) = &session_id
+        {
+            // Its last frames (the disconnect) are in this answer: the session is over.
+            state.sessions.remove(id);
+        }
     }
     let cursor = collected.cursor.cursor(&state.cursor_key);
     let mut out = Vec::with_capacity(collected.bytes + collected.frames.len() + 64);

@@ -39,6 +39,9 @@ pub struct SessionBuffer {
     inner: Mutex<BufferInner>,
     pub arrived: Notify,
     limit: usize,
+    /// Run once when the session is disconnected (by the API, token expiry, shutdown or
+    /// overflow): it ends the session at once instead of when it expires.
+    on_close: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 #[derive(Default)]
@@ -54,6 +57,24 @@ impl SessionBuffer {
             inner: Mutex::new(BufferInner::default()),
             arrived: Notify::new(),
             limit,
+            on_close: Mutex::new(None),
+        }
+    }
+
+    pub fn set_on_close(&self, f: impl FnOnce() + Send + 'static) {
+        *self.on_close.lock() = Some(Box::new(f));
+    }
+
+    /// Whether the session was disconnected (its last frames may still wait here).
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().closed
+    }
+
+    fn closed(&self, inner: &mut BufferInner, reason: Disconnect) {
+        inner.closed = true;
+        self.push(inner, encode::disconnect(&reason));
+        if let Some(on_close) = self.on_close.lock().take() {
+            on_close();
         }
     }
 
@@ -83,8 +104,7 @@ impl ClientSink for SessionBuffer {
         if inner.bytes + frame.json().len() > self.limit {
             inner.frames.clear();
             inner.bytes = 0;
-            inner.closed = true;
-            self.push(&mut inner, encode::disconnect(&Disconnect::SLOW_CONSUMER));
+            self.closed(&mut inner, Disconnect::SLOW_CONSUMER);
             return false;
         }
         self.push(&mut inner, frame.json().clone());
@@ -94,8 +114,7 @@ impl ClientSink for SessionBuffer {
     fn disconnect(&self, reason: Disconnect) {
         let mut inner = self.inner.lock();
         if !inner.closed {
-            inner.closed = true;
-            self.push(&mut inner, encode::disconnect(&reason));
+            self.closed(&mut inner, reason);
         }
     }
 }
@@ -111,9 +130,17 @@ impl Sessions {
         self.insert_cell(id, session, None)
     }
 
-    /// A long-poll session: it lives in the registry until no poll came for [`POLL_SESSION_TTL`].
+    /// A long-poll session: it lives in the registry until no poll came for
+    /// [`POLL_SESSION_TTL`]; disconnected, it leaves the hub at once (commands then get 404)
+    /// and stays only until a poll has taken its last frames.
     pub fn insert_poll(&self, id: String, session: Session, buffer: Arc<SessionBuffer>) {
-        self.insert_cell(id, session, Some(buffer));
+        let (_, cell) = self.insert_cell(id, session, Some(buffer.clone()));
+        let cell = Arc::downgrade(&cell);
+        buffer.set_on_close(move || {
+            if let Some(cell) = cell.upgrade() {
+                tokio::spawn(async move { cell.close().await });
+            }
+        });
     }
 
     fn insert_cell(
