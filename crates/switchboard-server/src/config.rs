@@ -212,6 +212,10 @@ impl Config {
             && a.allow_anonymous.is_none();
         if dev_mode {
             self.auth.allow_anonymous = Some(true);
+            // A page on any origin may try the one-way doors while developing.
+            if self.auth.allowed_origins.is_empty() {
+                self.auth.allowed_origins = vec!["*".into()];
+            }
             self.auth.api_key = Some(format!("dev-{}", random_hex(16)));
             self.auth.token_secret = Some(random_hex(32));
         }
@@ -320,6 +324,7 @@ join_leave = false
         let r = Config::load_from(None, env("")).unwrap().resolve().unwrap();
         assert!(r.dev_mode);
         assert_eq!(r.config.auth.allow_anonymous, Some(true));
+        assert_eq!(r.config.auth.allowed_origins, vec!["*".to_string()]);
         assert!(r.config.auth.api_key.is_some());
         assert_eq!(r.listen.to_string(), "127.0.0.1:7700");
     }

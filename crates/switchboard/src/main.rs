@@ -187,7 +187,8 @@ fn announce(resolved: &Resolved, addr: std::net::SocketAddr, tls: bool) {
         let secret = auth.token_secret.as_deref().unwrap_or_default();
         say!();
         say!("  DEVELOPMENT MODE: no config given. Anonymous clients may subscribe, publish");
-        say!("  and read anything. Keys below are generated for this run only:");
+        say!("  and read anything, from pages on any origin. Keys below are generated for");
+        say!("  this run only:");
         say!("    API key       {key}");
         say!("    token secret  {secret}");
         say!("  Try:");
