@@ -155,6 +155,28 @@ pub(crate) async fn start_positions(
     Ok(starts)
 }
 
+/// Subscribes a door's URL channels from their start positions; a refusal is reported to the
+/// client through `report` as an error frame.
+pub(crate) async fn subscribe_channels(
+    state: &AppState,
+    session: &mut Session,
+    channels: &[String],
+    starts: Vec<(u64, Arc<str>)>,
+    announce: Announce,
+    report: impl Fn(Bytes),
+) {
+    for (channel, (offset, epoch)) in channels.iter().zip(starts) {
+        let since = Some(Position {
+            offset,
+            epoch: epoch.to_string(),
+        });
+        if let Err(e) = session.subscribe_for_door(channel, since, announce).await {
+            state.count_error();
+            report(switchboard_core::session::error_frame(&e));
+        }
+    }
+}
+
 /// `GET /sse`.
 pub async fn sse(State(state): State<Arc<AppState>>, request: Request) -> Response {
     open_stream(state, request, StreamKind::Sse).await
@@ -209,16 +231,17 @@ async fn open_stream(state: Arc<AppState>, request: Request, kind: StreamKind) -
     } else {
         Announce::Always
     };
-    for (channel, (offset, epoch)) in door.channels.iter().zip(starts) {
-        let since = Some(Position {
-            offset,
-            epoch: epoch.to_string(),
-        });
-        if let Err(e) = session.subscribe_for_door(channel, since, announce).await {
-            state.count_error();
-            outbox.send(&Outgoing::new(switchboard_core::session::error_frame(&e)));
-        }
-    }
+    subscribe_channels(
+        &state,
+        &mut session,
+        &door.channels,
+        starts,
+        announce,
+        |frame| {
+            outbox.send(&Outgoing::new(frame));
+        },
+    )
+    .await;
 
     let (session_id, cell) = state.sessions.insert(session_id, session);
     let body = StreamBody::new(state.clone(), outbox, session_id, cell);

@@ -11,15 +11,15 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use parking_lot::Mutex;
-use switchboard_core::session::{Announce, error_frame};
+use switchboard_core::session::Announce;
 use switchboard_core::{ClientSink, Session, StreamPosition};
-use switchboard_proto::{Disconnect, ErrorCode, Outgoing, Position, encode};
+use switchboard_proto::{Disconnect, ErrorCode, Outgoing, encode};
 use tokio::sync::Notify;
 
 use super::codec::CursorState;
 use super::cursor::CursorKey;
 use super::sessions::SessionBuffer;
-use super::{no_buffering, read_request, start_positions};
+use super::{no_buffering, read_request, start_positions, subscribe_channels};
 use crate::api::error_response;
 use crate::app::AppState;
 
@@ -201,16 +201,15 @@ pub async fn poll(State(state): State<Arc<AppState>>, request: Request) -> Respo
     } else {
         Announce::IfNotRecovered
     };
-    for (channel, (offset, epoch)) in door.channels.iter().zip(starts) {
-        let since = Some(Position {
-            offset,
-            epoch: epoch.to_string(),
-        });
-        if let Err(e) = session.subscribe_for_door(channel, since, announce).await {
-            state.count_error();
-            sink.push(error_frame(&e));
-        }
-    }
+    subscribe_channels(
+        &state,
+        &mut session,
+        &door.channels,
+        starts,
+        announce,
+        |frame| sink.push(frame),
+    )
+    .await;
     let buffer = poll_session.as_ref().and_then(|cell| cell.buffer.clone());
     if !first {
         let wait = async {
