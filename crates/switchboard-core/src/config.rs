@@ -70,6 +70,8 @@ pub struct HubConfig {
     /// A stream with no publication for this long is dropped (its next message starts a new
     /// epoch), which bounds the memory of channels nobody uses any more.
     pub stream_idle_ttl: Duration,
+    /// Most peers in one signaling room.
+    pub max_room_peers: usize,
 }
 
 impl Default for HubConfig {
@@ -80,6 +82,7 @@ impl Default for HubConfig {
             allow_anonymous: false,
             max_subscriptions: 128,
             stream_idle_ttl: Duration::from_secs(24 * 3600),
+            max_room_peers: 32,
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct ClientEntry {
     channels: Mutex<HashSet<Arc<str>>>,
     /// An observer (one long-poll request) shows in no presence and triggers no join/leave.
     observer: bool,
+    /// Rooms this client joined.
+    pub(crate) rooms: Mutex<HashSet<Arc<str>>>,
 }
 
 impl ClientEntry {
@@ -52,7 +54,7 @@ impl ClientEntry {
         self.channels.lock().contains(channel)
     }
 
-    fn member(&self) -> PresenceMember {
+    pub(crate) fn member(&self) -> PresenceMember {
         PresenceMember {
             client: self.id_str.clone(),
             user: self.user.clone(),
@@ -115,6 +117,10 @@ pub struct Hub {
     clients: Sharded<ClientId, Arc<ClientEntry>>,
     /// The connections of each user, for disconnecting or unsubscribing a user.
     users: Sharded<Arc<str>, Vec<ClientId>>,
+    /// This node's members of each room, by peer id.
+    pub(crate) rooms: Sharded<String, HashMap<Arc<str>, Arc<dyn ClientSink>>>,
+    /// ICE servers handed to peers joining rooms.
+    pub(crate) ice: std::sync::OnceLock<Arc<dyn crate::rooms::IceServers>>,
     pub stats: HubStats,
     started: std::time::Instant,
 }
@@ -132,6 +138,8 @@ impl Hub {
             channels: shards(),
             clients: shards(),
             users: shards(),
+            rooms: shards(),
+            ice: std::sync::OnceLock::new(),
             stats: HubStats::default(),
             started: std::time::Instant::now(),
         });
@@ -149,7 +157,7 @@ impl Hub {
         self.started.elapsed()
     }
 
-    fn shard_of<'a, T>(&self, shards: &'a [Mutex<T>], key: &str) -> &'a Mutex<T> {
+    pub(crate) fn shard_of<'a, T>(&self, shards: &'a [Mutex<T>], key: &str) -> &'a Mutex<T> {
         &shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
@@ -203,6 +211,7 @@ impl Hub {
             exp: AtomicU64::new(exp.unwrap_or(0)),
             channels: Mutex::new(HashSet::new()),
             observer,
+            rooms: Mutex::new(HashSet::new()),
         });
         self.clients[(id as usize) % SHARDS]
             .lock()
@@ -219,11 +228,15 @@ impl Hub {
         entry
     }
 
-    /// Removes a client that went away, with its subscriptions and presence.
+    /// Removes a client that went away, with its subscriptions, presence and rooms.
     pub async fn unregister(&self, client: &Arc<ClientEntry>) {
         let channels: Vec<Arc<str>> = client.channels.lock().iter().cloned().collect();
         for channel in channels {
             self.unsubscribe(client, &channel).await;
+        }
+        let rooms: Vec<Arc<str>> = client.rooms.lock().iter().cloned().collect();
+        for room in rooms {
+            self.leave_room(client, &room).await;
         }
         self.clients[(client.id as usize) % SHARDS]
             .lock()
@@ -576,6 +589,10 @@ impl EngineHandler for Hub {
         self.stats
             .bytes_out
             .fetch_add(delivered * frame.json().len() as u64, Ordering::Relaxed);
+    }
+
+    fn on_room_event(&self, room: &str, event: &crate::engine::RoomEvent) {
+        self.deliver_room_event(room, event);
     }
 
     fn on_presence_event(&self, channel: &str, event: PresenceEvent, member: &PresenceMember) {

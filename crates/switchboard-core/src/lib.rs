@@ -8,12 +8,15 @@ pub mod config;
 pub mod engine;
 pub mod hub;
 pub mod pattern;
+pub mod rooms;
 pub mod session;
 pub mod sink;
 
 pub use auth::{AuthError, Authenticator, Claims};
 pub use config::{HubConfig, NamespaceConfig};
-pub use engine::{Engine, EngineError, MemoryEngine, Publication, StreamPosition};
+pub use engine::{
+    Engine, EngineError, MemoryEngine, Publication, RoomEvent, RoomPeer, StreamPosition,
+};
 pub use hub::{ClientId, Hub, HubStats};
 pub use session::Session;
 pub use sink::ClientSink;

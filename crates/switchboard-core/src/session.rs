@@ -14,6 +14,7 @@ use switchboard_proto::{Command, CommandError, ErrorCode, Outgoing, Position, Re
 use crate::auth::{AuthError, Authenticator, Claims};
 use crate::engine::HistoryQuery;
 use crate::hub::{ClientEntry, Hub, HubError, SubscribeReply, member_json, message_frame};
+use crate::rooms::{RoomError, peer_json};
 use crate::sink::ClientSink;
 
 /// When a door's own subscription announces itself with a `subscribed` push.
@@ -147,11 +148,27 @@ impl Session {
                 limit,
             } => self.history(id, &channel, since, limit).await,
             Command::Refresh { token } => self.refresh(id, &token),
-            Command::Room { kind } => Err(err(
-                id,
-                ErrorCode::Unavailable,
-                format!("`{kind}`: rooms are not available on this server yet"),
-            )),
+            Command::JoinRoom { room, meta } => self.join_room(id, &room, meta).await,
+            Command::LeaveRoom { room } => {
+                self.hub.leave_room(&self.client, &room).await;
+                Ok(encode::reply(id, &json!({})))
+            }
+            Command::UpdateMeta { room, meta } => {
+                let meta = Bytes::from(meta.get().to_owned());
+                self.hub
+                    .update_room_meta(&self.client, &room, meta)
+                    .await
+                    .map(|()| encode::reply(id, &json!({})))
+                    .map_err(|e| room_error(id, e))
+            }
+            Command::Signal { room, to, data } => {
+                let data = Bytes::from(data.get().to_owned());
+                self.hub
+                    .signal(&self.client, &room, to.as_deref(), data)
+                    .await
+                    .map(|()| encode::reply(id, &json!({})))
+                    .map_err(|e| room_error(id, e))
+            }
         };
         Some(answer.unwrap_or_else(|e| error_frame(&e)))
     }
@@ -295,6 +312,37 @@ impl Session {
         Ok(history_reply(id, channel, &history))
     }
 
+    async fn join_room(
+        &mut self,
+        id: Option<u64>,
+        room: &str,
+        meta: Option<Box<RawValue>>,
+    ) -> Answer {
+        if !may_join_room(&self.hub, &self.claims, room) {
+            return Err(err(
+                id,
+                ErrorCode::Forbidden,
+                format!("not allowed to join room `{room}`"),
+            ));
+        }
+        let meta = meta.map(|m| Bytes::from(m.get().to_owned()));
+        let (me, others) = self
+            .hub
+            .join_room(&self.client, room, meta)
+            .await
+            .map_err(|e| room_error(id, e))?;
+        let peers: Vec<_> = others.iter().map(peer_json).collect();
+        Ok(encode::reply(
+            id,
+            &json!({
+                "room": room,
+                "peer": &*me.peer,
+                "peers": peers,
+                "ice_servers": self.hub.ice_servers(&self.claims.user),
+            }),
+        ))
+    }
+
     fn refresh(&mut self, id: Option<u64>, token: &str) -> Answer {
         let claims = self.auth.verify(token).map_err(|e| match e {
             AuthError::Expired => err(id, ErrorCode::TokenExpired, "token expired"),
@@ -356,6 +404,16 @@ pub fn may_subscribe(hub: &Hub, claims: &Claims, channel: &str) -> bool {
     }
 }
 
+/// Whether a client with `claims` may join the signaling room `room` (the `rooms` claim;
+/// anonymous clients when the server allows anonymous access).
+pub fn may_join_room(hub: &Hub, claims: &Claims, room: &str) -> bool {
+    if claims.anonymous {
+        hub.config.allow_anonymous
+    } else {
+        crate::pattern::any_matches(&claims.rooms, room)
+    }
+}
+
 /// Whether a client with `claims` may publish to `channel` from the client side.
 pub fn may_publish(hub: &Hub, claims: &Claims, channel: &str) -> bool {
     let ns = hub.config.namespace(channel);
@@ -405,6 +463,17 @@ pub struct HistoryFields {
 
 fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> CommandError {
     CommandError::new(id, code, message)
+}
+
+fn room_error(id: Option<u64>, e: RoomError) -> CommandError {
+    let code = match &e {
+        RoomError::NotInRoom(_) => ErrorCode::Forbidden,
+        RoomError::UnknownPeer(_) => ErrorCode::NotFound,
+        RoomError::AlreadyJoined(_) => ErrorCode::BadRequest,
+        RoomError::Full(_) => ErrorCode::RateLimited,
+        RoomError::Engine(_) => ErrorCode::Unavailable,
+    };
+    err(id, code, e.to_string())
 }
 
 fn hub_error(id: Option<u64>, e: HubError) -> CommandError {

@@ -48,10 +48,22 @@ pub enum Command {
         token: String,
     },
     Ping,
-    /// A room command (`join_room`, `leave_room`, `update_meta`, `signal`): known to the
-    /// protocol, served once rooms land on the hub.
-    Room {
-        kind: &'static str,
+    JoinRoom {
+        room: String,
+        meta: Option<Box<RawValue>>,
+    },
+    LeaveRoom {
+        room: String,
+    },
+    UpdateMeta {
+        room: String,
+        meta: Box<RawValue>,
+    },
+    Signal {
+        room: String,
+        /// The target peer; `None` sends to every other peer of the room.
+        to: Option<String>,
+        data: Box<RawValue>,
     },
 }
 
@@ -66,7 +78,10 @@ impl Command {
             Command::History { .. } => "history",
             Command::Refresh { .. } => "refresh",
             Command::Ping => "ping",
-            Command::Room { kind } => kind,
+            Command::JoinRoom { .. } => "join_room",
+            Command::LeaveRoom { .. } => "leave_room",
+            Command::UpdateMeta { .. } => "update_meta",
+            Command::Signal { .. } => "signal",
         }
     }
 }
@@ -107,6 +122,12 @@ struct Envelope<'a> {
     limit: Option<&'a RawValue>,
     #[serde(borrow)]
     token: Option<&'a RawValue>,
+    #[serde(borrow)]
+    room: Option<&'a RawValue>,
+    #[serde(borrow)]
+    meta: Option<&'a RawValue>,
+    #[serde(borrow)]
+    to: Option<&'a RawValue>,
 }
 
 /// Parses one command frame (the UTF-8 JSON text of one WebSocket message, or one element of a
@@ -148,10 +169,7 @@ pub fn parse_request(frame: &[u8]) -> Result<Request, CommandError> {
         },
         "publish" => Command::Publish {
             channel: channel(env.channel).map_err(bad)?,
-            data: env
-                .data
-                .map(|raw| raw.to_owned())
-                .ok_or_else(|| bad("missing field `data`".into()))?,
+            data: raw(env.data).ok_or_else(|| bad("missing field `data`".into()))?,
         },
         "presence" => Command::Presence {
             channel: channel(env.channel).map_err(bad)?,
@@ -165,12 +183,22 @@ pub fn parse_request(frame: &[u8]) -> Result<Request, CommandError> {
             token: required(env.token, "token").map_err(bad)?,
         },
         "ping" => Command::Ping,
-        "join_room" => Command::Room { kind: "join_room" },
-        "leave_room" => Command::Room { kind: "leave_room" },
-        "update_meta" => Command::Room {
-            kind: "update_meta",
+        "join_room" => Command::JoinRoom {
+            room: name(env.room, "room").map_err(bad)?,
+            meta: raw(env.meta),
         },
-        "signal" => Command::Room { kind: "signal" },
+        "leave_room" => Command::LeaveRoom {
+            room: name(env.room, "room").map_err(bad)?,
+        },
+        "update_meta" => Command::UpdateMeta {
+            room: name(env.room, "room").map_err(bad)?,
+            meta: raw(env.meta).ok_or_else(|| bad("missing field `meta`".into()))?,
+        },
+        "signal" => Command::Signal {
+            room: name(env.room, "room").map_err(bad)?,
+            to: optional(env.to, "to").map_err(bad)?,
+            data: raw(env.data).ok_or_else(|| bad("missing field `data`".into()))?,
+        },
         other => return Err(bad(format!("unknown command type `{other}`"))),
     };
     Ok(Request { id, command })
@@ -180,16 +208,26 @@ pub fn parse_request(frame: &[u8]) -> Result<Request, CommandError> {
 pub const MAX_CHANNEL_LEN: usize = 255;
 
 fn channel(raw: Option<&RawValue>) -> Result<String, String> {
-    let name: String = required(raw, "channel")?;
+    name(raw, "channel")
+}
+
+/// A channel or room name: a non-empty string of at most [`MAX_CHANNEL_LEN`] bytes.
+fn name(raw: Option<&RawValue>, field: &str) -> Result<String, String> {
+    let name: String = required(raw, field)?;
     if name.is_empty() {
-        return Err("field `channel` must not be empty".into());
+        return Err(format!("field `{field}` must not be empty"));
     }
     if name.len() > MAX_CHANNEL_LEN {
         return Err(format!(
-            "field `channel` is longer than {MAX_CHANNEL_LEN} bytes"
+            "field `{field}` is longer than {MAX_CHANNEL_LEN} bytes"
         ));
     }
     Ok(name)
+}
+
+/// Any JSON, kept verbatim (`null` counts as absent).
+fn raw(value: Option<&RawValue>) -> Option<Box<RawValue>> {
+    value.filter(|v| v.get() != "null").map(|v| v.to_owned())
 }
 
 fn required<T: serde::de::DeserializeOwned>(
@@ -282,6 +320,40 @@ mod tests {
             err(r#"{"type":"subscribe","channel":""}"#)
                 .message
                 .contains("empty")
+        );
+    }
+
+    #[test]
+    fn room_commands_parse_with_their_fields() {
+        let r =
+            parse_request(br#"{"type":"signal","id":2,"room":"r","to":"p1","data":{"sdp":"x"}}"#)
+                .unwrap();
+        match r.command {
+            Command::Signal { room, to, data } => {
+                assert_eq!((room.as_str(), to.as_deref()), ("r", Some("p1")));
+                assert_eq!(data.get(), r#"{"sdp":"x"}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            err(r#"{"type":"join_room","id":1}"#)
+                .message
+                .contains("room")
+        );
+        assert!(
+            err(r#"{"type":"signal","room":"r"}"#)
+                .message
+                .contains("data")
+        );
+        assert!(
+            err(r#"{"type":"update_meta","room":"r"}"#)
+                .message
+                .contains("meta")
+        );
+        assert!(
+            err(r#"{"type":"signal","room":"r","to":5,"data":1}"#)
+                .message
+                .contains("to")
         );
     }
 

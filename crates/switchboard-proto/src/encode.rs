@@ -165,6 +165,61 @@ pub fn unsubscribed(channel: &str, reason: &str) -> Bytes {
     })
 }
 
+/// A room peer on the wire: `{"peer","user","info","meta"}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Peer<'a> {
+    pub peer: &'a str,
+    pub user: &'a str,
+    pub info: Option<&'a RawValue>,
+    pub meta: Option<&'a RawValue>,
+}
+
+/// `{"type":"peer_joined"|"peer_updated","room","peer":{...}}`.
+pub fn peer_event(kind: &'static str, room: &str, peer: &Peer) -> Bytes {
+    #[derive(Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        room: &'a str,
+        peer: &'a Peer<'a>,
+    }
+    to_bytes(&Event { kind, room, peer })
+}
+
+/// `{"type":"peer_left","room","peer":"<peer id>"}`.
+pub fn peer_left(room: &str, peer: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Left<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        room: &'a str,
+        peer: &'a str,
+    }
+    to_bytes(&Left {
+        kind: "peer_left",
+        room,
+        peer,
+    })
+}
+
+/// `{"type":"signal","room","from","data"}` with `data` exactly as the sender gave it.
+pub fn signal(room: &str, from: &str, data: &RawValue) -> Bytes {
+    #[derive(Serialize)]
+    struct Signal<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        room: &'a str,
+        from: &'a str,
+        data: &'a RawValue,
+    }
+    to_bytes(&Signal {
+        kind: "signal",
+        room,
+        from,
+        data,
+    })
+}
+
 /// `{"type":"reply","id":N, ...fields}`; `fields` must serialize to a JSON object.
 pub fn reply(id: Option<u64>, fields: &impl Serialize) -> Bytes {
     #[derive(Serialize)]

@@ -301,11 +301,33 @@ async fn unsubscribe(State(state): State<Arc<AppState>>, body: Body) -> ApiResul
     Ok(Json(json!({})).into_response())
 }
 
-async fn room(Path(_room): Path<String>) -> ApiResult {
-    Err(fail(
-        ErrorCode::Unavailable,
-        "rooms are not available on this server yet",
-    ))
+async fn room(State(state): State<Arc<AppState>>, Path(room): Path<String>) -> ApiResult {
+    check_channel(&room)?;
+    let peers = state.hub.room_peers(&room).await.map_err(engine_failure)?;
+    let peers: Vec<Value> = peers
+        .iter()
+        .map(switchboard_core::rooms::peer_json)
+        .collect();
+    Ok(Json(json!({ "peers": peers })).into_response())
+}
+
+/// `GET /api/ice-servers` for a connection-token holder (not the API key): the ICE servers,
+/// with fresh TURN credentials, that `join_room` would hand out.
+pub async fn ice_servers(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let token = crate::ws::request_token(request.uri().query(), request.headers());
+    let user = match token.map(|t| state.auth.verify(&t)) {
+        Some(Ok(claims)) => claims.user,
+        Some(Err(e)) => {
+            state.count_error();
+            return ApiError::from(&e).into_response();
+        }
+        None if state.hub.config.allow_anonymous => String::new(),
+        None => {
+            state.count_error();
+            return error_response(ErrorCode::Unauthorized, "a connection token is required");
+        }
+    };
+    Json(json!({ "ice_servers": state.hub.ice_servers(&user) })).into_response()
 }
 
 async fn info(State(state): State<Arc<AppState>>) -> ApiResult {
@@ -320,12 +342,14 @@ async fn info(State(state): State<Arc<AppState>>) -> ApiResult {
         "connections": connections,
         "channels": channels,
         "subscriptions": hub.stats.subscriptions.load(Ordering::Relaxed),
+        "rooms": hub.room_count(),
         "nodes": [{
             "id": "local",
             "version": version,
             "uptime_seconds": uptime,
             "connections": connections,
             "channels": channels,
+            "rooms": hub.room_count(),
         }],
     }))
     .into_response())

@@ -50,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(browser_doors)
         .route("/ws", any(ws::upgrade))
+        .route("/api/ice-servers", get(api::ice_servers))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .nest("/api", api::router(state.clone()))

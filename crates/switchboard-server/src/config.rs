@@ -114,6 +114,9 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// WebRTC rooms: ICE servers and TURN credentials, room size.
+    #[serde(default)]
+    pub webrtc: switchboard_rtc::WebrtcConfig,
     /// HTTPS and WSS on the listener when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
@@ -130,6 +133,7 @@ impl Default for Config {
             listen: "127.0.0.1:7700".into(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            webrtc: switchboard_rtc::WebrtcConfig::default(),
             tls: None,
             default_namespace: default_namespace(),
             namespace: Vec::new(),
@@ -264,6 +268,7 @@ impl Config {
             namespaces: self.namespace.iter().map(|n| n.0.clone()).collect(),
             allow_anonymous: self.auth.allow_anonymous.unwrap_or(false),
             max_subscriptions: self.limits.max_subscriptions,
+            max_room_peers: self.webrtc.max_room_peers,
             ..HubConfig::default()
         }
     }

@@ -41,6 +41,15 @@ impl ConnectionKill {
 /// How long shutdown waits for clients to receive their `disconnect` and go.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// ICE servers for room peers, from `[webrtc]`, with TURN credentials minted per request.
+struct IceFromConfig(switchboard_rtc::WebrtcConfig);
+
+impl switchboard_core::rooms::IceServers for IceFromConfig {
+    fn for_user(&self, user: &str) -> serde_json::Value {
+        self.0.ice_servers(user, unix_now())
+    }
+}
+
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
@@ -55,6 +64,7 @@ impl Server {
         let hub_config = config.hub_config();
         let engine = Arc::new(MemoryEngine::new(hub_config.stream_idle_ttl));
         let hub = Hub::new(hub_config, engine);
+        hub.set_ice_servers(Arc::new(IceFromConfig(config.webrtc.clone())));
         let auth = JwtAuthenticator::new(&config.auth)?;
         let auth: Arc<dyn Authenticator> = Arc::new(auth);
         let tls = match &config.tls {

@@ -81,6 +81,12 @@ impl Collector for SwitchboardCollector {
             "Channels with subscribers on this node",
             self.hub.channel_count() as i64,
         )?;
+        gauge(
+            &mut e,
+            "switchboard_rooms",
+            "Signaling rooms with members on this node",
+            self.hub.room_count() as i64,
+        )?;
         counter(
             &mut e,
             "switchboard_connections_accepted",

@@ -676,22 +676,21 @@ async fn subscribing_twice_to_a_channel_is_a_bad_request() {
 }
 
 #[tokio::test]
-async fn room_commands_are_unavailable() {
+async fn malformed_room_commands_are_bad_requests() {
     let server = TestServer::start().await;
     let mut client = subscribed_client(&server).await;
     for (id, frame) in [
-        (801, json!({"type": "join_room", "id": 801, "room": "r1"})),
-        (802, json!({"type": "leave_room", "id": 802, "room": "r1"})),
+        (801, json!({"type": "join_room", "id": 801})),
+        (802, json!({"type": "join_room", "id": 802, "room": ""})),
+        (803, json!({"type": "leave_room", "id": 803, "room": 7})),
+        (804, json!({"type": "update_meta", "id": 804, "room": "r1"})),
+        (805, json!({"type": "signal", "id": 805, "room": "r1"})),
         (
-            803,
-            json!({"type": "update_meta", "id": 803, "room": "r1", "meta": {}}),
-        ),
-        (
-            804,
-            json!({"type": "signal", "id": 804, "room": "r1", "data": "sdp"}),
+            806,
+            json!({"type": "signal", "id": 806, "room": "r1", "to": 3, "data": 1}),
         ),
     ] {
-        send_bad(&mut client, &frame.to_string(), Some(id), "unavailable").await;
+        send_bad(&mut client, &frame.to_string(), Some(id), "bad_request").await;
         assert_alive(&server, &mut client, CHANNEL).await;
     }
     server.stop().await;

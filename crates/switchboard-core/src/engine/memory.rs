@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 
 use super::{
     Engine, EngineError, EngineHandler, HistoryQuery, HistoryResult, PresenceEvent, PresenceMember,
-    Publication, StreamOptions, StreamPosition,
+    Publication, RoomEvent, RoomPeer, StreamOptions, StreamPosition,
 };
 use crate::unix_now;
 
@@ -69,6 +69,8 @@ fn new_epoch() -> Arc<str> {
 struct Shard {
     streams: HashMap<String, Stream>,
     presence: HashMap<String, HashMap<Arc<str>, PresenceMember>>,
+    /// Room members in join order.
+    rooms: HashMap<String, Vec<RoomPeer>>,
 }
 
 /// Streams and presence in this process's memory.
@@ -231,6 +233,72 @@ impl Engine for MemoryEngine {
             // Under the shard lock, like publications, so events keep their order.
             let _shard = self.shard(channel).lock();
             handler.on_presence_event(channel, event, &member);
+        }
+        Ok(())
+    }
+
+    async fn room_join(
+        &self,
+        room: &str,
+        peer: RoomPeer,
+        max_peers: usize,
+    ) -> Result<Vec<RoomPeer>, EngineError> {
+        let mut shard = self.shard(room).lock();
+        let peers = shard.rooms.entry(room.to_owned()).or_default();
+        if peers.len() >= max_peers {
+            return Err(EngineError::RoomFull);
+        }
+        let before = peers.clone();
+        peers.push(peer);
+        Ok(before)
+    }
+
+    async fn room_leave(&self, room: &str, peer: &str) -> Result<bool, EngineError> {
+        let mut shard = self.shard(room).lock();
+        let Some(peers) = shard.rooms.get_mut(room) else {
+            return Ok(false);
+        };
+        let before = peers.len();
+        peers.retain(|p| &*p.peer != peer);
+        let left = peers.len() < before;
+        if peers.is_empty() {
+            shard.rooms.remove(room);
+        }
+        Ok(left)
+    }
+
+    async fn room_update(
+        &self,
+        room: &str,
+        peer: &str,
+        meta: Option<Bytes>,
+    ) -> Result<Option<RoomPeer>, EngineError> {
+        let mut shard = self.shard(room).lock();
+        let found = shard
+            .rooms
+            .get_mut(room)
+            .and_then(|peers| peers.iter_mut().find(|p| &*p.peer == peer));
+        Ok(found.map(|p| {
+            p.meta = meta;
+            p.clone()
+        }))
+    }
+
+    async fn room_peers(&self, room: &str) -> Result<Vec<RoomPeer>, EngineError> {
+        Ok(self
+            .shard(room)
+            .lock()
+            .rooms
+            .get(room)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn room_publish(&self, room: &str, event: RoomEvent) -> Result<(), EngineError> {
+        if let Some(handler) = self.handler() {
+            // Under the room's shard lock, so every peer sees a room's events in one order.
+            let _shard = self.shard(room).lock();
+            handler.on_room_event(room, &event);
         }
         Ok(())
     }

@@ -72,6 +72,37 @@ pub enum PresenceEvent {
 pub enum EngineError {
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+    /// The room already has its maximum number of peers.
+    #[error("room is full")]
+    RoomFull,
+}
+
+/// A peer of a WebRTC signaling room: one client's membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomPeer {
+    /// The peer id (the client's id: one membership per client and room).
+    pub peer: Arc<str>,
+    pub user: Arc<str>,
+    /// Raw JSON of the client's `info` claim.
+    pub info: Option<Bytes>,
+    /// Raw JSON the peer set with `join_room`/`update_meta`.
+    pub meta: Option<Bytes>,
+}
+
+/// What happens in a room, delivered to every node with members in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    Joined(RoomPeer),
+    Left {
+        peer: Arc<str>,
+    },
+    Updated(RoomPeer),
+    /// `data` from `from` to `to`, or to every other peer.
+    Signal {
+        from: Arc<str>,
+        to: Option<Arc<str>>,
+        data: Bytes,
+    },
 }
 
 /// Receives what the engine delivers to this node. The engine calls it in offset order per
@@ -79,6 +110,7 @@ pub enum EngineError {
 pub trait EngineHandler: Send + Sync {
     fn on_publication(&self, channel: &str, publication: &Publication);
     fn on_presence_event(&self, channel: &str, event: PresenceEvent, member: &PresenceMember);
+    fn on_room_event(&self, room: &str, event: &RoomEvent);
 }
 
 #[async_trait]
@@ -122,6 +154,31 @@ pub trait Engine: Send + Sync + 'static {
         event: PresenceEvent,
         member: PresenceMember,
     ) -> Result<(), EngineError>;
+
+    /// Adds `peer` to `room` unless it already holds `max_peers`; returns the peers that were
+    /// there before.
+    async fn room_join(
+        &self,
+        room: &str,
+        peer: RoomPeer,
+        max_peers: usize,
+    ) -> Result<Vec<RoomPeer>, EngineError>;
+
+    /// Removes `peer` from `room`; returns whether it was there.
+    async fn room_leave(&self, room: &str, peer: &str) -> Result<bool, EngineError>;
+
+    /// Replaces a peer's `meta`; returns the updated peer, or `None` when it is not in the room.
+    async fn room_update(
+        &self,
+        room: &str,
+        peer: &str,
+        meta: Option<Bytes>,
+    ) -> Result<Option<RoomPeer>, EngineError>;
+
+    async fn room_peers(&self, room: &str) -> Result<Vec<RoomPeer>, EngineError>;
+
+    /// Delivers a room event to every node.
+    async fn room_publish(&self, room: &str, event: RoomEvent) -> Result<(), EngineError>;
 
     /// Periodic upkeep (expiring history, dropping idle streams); `now` is Unix seconds.
     fn maintain(&self, _now: u64) {}
