@@ -6,8 +6,9 @@
 
 import { spawn } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createSocket } from 'node:dgram';
 import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -34,6 +35,18 @@ export const CHROMIUM_ARGS = [
   '--disable-dev-shm-usage',
 ];
 
+/**
+ * Extra Chromium flags for the WebRTC tests: fake camera and microphone, no permission prompt,
+ * loopback ICE candidates allowed and host candidates as plain IPs (not mDNS names), so two
+ * pages on one machine can call each other directly or through a TURN server on 127.0.0.1.
+ */
+export const WEBRTC_ARGS = [
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
+];
+
 /** The server binary: `target/debug/switchboard` unless SWITCHBOARD_BIN says otherwise. */
 export function serverBinary() {
   if (process.env.SWITCHBOARD_BIN) return process.env.SWITCHBOARD_BIN;
@@ -54,6 +67,15 @@ export async function freePort() {
   await new Promise((ok, fail) => srv.once('error', fail).listen(0, '127.0.0.1', ok));
   const { port } = srv.address();
   await new Promise((ok) => srv.close(ok));
+  return port;
+}
+
+/** A UDP port nobody is bound to on 127.0.0.1 right now (the OS picks it). */
+export async function freeUdpPort() {
+  const sock = createSocket('udp4');
+  await new Promise((ok, fail) => sock.once('error', fail).bind(0, '127.0.0.1', ok));
+  const { port } = sock.address();
+  await new Promise((ok) => sock.close(ok));
   return port;
 }
 
@@ -113,7 +135,7 @@ export async function startPageServer() {
 // ---------------------------------------------------------------------------------------------
 // The server.
 
-function configToml({ port, origins }) {
+function configToml({ port, origins, extraToml }) {
   const lines = [
     `listen = "127.0.0.1:${port}"`,
     '',
@@ -122,21 +144,24 @@ function configToml({ port, origins }) {
     `api_key = "${API_KEY}"`,
   ];
   if (origins) lines.push(`allowed_origins = [${origins.map((o) => JSON.stringify(o)).join(', ')}]`);
+  if (extraToml) lines.push('', extraToml.trim());
   return lines.join('\n') + '\n';
 }
 
 /**
  * Starts `switchboard serve --config <tmp toml>` on a free port, allowing `origins` for CORS,
  * and waits until `GET /health` answers. Tries a few ports in case another process takes the
- * one picked in between.
+ * one picked in between. `extraToml` is appended to the config (tables after `[auth]`, such as
+ * `[webrtc]`); a function gets a fresh `{ udpPort }` on each attempt.
  */
-export async function startServer({ origins = [] } = {}) {
+export async function startServer({ origins = [], extraToml = '' } = {}) {
   const bin = serverBinary();
   let lastError;
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();
+    const extra = typeof extraToml === 'function' ? extraToml({ udpPort: await freeUdpPort() }) : extraToml;
     try {
-      return await launchServer(bin, port, origins);
+      return await launchServer(bin, port, origins, extra);
     } catch (e) {
       lastError = e;
       if (!/address|in use|bind/i.test(String(e.message))) break;
@@ -145,10 +170,11 @@ export async function startServer({ origins = [] } = {}) {
   throw lastError;
 }
 
-async function launchServer(bin, port, origins) {
+async function launchServer(bin, port, origins, extraToml) {
   const dir = mkdtempSync(join(tmpdir(), 'switchboard-browser-'));
   const configPath = join(dir, 'switchboard.toml');
-  writeFileSync(configPath, configToml({ port, origins }));
+  const config = configToml({ port, origins, extraToml });
+  writeFileSync(configPath, config);
   const output = [];
   const child = spawn(bin, ['serve', '--config', configPath], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -191,6 +217,7 @@ async function launchServer(bin, port, origins) {
     url: base,
     wsUrl: `ws://127.0.0.1:${port}`,
     origins,
+    config,
     output: () => output.join(''),
     token: (user, opts) => mintToken(user, opts),
     async api(method, path, body) {
@@ -227,8 +254,11 @@ async function launchServer(bin, port, origins) {
 // ---------------------------------------------------------------------------------------------
 // The browser.
 
-export function launchBrowser() {
-  return chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args: CHROMIUM_ARGS, timeout: 30_000 });
+/** Debian's Chromium with the usual flags, plus `args` (such as `WEBRTC_ARGS`). */
+export function launchBrowser({ args = [] } = {}) {
+  return chromium.launch({
+    executablePath: CHROMIUM_PATH, headless: true, args: [...CHROMIUM_ARGS, ...args], timeout: 30_000,
+  });
 }
 
 /**
@@ -396,4 +426,85 @@ export function subscribedAfterConnect(state, n) {
     else if (r.frame?.type === 'subscribed' && seen === n) out.push(r.frame);
   }
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// coturn, as a real TURN server to prove interop against.
+
+/** Whether coturn's `turnserver` is on the PATH. */
+export function haveCoturn() {
+  return (process.env.PATH || '').split(':').some((d) => {
+    try { return statSync(join(d, 'turnserver')).isFile(); } catch { return false; }
+  });
+}
+
+/** Sends STUN Binding requests to 127.0.0.1:`port` until one is answered (or `timeout` ms). */
+export async function waitForStun(port, { timeout = 5000 } = {}) {
+  const sock = createSocket('udp4');
+  const answered = new Promise((ok) => sock.once('message', ok));
+  await new Promise((ok) => sock.bind(0, '127.0.0.1', ok));
+  const deadline = Date.now() + timeout;
+  try {
+    while (Date.now() < deadline) {
+      // Binding request: type 0x0001, length 0, the magic cookie, a 96-bit transaction id.
+      const req = Buffer.concat([Buffer.from([0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42]), randomBytes(12)]);
+      sock.send(req, port, '127.0.0.1');
+      const got = await Promise.race([answered, sleep(150, null)]);
+      if (got) return;
+    }
+    throw new Error(`no STUN answer from 127.0.0.1:${port} within ${timeout} ms`);
+  } finally {
+    sock.close();
+  }
+}
+
+/**
+ * Starts coturn on 127.0.0.1 (UDP and TCP on a free port, relays on 127.0.0.1 in a small port
+ * range) with TURN REST credentials over `secret` (`use-auth-secret`), and waits until it
+ * answers STUN. `stop()` ends it; `output()` is its log.
+ */
+export async function startCoturn({ secret, realm = 'switchboard' }) {
+  const dir = mkdtempSync(join(tmpdir(), 'switchboard-coturn-'));
+  const port = await freeUdpPort();
+  const minPort = 50000 + Math.floor(Math.random() * 150) * 60;
+  const args = [
+    '-n', '--log-file=stdout', '--simple-log',
+    `--listening-ip=127.0.0.1`, `--listening-port=${port}`, `--relay-ip=127.0.0.1`,
+    '--use-auth-secret', `--static-auth-secret=${secret}`, `--realm=${realm}`,
+    '--allow-loopback-peers', '--no-cli', '--no-tls', '--no-dtls', '--fingerprint',
+    `--min-port=${minPort}`, `--max-port=${minPort + 59}`,
+    `--userdb=${join(dir, 'turndb')}`, `--pidfile=${join(dir, 'turnserver.pid')}`,
+  ];
+  const output = [];
+  const child = spawn('turnserver', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const keep = (chunk) => {
+    output.push(chunk.toString());
+    if (output.length > 400) output.splice(0, output.length - 400);
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  let exited = null;
+  const exitPromise = new Promise((ok) => child.once('exit', (code, signal) => { exited = { code, signal }; ok(exited); }));
+  child.once('error', (e) => { output.push(`spawn error: ${e.message}\n`); });
+  const killOnExit = () => { try { child.kill('SIGKILL'); } catch { /* gone */ } };
+  process.once('exit', killOnExit);
+  const stop = async () => {
+    process.removeListener('exit', killOnExit);
+    if (!exited) {
+      child.kill('SIGTERM');
+      const done = await Promise.race([exitPromise, sleep(3000, null, { ref: false })]);
+      if (!done) { child.kill('SIGKILL'); await exitPromise; }
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await Promise.race([
+      waitForStun(port),
+      exitPromise.then((e) => { throw new Error(`turnserver exited ${JSON.stringify(e)}`); }),
+    ]);
+  } catch (e) {
+    await stop();
+    throw new Error(`coturn did not start: ${e.message}\nturnserver ${args.join(' ')}\n--- its output ---\n${output.join('').slice(-4000)}`);
+  }
+  return { port, url: `turn:127.0.0.1:${port}?transport=udp`, output: () => output.join(''), stop };
 }

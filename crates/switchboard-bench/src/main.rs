@@ -2,7 +2,8 @@
 //! server as a child process, so what is measured is the real binary, and reads the
 //! server's memory from `/proc/<pid>/status`.
 //!
-//! `idle`: user-space memory per idle WebSocket connection (RSS delta / connections).
+//! `idle`: user-space memory per idle connection (RSS delta / connections).
+//! `turn`: throughput of the embedded TURN server's relay on loopback, against plain UDP.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
@@ -10,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+
+mod turn_bench;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -43,6 +46,17 @@ enum Mode {
         #[arg(long, value_enum, default_value_t = Door::Ws)]
         door: Door,
     },
+    /// Relay throughput of the embedded TURN server on loopback.
+    Turn {
+        #[arg(long)]
+        server: Option<PathBuf>,
+        /// Port for the server's HTTP listener (TURN listens on the next one).
+        #[arg(long, default_value_t = 7780)]
+        port: u16,
+        /// Seconds to send for, per measurement.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -67,6 +81,15 @@ fn main() {
             subscribe,
             door,
         } => runtime.block_on(idle(server, connections, port, subscribe, door)),
+        Mode::Turn {
+            server,
+            port,
+            seconds,
+        } => runtime.block_on(turn_bench::run(
+            server.unwrap_or_else(default_server),
+            port,
+            seconds,
+        )),
     }
 }
 
@@ -97,6 +120,15 @@ impl Drop for ServerProcess {
 }
 
 fn start_server(binary: &PathBuf, port: u16) -> ServerProcess {
+    start_server_with(binary, port, &[])
+}
+
+/// Starts the server with extra `SWITCHBOARD_...` settings.
+pub(crate) fn start_server_with(
+    binary: &PathBuf,
+    port: u16,
+    env: &[(&str, String)],
+) -> ServerProcess {
     let child = Command::new(binary)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("SWITCHBOARD_AUTH__ALLOW_ANONYMOUS", "true")
@@ -104,6 +136,7 @@ fn start_server(binary: &PathBuf, port: u16) -> ServerProcess {
         .env("SWITCHBOARD_LIMITS__PING_INTERVAL", "3600")
         .env("SWITCHBOARD_DEFAULT_NAMESPACE__JOIN_LEAVE", "false")
         .env("SWITCHBOARD_DEFAULT_NAMESPACE__PRESENCE", "false")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -221,7 +254,7 @@ fn addr_of(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-async fn wait_for_port(server: SocketAddr) {
+pub(crate) async fn wait_for_port(server: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(server).await.is_err() {
         assert!(Instant::now() < deadline, "server did not start");

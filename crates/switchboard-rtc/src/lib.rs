@@ -3,6 +3,8 @@
 //! point at an existing coturn (`use-auth-secret`). The embedded TURN server will live here
 //! too.
 
+pub mod turn_server;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
@@ -28,6 +30,9 @@ pub struct WebrtcConfig {
     /// Most peers in one room.
     #[serde(default = "default_max_room_peers")]
     pub max_room_peers: usize,
+    /// The embedded STUN/TURN server (`[webrtc.turn]`), on when set.
+    #[serde(default)]
+    pub turn: Option<turn_server::TurnConfig>,
 }
 
 fn default_turn_ttl() -> u64 {
@@ -46,6 +51,7 @@ impl Default for WebrtcConfig {
             turn_secret: None,
             turn_ttl: default_turn_ttl(),
             max_room_peers: default_max_room_peers(),
+            turn: None,
         }
     }
 }
@@ -54,10 +60,15 @@ impl Default for WebrtcConfig {
 /// base64(HMAC-SHA1(secret, username)).
 pub fn turn_credentials(secret: &str, user: &str, expires: u64) -> (String, String) {
     let username = format!("{expires}:{user}");
+    let password = turn_password(secret, &username);
+    (username, password)
+}
+
+/// The TURN REST password of `username`: base64(HMAC-SHA1(secret, username)).
+pub fn turn_password(secret: &str, username: &str) -> String {
     let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
     mac.update(username.as_bytes());
-    let password = STANDARD.encode(mac.finalize().into_bytes());
-    (username, password)
+    STANDARD.encode(mac.finalize().into_bytes())
 }
 
 impl WebrtcConfig {

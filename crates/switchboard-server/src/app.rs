@@ -13,7 +13,7 @@ use switchboard_core::{Authenticator, Hub};
 
 use crate::config::LimitsConfig;
 use crate::metrics::ServerStats;
-use crate::{api, cors, metrics, streams, ws};
+use crate::{api, cors, demo, metrics, streams, ws};
 
 /// What every door and the API share.
 pub struct AppState {
@@ -52,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws", any(ws::upgrade))
         .route("/api/ice-servers", get(api::ice_servers))
         .route("/health", get(health))
+        .route("/demo/call", get(demo::call))
         .route("/metrics", get(metrics_text))
         .nest("/api", api::router(state.clone()))
         .fallback(api::not_found)

@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod cors;
+pub mod demo;
 pub mod metrics;
 pub mod outbox;
 pub mod streams;
@@ -55,6 +56,8 @@ pub struct Server {
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     state: Arc<AppState>,
+    /// The embedded TURN server, when `[webrtc.turn]` is set.
+    turn: Option<switchboard_rtc::turn_server::TurnServer>,
 }
 
 impl Server {
@@ -64,7 +67,22 @@ impl Server {
         let hub_config = config.hub_config();
         let engine = Arc::new(MemoryEngine::new(hub_config.stream_idle_ttl));
         let hub = Hub::new(hub_config, engine);
-        hub.set_ice_servers(Arc::new(IceFromConfig(config.webrtc.clone())));
+        let mut webrtc = config.webrtc.clone();
+        let turn = match &webrtc.turn {
+            None => None,
+            Some(turn_config) => {
+                let secret = webrtc.turn_secret.clone().ok_or(
+                    "[webrtc.turn] needs [webrtc] turn_secret: its credentials are signed with it",
+                )?;
+                let turn = switchboard_rtc::turn_server::start(turn_config, &secret).await?;
+                // The bound port (the config may say 0), at the address clients reach.
+                let mut public = turn_config.clone();
+                public.listen.set_port(turn.local_addr().port());
+                webrtc.turn_urls.push(public.url());
+                Some(turn)
+            }
+        };
+        hub.set_ice_servers(Arc::new(IceFromConfig(webrtc)));
         let auth = JwtAuthenticator::new(&config.auth)?;
         let auth: Arc<dyn Authenticator> = Arc::new(auth);
         let tls = match &config.tls {
@@ -91,6 +109,7 @@ impl Server {
             listener,
             tls,
             state,
+            turn,
         })
     }
 
@@ -103,6 +122,11 @@ impl Server {
     /// Whether clients reach this server over TLS (`https://`, `wss://`).
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// The embedded TURN server's UDP address, when it runs.
+    pub fn turn_addr(&self) -> Option<SocketAddr> {
+        self.turn.as_ref().map(|t| t.local_addr())
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -131,6 +155,9 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         ticker.abort();
+        if let Some(turn) = self.turn {
+            turn.close().await;
+        }
         result
     }
 }
