@@ -128,6 +128,25 @@ async fn relays_both_ways_with_the_credentials_switchboard_hands_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_stun_binding_requests_with_the_clients_address() {
+    let server = server_with(&config(true, 10)).await;
+    let (addr, username, password) = turn_entry(&server, "stan").await;
+    let client = turn_client(addr, &username, &password).await;
+    let mapped = tokio::time::timeout(WAIT, client.send_binding_request())
+        .await
+        .expect("STUN answer in time")
+        .expect("STUN binding succeeds");
+    assert_eq!(mapped.ip().to_string(), "127.0.0.1");
+    assert_ne!(
+        mapped.port(),
+        addr.port(),
+        "the client's own address, not the server's"
+    );
+    client.close().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_or_forged_credentials_get_no_allocation() {
     let server = server_with(&config(true, 10)).await;
     let (addr, username, password) = turn_entry(&server, "bob").await;
