@@ -32,6 +32,29 @@ pub struct AuthConfig {
     pub cursor_secret: Option<String>,
 }
 
+/// Which engine keeps positions, history and presence (`[engine]`).
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    #[serde(default)]
+    pub kind: EngineKind,
+    /// Memory engine: keep history on disk here, so it survives restarts and crashes.
+    pub data_dir: Option<std::path::PathBuf>,
+    pub redis_url: Option<String>,
+    pub nats_url: Option<String>,
+    /// Key/subject prefix, so several deployments can share one Redis or NATS.
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    #[default]
+    Memory,
+    Redis,
+    Nats,
+}
+
 /// TLS for every door: PEM files of the certificate chain and of its private key.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +137,9 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Storage and distribution engine.
+    #[serde(default)]
+    pub engine: EngineConfig,
     /// WebRTC rooms: ICE servers and TURN credentials, room size.
     #[serde(default)]
     pub webrtc: switchboard_rtc::WebrtcConfig,
@@ -133,6 +159,7 @@ impl Default for Config {
             listen: "127.0.0.1:7700".into(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            engine: EngineConfig::default(),
             webrtc: switchboard_rtc::WebrtcConfig::default(),
             tls: None,
             default_namespace: default_namespace(),

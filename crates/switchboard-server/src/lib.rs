@@ -42,6 +42,27 @@ impl ConnectionKill {
 /// How long shutdown waits for clients to receive their `disconnect` and go.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The engine `[engine]` asks for.
+fn build_engine(
+    config: &config::EngineConfig,
+    idle_ttl: Duration,
+) -> Result<Arc<dyn switchboard_core::Engine>, String> {
+    match (config.kind, &config.data_dir) {
+        (config::EngineKind::Memory, None) => Ok(Arc::new(MemoryEngine::new(idle_ttl))),
+        (config::EngineKind::Memory, Some(dir)) => {
+            let store = switchboard_engines::durable::RedbStore::open(dir)?;
+            let engine = MemoryEngine::durable(idle_ttl, Arc::new(store))
+                .map_err(|e| format!("cannot restore history from {}: {e}", dir.display()))?;
+            tracing::info!("history kept on disk in {}", dir.display());
+            Ok(Arc::new(engine))
+        }
+        (kind, _) => Err(format!(
+            "[engine] kind = {:?} is not available in this version yet; use \"memory\"",
+            format!("{kind:?}").to_lowercase()
+        )),
+    }
+}
+
 /// ICE servers for room peers, from `[webrtc]`, with TURN credentials minted per request.
 struct IceFromConfig(switchboard_rtc::WebrtcConfig);
 
@@ -65,7 +86,7 @@ impl Server {
     pub async fn bind(resolved: &Resolved) -> Result<Server, String> {
         let config = &resolved.config;
         let hub_config = config.hub_config();
-        let engine = Arc::new(MemoryEngine::new(hub_config.stream_idle_ttl));
+        let engine = build_engine(&config.engine, hub_config.stream_idle_ttl)?;
         let hub = Hub::new(hub_config, engine);
         let mut webrtc = config.webrtc.clone();
         let turn = match &webrtc.turn {

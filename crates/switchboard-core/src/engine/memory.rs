@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::store::StreamStore;
 use super::{
     Engine, EngineError, EngineHandler, HistoryQuery, HistoryResult, PresenceEvent, PresenceMember,
     Publication, RoomEvent, RoomPeer, StreamOptions, StreamPosition,
@@ -73,12 +74,14 @@ struct Shard {
     rooms: HashMap<String, Vec<RoomPeer>>,
 }
 
-/// Streams and presence in this process's memory.
+/// Streams and presence in this process's memory, optionally written through to a durable
+/// [`StreamStore`].
 pub struct MemoryEngine {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     handler: OnceLock<Weak<dyn EngineHandler>>,
     idle_ttl: u64,
+    store: Option<Arc<dyn StreamStore>>,
 }
 
 impl MemoryEngine {
@@ -89,7 +92,62 @@ impl MemoryEngine {
             hasher: RandomState::new(),
             handler: OnceLock::new(),
             idle_ttl: idle_ttl.as_secs(),
+            store: None,
         }
+    }
+
+    /// An engine whose streams survive restarts: restored from `store`, and every publish
+    /// written to it before it is delivered or acknowledged.
+    pub fn durable(
+        idle_ttl: std::time::Duration,
+        store: Arc<dyn StreamStore>,
+    ) -> Result<Self, EngineError> {
+        let mut engine = MemoryEngine::new(idle_ttl);
+        for stored in store.load()? {
+            // Until its namespace's settings come with the next publish or read, a restored
+            // stream keeps what it has.
+            let options = StreamOptions {
+                history_size: stored.history.len().max(1),
+                history_ttl: std::time::Duration::from_secs(u64::MAX / 4),
+            };
+            let history = stored
+                .history
+                .into_iter()
+                .map(|(at, offset, data)| {
+                    let epoch: Arc<str> = stored.epoch.as_str().into();
+                    (
+                        at,
+                        Publication {
+                            offset,
+                            epoch,
+                            data,
+                        },
+                    )
+                })
+                .collect();
+            let stream = Stream {
+                epoch: stored.epoch.as_str().into(),
+                top: stored.top,
+                history,
+                last_publish: stored.last_publish,
+                options,
+            };
+            engine
+                .shard(&stored.channel)
+                .lock()
+                .streams
+                .insert(stored.channel, stream);
+        }
+        engine.store = Some(store);
+        Ok(engine)
+    }
+
+    /// The oldest offset a stream still holds (the next one when it holds none).
+    fn keep_from(stream: &Stream) -> u64 {
+        stream
+            .history
+            .front()
+            .map_or(stream.top + 1, |(_, p)| p.offset)
     }
 
     fn shard(&self, channel: &str) -> &Mutex<Shard> {
@@ -132,6 +190,23 @@ impl Engine for MemoryEngine {
             stream.history.push_back((now, publication.clone()));
         }
         stream.expire(now, options);
+        if let Some(store) = &self.store {
+            // Durable before anyone sees it: an acknowledged message survives a crash, and an
+            // offset is never handed out twice.
+            let keep_from = Self::keep_from(stream);
+            let stored = (now, publication.offset, &publication.data);
+            if let Err(e) = store.append(channel, &stream.epoch, stored, keep_from) {
+                if stream
+                    .history
+                    .back()
+                    .is_some_and(|(_, p)| p.offset == stream.top)
+                {
+                    stream.history.pop_back();
+                }
+                stream.top -= 1;
+                return Err(e);
+            }
+        }
         let position = stream.position();
         // Delivered under the shard lock so every subscriber sees offsets in order.
         if let Some(handler) = handler {
@@ -306,11 +381,23 @@ impl Engine for MemoryEngine {
     fn maintain(&self, now: u64) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
-            shard
-                .streams
-                .retain(|_, s| now.saturating_sub(s.last_publish) < self.idle_ttl);
-            for stream in shard.streams.values_mut() {
+            let store = self.store.as_deref();
+            shard.streams.retain(|channel, s| {
+                let keep = now.saturating_sub(s.last_publish) < self.idle_ttl;
+                if !keep && let Some(store) = store {
+                    let _ = store.remove(channel);
+                }
+                keep
+            });
+            for (channel, stream) in shard.streams.iter_mut() {
+                let before = Self::keep_from(stream);
                 stream.expire(now, stream.options);
+                let after = Self::keep_from(stream);
+                if after != before
+                    && let Some(store) = store
+                {
+                    let _ = store.trim(channel, after);
+                }
             }
         }
     }

@@ -4,6 +4,7 @@
 //! Redis and NATS engines implement the same trait.
 
 mod memory;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;

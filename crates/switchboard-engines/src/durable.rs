@@ -1,0 +1,170 @@
+//! The memory engine's durable history in redb, an embedded crash-safe store (every commit is
+//! durable before it returns). Two tables: each stream's position, and its retained messages
+//! keyed by `(channel, offset)`, so trimming a stream is one range deletion.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use switchboard_core::EngineError;
+use switchboard_core::engine::store::{StoredStream, StreamStore};
+
+/// channel → (epoch, offset of the last message, Unix seconds of the last publish).
+const STREAMS: TableDefinition<&str, (&str, u64, u64)> = TableDefinition::new("streams");
+/// (channel, offset) → (Unix seconds published, data).
+const MESSAGES: TableDefinition<(&str, u64), (u64, &[u8])> = TableDefinition::new("messages");
+
+pub struct RedbStore {
+    db: Database,
+}
+
+fn failed(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(format!("durable store: {e}"))
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create data_dir {}: {e}", dir.display()))?;
+        let path = dir.join("switchboard.redb");
+        let db =
+            Database::create(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        // Create both tables up front, so reads of an empty store find them.
+        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        txn.open_table(STREAMS).map_err(|e| e.to_string())?;
+        txn.open_table(MESSAGES).map_err(|e| e.to_string())?;
+        txn.commit().map_err(|e| e.to_string())?;
+        Ok(RedbStore { db })
+    }
+}
+
+impl StreamStore for RedbStore {
+    fn append(
+        &self,
+        channel: &str,
+        epoch: &str,
+        (published, offset, data): (u64, u64, &Bytes),
+        keep_from: u64,
+    ) -> Result<(), EngineError> {
+        let txn = self.db.begin_write().map_err(failed)?;
+        {
+            let mut streams = txn.open_table(STREAMS).map_err(failed)?;
+            streams
+                .insert(channel, (epoch, offset, published))
+                .map_err(failed)?;
+            let mut messages = txn.open_table(MESSAGES).map_err(failed)?;
+            if keep_from <= offset {
+                messages
+                    .insert((channel, offset), (published, &data[..]))
+                    .map_err(failed)?;
+            }
+            messages
+                .retain_in((channel, 0)..(channel, keep_from), |_, _| false)
+                .map_err(failed)?;
+        }
+        txn.commit().map_err(failed)
+    }
+
+    fn trim(&self, channel: &str, keep_from: u64) -> Result<(), EngineError> {
+        let txn = self.db.begin_write().map_err(failed)?;
+        {
+            let mut messages = txn.open_table(MESSAGES).map_err(failed)?;
+            messages
+                .retain_in((channel, 0)..(channel, keep_from), |_, _| false)
+                .map_err(failed)?;
+        }
+        txn.commit().map_err(failed)
+    }
+
+    fn remove(&self, channel: &str) -> Result<(), EngineError> {
+        let txn = self.db.begin_write().map_err(failed)?;
+        {
+            txn.open_table(STREAMS)
+                .map_err(failed)?
+                .remove(channel)
+                .map_err(failed)?;
+            txn.open_table(MESSAGES)
+                .map_err(failed)?
+                .retain_in((channel, 0)..=(channel, u64::MAX), |_, _| false)
+                .map_err(failed)?;
+        }
+        txn.commit().map_err(failed)
+    }
+
+    fn load(&self) -> Result<Vec<StoredStream>, EngineError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let streams = txn.open_table(STREAMS).map_err(failed)?;
+        let messages = txn.open_table(MESSAGES).map_err(failed)?;
+        let mut loaded = Vec::new();
+        for entry in streams.iter().map_err(failed)? {
+            let (channel, meta) = entry.map_err(failed)?;
+            let channel = channel.value().to_owned();
+            let (epoch, top, last_publish) = meta.value();
+            let mut history = Vec::new();
+            let range = messages
+                .range((channel.as_str(), 0)..=(channel.as_str(), u64::MAX))
+                .map_err(failed)?;
+            for message in range {
+                let (key, value) = message.map_err(failed)?;
+                let (_, offset) = key.value();
+                let (published, data) = value.value();
+                history.push((published, offset, Bytes::copy_from_slice(data)));
+            }
+            loaded.push(StoredStream {
+                channel,
+                epoch: epoch.to_owned(),
+                top,
+                last_publish,
+                history,
+            });
+        }
+        Ok(loaded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "sb-redb-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn appends_trims_and_reloads() {
+        let dir = temp_dir();
+        {
+            let store = RedbStore::open(&dir).unwrap();
+            for offset in 1..=5 {
+                let data = Bytes::from(offset.to_string());
+                store
+                    .append("c", "ep", (100 + offset, offset, &data), 1)
+                    .unwrap();
+            }
+            store
+                .append("other", "x", (7, 1, &Bytes::from("1")), 1)
+                .unwrap();
+            store.trim("c", 3).unwrap();
+            store.remove("other").unwrap();
+        }
+        let store = RedbStore::open(&dir).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.len(), 1);
+        let c = &loaded[0];
+        assert_eq!(
+            (c.channel.as_str(), c.epoch.as_str(), c.top, c.last_publish),
+            ("c", "ep", 5, 105)
+        );
+        let offsets: Vec<u64> = c.history.iter().map(|(_, o, _)| *o).collect();
+        assert_eq!(offsets, vec![3, 4, 5]);
+        assert_eq!(c.history[2].2, Bytes::from("5"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
