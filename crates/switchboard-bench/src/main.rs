@@ -173,6 +173,36 @@ fn open_files_limit() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Connects from the loopback address `source` and sends `request`.
+async fn connect_from(
+    server: SocketAddr,
+    source: Ipv4Addr,
+    request: &str,
+) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
+    let mut stream = socket.connect(server).await?;
+    stream.write_all(request.as_bytes()).await?;
+    Ok(stream)
+}
+
+/// Reads until what arrived (kept in `seen`) contains `marker`.
+async fn read_until(
+    stream: &mut TcpStream,
+    seen: &mut Vec<u8>,
+    marker: &str,
+) -> std::io::Result<()> {
+    while !String::from_utf8_lossy(seen).contains(marker) {
+        let mut buf = [0u8; 2048];
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    Ok(())
+}
+
 /// Opens one SSE stream of its own channel from `source` and waits for its `subscribed`
 /// frame.
 async fn open_idle_sse(
@@ -180,23 +210,10 @@ async fn open_idle_sse(
     source: Ipv4Addr,
     channel: String,
 ) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
-    let mut stream = socket.connect(server).await?;
     let request = format!("GET /sse?channel={channel} HTTP/1.1\r\nHost: {server}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut seen = Vec::new();
-    loop {
-        let mut buf = [0u8; 2048];
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        seen.extend_from_slice(&buf[..n]);
-        if String::from_utf8_lossy(&seen).contains("\"subscribed\"") {
-            return Ok(stream);
-        }
-    }
+    let mut stream = connect_from(server, source, &request).await?;
+    read_until(&mut stream, &mut Vec::new(), "\"subscribed\"").await?;
+    Ok(stream)
 }
 
 /// Opens one WebSocket from `source`, waits for the `connected` frame (and the subscribe
@@ -206,40 +223,21 @@ async fn open_idle(
     source: Ipv4Addr,
     channel: Option<String>,
 ) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::V4(SocketAddrV4::new(source, 0)))?;
-    let mut stream = socket.connect(server).await?;
     let request = format!(
         "GET /ws HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).await?;
+    let mut stream = connect_from(server, source, &request).await?;
     let mut seen = Vec::new();
-    let wanted = if channel.is_some() { 2 } else { 1 };
-    let mut sent_subscribe = false;
-    loop {
-        let mut buf = [0u8; 2048];
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        seen.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&seen);
-        if let Some(channel) = &channel
-            && !sent_subscribe
-            && text.contains("\"connected\"")
-        {
-            let frame = format!(r#"{{"type":"subscribe","id":1,"channel":"{channel}"}}"#);
-            stream
-                .write_all(&masked_text_frame(frame.as_bytes()))
-                .await?;
-            sent_subscribe = true;
-        }
-        let frames = text.matches("\"connected\"").count() + text.matches("\"reply\"").count();
-        if frames >= wanted {
-            return Ok(stream);
-        }
+    read_until(&mut stream, &mut seen, "\"connected\"").await?;
+    if let Some(channel) = channel {
+        let frame = format!(r#"{{"type":"subscribe","id":1,"channel":"{channel}"}}"#);
+        stream
+            .write_all(&masked_text_frame(frame.as_bytes()))
+            .await?;
+        read_until(&mut stream, &mut seen, "\"reply\"").await?;
     }
+    Ok(stream)
 }
 
 /// A client text frame (clients must mask; a zero mask keeps the payload readable).

@@ -30,20 +30,6 @@ fn token_exp(user: &str, subscribe: &[&str], publish: &[&str], exp: u64) -> Stri
     })
 }
 
-/// A valid token for `user`, signed with the wrong secret.
-fn forged_token(user: &str) -> String {
-    mint_hs256(
-        "not-the-secret",
-        &TokenClaims {
-            sub: Some(user.into()),
-            exp: Some(unix_now() + 3600),
-            subscribe: Some(vec!["*".into()]),
-            publish: Some(vec!["*".into()]),
-            ..TokenClaims::default()
-        },
-    )
-}
-
 /// A token for `user` that expired a minute ago (correctly signed).
 fn expired_token(user: &str) -> String {
     token_exp(user, &["*"], &["*"], unix_now() - 60)

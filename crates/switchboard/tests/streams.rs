@@ -105,20 +105,6 @@ fn token_exp(user: &str, exp: u64) -> String {
     })
 }
 
-/// A well-formed token signed with another secret.
-fn forged_token(user: &str) -> String {
-    mint_hs256(
-        "not-the-test-secret",
-        &TokenClaims {
-            sub: Some(user.into()),
-            exp: Some(unix_now() + 3600),
-            subscribe: Some(vec!["*".into()]),
-            publish: Some(vec!["*".into()]),
-            ..TokenClaims::default()
-        },
-    )
-}
-
 async fn publish(server: &TestServer, channel: &str, data: Value) -> Value {
     server
         .api()

@@ -136,6 +136,20 @@ pub fn token_with(claims: TokenClaims) -> String {
     mint_hs256(SECRET, &claims)
 }
 
+/// A well-formed token for `user`, allowed everything, but signed with another secret.
+pub fn forged_token(user: &str) -> String {
+    mint_hs256(
+        "not-the-test-secret",
+        &TokenClaims {
+            sub: Some(user.into()),
+            exp: Some(switchboard_core::unix_now() + 3600),
+            subscribe: Some(vec!["*".into()]),
+            publish: Some(vec!["*".into()]),
+            ..TokenClaims::default()
+        },
+    )
+}
+
 /// A token for `user` allowed everything, with this `info` claim.
 pub fn token_with_info(user: &str, info: &Value) -> String {
     token_with(TokenClaims {
