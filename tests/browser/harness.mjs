@@ -79,6 +79,23 @@ export async function freeUdpPort() {
   return port;
 }
 
+/** A loopback port free for both UDP and TCP (coturn listens on both). */
+export async function freeUdpTcpPort() {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = await freeUdpPort();
+    const tcp = createNetServer();
+    const free = await new Promise((ok) => {
+      tcp.once('error', () => ok(false));
+      tcp.listen(port, '127.0.0.1', () => ok(true));
+    });
+    if (free) {
+      await new Promise((ok) => tcp.close(ok));
+      return port;
+    }
+  }
+  throw new Error('no port free for both UDP and TCP');
+}
+
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
 
 /** An HS256 JWT over `claims`, signed with `secret`. */
@@ -463,9 +480,22 @@ export async function waitForStun(port, { timeout = 5000 } = {}) {
  * range) with TURN REST credentials over `secret` (`use-auth-secret`), and waits until it
  * answers STUN. `stop()` ends it; `output()` is its log.
  */
-export async function startCoturn({ secret, realm = 'switchboard' }) {
+export async function startCoturn(options) {
+  // A port can be taken between choosing and binding it: try a few.
+  let lastError;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      return await launchCoturn(options);
+    } catch (e) {
+      lastError = e;
+    }
+  }
+  throw lastError;
+}
+
+async function launchCoturn({ secret, realm = 'switchboard' }) {
   const dir = mkdtempSync(join(tmpdir(), 'switchboard-coturn-'));
-  const port = await freeUdpPort();
+  const port = await freeUdpTcpPort();
   const minPort = 50000 + Math.floor(Math.random() * 150) * 60;
   const args = [
     '-n', '--log-file=stdout', '--simple-log',
