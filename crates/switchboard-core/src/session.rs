@@ -51,13 +51,7 @@ impl Session {
         sink: Arc<dyn ClientSink>,
     ) -> Session {
         let client = hub.register(&claims.user, claims.info.clone(), claims.exp, sink);
-        Session {
-            hub,
-            auth,
-            claims,
-            client,
-            replies_via_sink: true,
-        }
+        Session::for_client(hub, auth, claims, client, true)
     }
 
     /// A session for one long-poll request: it receives its channels' messages but shows in
@@ -69,12 +63,22 @@ impl Session {
         sink: Arc<dyn ClientSink>,
     ) -> Session {
         let client = hub.register_observer(&claims.user, claims.exp, sink);
+        Session::for_client(hub, auth, claims, client, false)
+    }
+
+    fn for_client(
+        hub: Arc<Hub>,
+        auth: Arc<dyn Authenticator>,
+        claims: Claims,
+        client: Arc<ClientEntry>,
+        replies_via_sink: bool,
+    ) -> Session {
         Session {
             hub,
             auth,
             claims,
             client,
-            replies_via_sink: false,
+            replies_via_sink,
         }
     }
 
