@@ -187,32 +187,55 @@ export async function startServer({ origins = [], extraToml = '' } = {}) {
   throw lastError;
 }
 
-async function launchServer(bin, port, origins, extraToml) {
-  const dir = mkdtempSync(join(tmpdir(), 'switchboard-browser-'));
-  const configPath = join(dir, 'switchboard.toml');
-  const config = configToml({ port, origins, extraToml });
-  writeFileSync(configPath, config);
+/**
+ * Spawns a child process that keeps the tail of its output, is killed if the test process
+ * exits first, and stops with SIGTERM, then SIGKILL after a grace period.
+ */
+function spawnCaptured(command, args, options = {}) {
   const output = [];
-  const child = spawn(bin, ['serve', '--config', configPath], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, RUST_BACKTRACE: '1' },
-  });
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
   const keep = (chunk) => {
     output.push(chunk.toString());
     if (output.length > 400) output.splice(0, output.length - 400);
   };
   child.stdout.on('data', keep);
   child.stderr.on('data', keep);
-  let exited = null;
-  const exitPromise = new Promise((ok) => child.once('exit', (code, signal) => { exited = { code, signal }; ok(exited); }));
-  child.once('error', (e) => { output.push(`spawn error: ${e.message}\n`); exited = exited || { code: -1, signal: null }; });
-  const killOnExit = () => { try { child.kill('SIGKILL'); } catch { /* gone */ } };
-  process.once('exit', killOnExit);
+  const proc = { child, output, exited: null };
+  proc.exitPromise = new Promise((ok) => child.once('exit', (code, signal) => {
+    proc.exited = { code, signal };
+    ok(proc.exited);
+  }));
+  child.once('error', (e) => {
+    output.push(`spawn error: ${e.message}\n`);
+    proc.exited = proc.exited || { code: -1, signal: null };
+  });
+  proc.kill = () => { try { child.kill('SIGKILL'); } catch { /* gone */ } };
+  process.once('exit', proc.kill);
+  proc.stop = async (graceMs) => {
+    process.removeListener('exit', proc.kill);
+    if (!proc.exited) {
+      child.kill('SIGTERM');
+      const done = await Promise.race([proc.exitPromise, sleep(graceMs, null, { ref: false })]);
+      if (!done) { child.kill('SIGKILL'); await proc.exitPromise; }
+    }
+  };
+  return proc;
+}
+
+async function launchServer(bin, port, origins, extraToml) {
+  const dir = mkdtempSync(join(tmpdir(), 'switchboard-browser-'));
+  const configPath = join(dir, 'switchboard.toml');
+  const config = configToml({ port, origins, extraToml });
+  writeFileSync(configPath, config);
+  const proc = spawnCaptured(bin, ['serve', '--config', configPath], {
+    env: { ...process.env, RUST_BACKTRACE: '1' },
+  });
+  const { output } = proc;
 
   const base = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 15_000;
   let ready = false;
-  while (Date.now() < deadline && !exited) {
+  while (Date.now() < deadline && !proc.exited) {
     try {
       const res = await fetch(`${base}/health`, { signal: AbortSignal.timeout(1000) });
       if (res.ok && (await res.json()).status === 'ok') { ready = true; break; }
@@ -220,9 +243,10 @@ async function launchServer(bin, port, origins, extraToml) {
     await sleep(50);
   }
   if (!ready) {
-    killOnExit();
-    await Promise.race([exitPromise, sleep(2000, null, { ref: false })]);
+    proc.kill();
+    await Promise.race([proc.exitPromise, sleep(2000, null, { ref: false })]);
     rmSync(dir, { recursive: true, force: true });
+    const { exited } = proc;
     throw new Error(
       `switchboard did not become ready on ${base} (${exited ? `exited ${JSON.stringify(exited)}` : 'timed out'})\n` +
       `${bin} serve --config ${configPath}\n--- its output ---\n${output.join('')}`,
@@ -257,12 +281,7 @@ async function launchServer(bin, port, origins, extraToml) {
       return this.api('POST', '/api/disconnect', { user });
     },
     async stop() {
-      process.removeListener('exit', killOnExit);
-      if (!exited) {
-        child.kill('SIGTERM');
-        const done = await Promise.race([exitPromise, sleep(7000, null, { ref: false })]);
-        if (!done) { child.kill('SIGKILL'); await exitPromise; }
-      }
+      await proc.stop(7000);
       rmSync(dir, { recursive: true, force: true });
     },
   };
@@ -505,32 +524,16 @@ async function launchCoturn({ secret, realm = 'switchboard' }) {
     `--min-port=${minPort}`, `--max-port=${minPort + 59}`,
     `--userdb=${join(dir, 'turndb')}`, `--pidfile=${join(dir, 'turnserver.pid')}`,
   ];
-  const output = [];
-  const child = spawn('turnserver', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  const keep = (chunk) => {
-    output.push(chunk.toString());
-    if (output.length > 400) output.splice(0, output.length - 400);
-  };
-  child.stdout.on('data', keep);
-  child.stderr.on('data', keep);
-  let exited = null;
-  const exitPromise = new Promise((ok) => child.once('exit', (code, signal) => { exited = { code, signal }; ok(exited); }));
-  child.once('error', (e) => { output.push(`spawn error: ${e.message}\n`); });
-  const killOnExit = () => { try { child.kill('SIGKILL'); } catch { /* gone */ } };
-  process.once('exit', killOnExit);
+  const proc = spawnCaptured('turnserver', args);
+  const { output } = proc;
   const stop = async () => {
-    process.removeListener('exit', killOnExit);
-    if (!exited) {
-      child.kill('SIGTERM');
-      const done = await Promise.race([exitPromise, sleep(3000, null, { ref: false })]);
-      if (!done) { child.kill('SIGKILL'); await exitPromise; }
-    }
+    await proc.stop(3000);
     rmSync(dir, { recursive: true, force: true });
   };
   try {
     await Promise.race([
       waitForStun(port),
-      exitPromise.then((e) => { throw new Error(`turnserver exited ${JSON.stringify(e)}`); }),
+      proc.exitPromise.then((e) => { throw new Error(`turnserver exited ${JSON.stringify(e)}`); }),
     ]);
   } catch (e) {
     await stop();
