@@ -72,6 +72,8 @@ pub struct HubConfig {
     pub stream_idle_ttl: Duration,
     /// Most peers in one signaling room.
     pub max_room_peers: usize,
+    /// This node's name in the node list (`/api/info`).
+    pub node_name: String,
 }
 
 impl Default for HubConfig {
@@ -83,6 +85,7 @@ impl Default for HubConfig {
             max_subscriptions: 128,
             stream_idle_ttl: Duration::from_secs(24 * 3600),
             max_room_peers: 32,
+            node_name: "switchboard".into(),
         }
     }
 }

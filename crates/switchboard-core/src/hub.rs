@@ -14,8 +14,9 @@ use switchboard_proto::{Disconnect, MessageMeta, Outgoing, Position};
 
 use crate::config::HubConfig;
 use crate::engine::{
-    Engine, EngineError, EngineHandler, HistoryQuery, HistoryResult, PresenceEvent, PresenceMember,
-    Publication, StreamOptions, StreamPosition,
+    BoxFuture, Engine, EngineError, EngineHandler, HistoryQuery, HistoryResult, NodeAnswer,
+    NodeInfo, NodeRequest, PresenceEvent, PresenceMember, Publication, StreamOptions,
+    StreamPosition,
 };
 use crate::sink::ClientSink;
 
@@ -593,6 +594,52 @@ impl EngineHandler for Hub {
 
     fn on_room_event(&self, room: &str, event: &crate::engine::RoomEvent) {
         self.deliver_room_event(room, event);
+    }
+
+    fn on_stream_lost(&self, channel: &str) {
+        let sinks: Vec<Arc<dyn ClientSink>> = {
+            let shard = self.shard_of(&self.channels, channel).lock();
+            shard
+                .get(channel)
+                .map(|c| c.subscribers.values().map(|s| s.sink.clone()).collect())
+                .unwrap_or_default()
+        };
+        // Outside the channel lock: a door may unsubscribe synchronously while closing.
+        for sink in sinks {
+            sink.disconnect(Disconnect::STATE_LOST);
+        }
+    }
+
+    fn on_request(self: Arc<Self>, request: NodeRequest) -> BoxFuture<NodeAnswer> {
+        Box::pin(async move {
+            match request {
+                NodeRequest::DisconnectUser { user } => NodeAnswer::Count {
+                    count: self.disconnect_user(&user, Disconnect::BY_SERVER),
+                },
+                NodeRequest::UnsubscribeUser { user, channel } => NodeAnswer::Count {
+                    count: self.unsubscribe_user(&user, &channel).await,
+                },
+                NodeRequest::Channels => NodeAnswer::Channels {
+                    channels: self.channels(),
+                },
+            }
+        })
+    }
+
+    fn node_info(&self) -> NodeInfo {
+        NodeInfo {
+            id: String::new(),
+            name: self.config.node_name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: self.uptime().as_secs(),
+            connections: self.connection_count(),
+            channels: self.channel_count(),
+            rooms: self.room_count(),
+        }
+    }
+
+    fn announces_presence(&self, channel: &str) -> bool {
+        self.config.namespace(channel).join_leave
     }
 
     fn on_presence_event(&self, channel: &str, event: PresenceEvent, member: &PresenceMember) {

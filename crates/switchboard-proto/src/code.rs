@@ -93,6 +93,14 @@ impl Disconnect {
         ws_close: 4008,
         reconnect: true,
     };
+    /// The engine lost messages of a subscribed channel that history cannot give back (a
+    /// broker outage, a reset stream): reconnect with `since` and learn `recovered: false`.
+    pub const STATE_LOST: Disconnect = Disconnect {
+        code: "unavailable",
+        message: "channel state lost by the engine, reconnect and recover",
+        ws_close: 4009,
+        reconnect: true,
+    };
     /// The backend disconnected this user through the server API.
     pub const BY_SERVER: Disconnect = Disconnect {
         code: "forbidden",

@@ -18,11 +18,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use switchboard_core::engine::HistoryQuery;
+use switchboard_core::engine::{HistoryQuery, NodeAnswer, NodeRequest};
 use switchboard_core::hub::member_json;
 use switchboard_core::session::history_fields;
+use switchboard_proto::ErrorCode;
 use switchboard_proto::command::MAX_CHANNEL_LEN;
-use switchboard_proto::{Disconnect, ErrorCode};
 
 use crate::app::AppState;
 use crate::auth::constant_time_eq;
@@ -217,13 +217,41 @@ async fn broadcast(State(state): State<Arc<AppState>>, body: Body) -> ApiResult 
 }
 
 async fn channels(State(state): State<Arc<AppState>>) -> ApiResult {
-    let channels: Vec<Value> = state
-        .hub
-        .channels()
+    let answers = ask_nodes(&state, NodeRequest::Channels).await?;
+    // Subscriber counts summed over every node.
+    let mut totals: std::collections::BTreeMap<String, usize> = Default::default();
+    for answer in answers {
+        if let NodeAnswer::Channels { channels } = answer {
+            for (name, count) in channels {
+                *totals.entry(name).or_default() += count;
+            }
+        }
+    }
+    let channels: Vec<Value> = totals
         .into_iter()
         .map(|(name, subscribers)| json!({"name": name, "subscribers": subscribers}))
         .collect();
     Ok(Json(json!({ "channels": channels })).into_response())
+}
+
+/// Runs a command on every node; the sum of their counts.
+async fn ask_nodes(state: &AppState, request: NodeRequest) -> Result<Vec<NodeAnswer>, ApiError> {
+    state
+        .hub
+        .engine()
+        .ask_nodes(request)
+        .await
+        .map_err(engine_failure)
+}
+
+fn total_count(answers: &[NodeAnswer]) -> usize {
+    answers
+        .iter()
+        .map(|a| match a {
+            NodeAnswer::Count { count } => *count,
+            NodeAnswer::Channels { .. } => 0,
+        })
+        .sum()
 }
 
 async fn presence(State(state): State<Arc<AppState>>, Path(channel): Path<String>) -> ApiResult {
@@ -284,7 +312,8 @@ struct UserBody {
 
 async fn disconnect(State(state): State<Arc<AppState>>, body: Body) -> ApiResult {
     let body: UserBody = read_json(&state, body).await?;
-    let count = state.hub.disconnect_user(&body.user, Disconnect::BY_SERVER);
+    let request = NodeRequest::DisconnectUser { user: body.user };
+    let count = total_count(&ask_nodes(&state, request).await?);
     Ok(Json(json!({ "disconnected": count })).into_response())
 }
 
@@ -297,7 +326,11 @@ struct UnsubscribeBody {
 async fn unsubscribe(State(state): State<Arc<AppState>>, body: Body) -> ApiResult {
     let body: UnsubscribeBody = read_json(&state, body).await?;
     check_channel(&body.channel)?;
-    state.hub.unsubscribe_user(&body.user, &body.channel).await;
+    let request = NodeRequest::UnsubscribeUser {
+        user: body.user,
+        channel: body.channel,
+    };
+    ask_nodes(&state, request).await?;
     Ok(Json(json!({})).into_response())
 }
 
@@ -330,27 +363,19 @@ pub async fn ice_servers(State(state): State<Arc<AppState>>, request: Request) -
     Json(json!({ "ice_servers": state.hub.ice_servers(&user) })).into_response()
 }
 
+/// This node's counts, and every live node's as the engine knows them.
 async fn info(State(state): State<Arc<AppState>>) -> ApiResult {
     let hub = &state.hub;
-    let connections = hub.connection_count();
-    let channels = hub.channel_count();
-    let uptime = hub.uptime().as_secs();
-    let version = env!("CARGO_PKG_VERSION");
+    let nodes = hub.engine().nodes().await.map_err(engine_failure)?;
     Ok(Json(json!({
-        "version": version,
-        "uptime_seconds": uptime,
-        "connections": connections,
-        "channels": channels,
+        "version": env!("CARGO_PKG_VERSION"),
+        "engine": hub.engine().kind(),
+        "uptime_seconds": hub.uptime().as_secs(),
+        "connections": hub.connection_count(),
+        "channels": hub.channel_count(),
         "subscriptions": hub.stats.subscriptions.load(Ordering::Relaxed),
         "rooms": hub.room_count(),
-        "nodes": [{
-            "id": "local",
-            "version": version,
-            "uptime_seconds": uptime,
-            "connections": connections,
-            "channels": channels,
-            "rooms": hub.room_count(),
-        }],
+        "nodes": nodes,
     }))
     .into_response())
 }

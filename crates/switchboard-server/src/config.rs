@@ -33,7 +33,7 @@ pub struct AuthConfig {
 }
 
 /// Which engine keeps positions, history and presence (`[engine]`).
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
     #[serde(default)]
@@ -44,6 +44,30 @@ pub struct EngineConfig {
     pub nats_url: Option<String>,
     /// Key/subject prefix, so several deployments can share one Redis or NATS.
     pub prefix: Option<String>,
+    /// This node's name in the node list (`/api/info`); defaults to the host name.
+    pub node_name: Option<String>,
+    /// Seconds without a heartbeat after which a node counts as dead and its presence
+    /// members and room peers are removed (Redis and NATS engines).
+    #[serde(default = "default_node_ttl")]
+    pub node_ttl: u64,
+}
+
+fn default_node_ttl() -> u64 {
+    10
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            kind: EngineKind::default(),
+            data_dir: None,
+            redis_url: None,
+            nats_url: None,
+            prefix: None,
+            node_name: None,
+            node_ttl: default_node_ttl(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, Default, PartialEq, Eq)]
@@ -296,9 +320,19 @@ impl Config {
             allow_anonymous: self.auth.allow_anonymous.unwrap_or(false),
             max_subscriptions: self.limits.max_subscriptions,
             max_room_peers: self.webrtc.max_room_peers,
+            node_name: self.engine.node_name.clone().unwrap_or_else(host_name),
             ..HubConfig::default()
         }
     }
+}
+
+/// The machine's host name, for the node list.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "switchboard".into())
 }
 
 pub fn random_hex(bytes: usize) -> String {

@@ -43,11 +43,38 @@ impl ConnectionKill {
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The engine `[engine]` asks for.
-fn build_engine(
+async fn build_engine(
     config: &config::EngineConfig,
     idle_ttl: Duration,
 ) -> Result<Arc<dyn switchboard_core::Engine>, String> {
     match (config.kind, &config.data_dir) {
+        (config::EngineKind::Redis, None) => {
+            let options = switchboard_engines::redis::RedisOptions {
+                url: config
+                    .redis_url
+                    .clone()
+                    .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+                prefix: config
+                    .prefix
+                    .clone()
+                    .unwrap_or_else(|| "switchboard".into()),
+                node_id: switchboard_core::engine::new_node_id(),
+                node_ttl: Duration::from_secs(config.node_ttl.max(1)),
+                idle_ttl,
+            };
+            let engine = switchboard_engines::redis::RedisEngine::connect(options.clone()).await?;
+            tracing::info!(
+                "redis engine at {} (prefix {:?}), node {}",
+                options.url,
+                options.prefix,
+                engine.node_id()
+            );
+            Ok(Arc::new(engine))
+        }
+        (config::EngineKind::Redis | config::EngineKind::Nats, Some(_)) => Err(
+            "[engine] data_dir is for the memory engine; Redis and NATS keep history themselves"
+                .into(),
+        ),
         (config::EngineKind::Memory, None) => Ok(Arc::new(MemoryEngine::new(idle_ttl))),
         (config::EngineKind::Memory, Some(dir)) => {
             let store = switchboard_engines::durable::RedbStore::open(dir)?;
@@ -86,7 +113,7 @@ impl Server {
     pub async fn bind(resolved: &Resolved) -> Result<Server, String> {
         let config = &resolved.config;
         let hub_config = config.hub_config();
-        let engine = build_engine(&config.engine, hub_config.stream_idle_ttl)?;
+        let engine = build_engine(&config.engine, hub_config.stream_idle_ttl).await?;
         let hub = Hub::new(hub_config, engine);
         let mut webrtc = config.webrtc.clone();
         let turn = match &webrtc.turn {

@@ -147,6 +147,46 @@ impl Collector for SwitchboardCollector {
             "Server API requests",
             get(&s.api_requests),
         )?;
+        self.encode_engine(&mut e)
+    }
+}
+
+impl SwitchboardCollector {
+    /// The engine's calls to its backing service (none for the memory engine).
+    fn encode_engine(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let engine = self.hub.engine().stats();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            e,
+            "switchboard_engine_calls",
+            "Calls from the engine to Redis or NATS",
+            get(&engine.calls),
+        )?;
+        counter(
+            e,
+            "switchboard_engine_errors",
+            "Engine calls that failed",
+            get(&engine.errors),
+        )?;
+        let seconds = ConstCounter::new(get(&engine.call_micros) as f64 / 1e6);
+        seconds.encode(e.encode_descriptor(
+            "switchboard_engine_call_seconds",
+            "Total time spent in engine calls (divide by calls for the mean latency)",
+            None,
+            seconds.metric_type(),
+        )?)?;
+        counter(
+            e,
+            "switchboard_engine_reconnects",
+            "Connections to Redis or NATS re-established after a loss",
+            get(&engine.reconnects),
+        )?;
+        counter(
+            e,
+            "switchboard_engine_streams_lost",
+            "Times this node missed messages it could not recover (its subscribers were sent back to recover)",
+            get(&engine.streams_lost),
+        )?;
         Ok(())
     }
 }

@@ -2,54 +2,16 @@
 //! with the same epoch and offsets, and clients recover across the restart.
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use common::*;
 use serde_json::json;
 use switchboard_client::{ApiClient, WsClient};
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-
-/// Starts the binary with `config` and returns it with its base URL.
-fn start(config: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100))
-            && let Some(base) = line.split("listening on ").nth(1)
-        {
-            return (child, base.trim().to_owned());
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("server did not start");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_kill_9_with_the_same_epoch_and_offsets() {
     let dir = std::env::temp_dir().join(format!("sb-durable-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = dir.join("switchboard.toml");
     std::fs::write(
         &config,
@@ -62,7 +24,7 @@ async fn acknowledged_messages_survive_kill_9_with_the_same_epoch_and_offsets() 
     )
     .unwrap();
 
-    let (mut first, base) = start(&config);
+    let (mut first, base) = spawn_server(&config);
     let api = ApiClient::new(&base, Some(API_KEY));
     let mut epoch = String::new();
     for n in 1..=20u64 {
@@ -74,7 +36,7 @@ async fn acknowledged_messages_survive_kill_9_with_the_same_epoch_and_offsets() 
     first.kill().unwrap();
     first.wait().unwrap();
 
-    let (mut second, base) = start(&config);
+    let (mut second, base) = spawn_server(&config);
     let api = ApiClient::new(&base, Some(API_KEY));
     let history = api
         .history("keep:log", None, Some((0, &epoch)))
@@ -135,13 +97,13 @@ async fn without_data_dir_a_restart_starts_new_epochs() {
 
 #[tokio::test]
 async fn engines_not_built_yet_are_refused_clearly() {
-    let config = format!("{}[engine]\nkind = \"redis\"\n", auth_toml());
+    let config = format!("{}[engine]\nkind = \"nats\"\n", auth_toml());
     let resolved = switchboard_server::config::Config::from_toml(&config)
         .unwrap()
         .with_listen(Some("127.0.0.1:0".into()))
         .resolve()
         .unwrap();
     let refused = switchboard_server::Server::bind(&resolved).await;
-    let message = refused.err().expect("redis is refused for now");
-    assert!(message.contains("redis"), "{message}");
+    let message = refused.err().expect("nats is refused for now");
+    assert!(message.contains("nats"), "{message}");
 }

@@ -11,8 +11,9 @@ use parking_lot::Mutex;
 
 use super::store::StreamStore;
 use super::{
-    Engine, EngineError, EngineHandler, HistoryQuery, HistoryResult, PresenceEvent, PresenceMember,
-    Publication, RoomEvent, RoomPeer, StreamOptions, StreamPosition,
+    Engine, EngineError, EngineHandler, EngineStats, HistoryQuery, HistoryResult, NodeAnswer,
+    NodeInfo, NodeRequest, PresenceEvent, PresenceMember, Publication, RoomEvent, RoomPeer,
+    StreamOptions, StreamPosition,
 };
 use crate::unix_now;
 
@@ -82,6 +83,8 @@ pub struct MemoryEngine {
     handler: OnceLock<Weak<dyn EngineHandler>>,
     idle_ttl: u64,
     store: Option<Arc<dyn StreamStore>>,
+    node_id: String,
+    stats: EngineStats,
 }
 
 impl MemoryEngine {
@@ -93,6 +96,8 @@ impl MemoryEngine {
             handler: OnceLock::new(),
             idle_ttl: idle_ttl.as_secs(),
             store: None,
+            node_id: super::new_node_id(),
+            stats: EngineStats::default(),
         }
     }
 
@@ -376,6 +381,32 @@ impl Engine for MemoryEngine {
             handler.on_room_event(room, &event);
         }
         Ok(())
+    }
+
+    async fn ask_nodes(&self, request: NodeRequest) -> Result<Vec<NodeAnswer>, EngineError> {
+        match self.handler() {
+            Some(handler) => Ok(vec![handler.on_request(request).await]),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
+        Ok(self
+            .handler()
+            .map(|handler| NodeInfo {
+                id: self.node_id.clone(),
+                ..handler.node_info()
+            })
+            .into_iter()
+            .collect())
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn stats(&self) -> &EngineStats {
+        &self.stats
     }
 
     fn maintain(&self, now: u64) {

@@ -6,11 +6,15 @@
 mod memory;
 pub mod store;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 pub use memory::MemoryEngine;
 
@@ -106,12 +110,90 @@ pub enum RoomEvent {
     },
 }
 
+/// A server API command that every node runs on its own clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum NodeRequest {
+    DisconnectUser {
+        user: String,
+    },
+    UnsubscribeUser {
+        user: String,
+        channel: String,
+    },
+    /// The channels with subscribers on the node, with their counts.
+    Channels,
+}
+
+/// One node's answer to a [`NodeRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum NodeAnswer {
+    Count { count: usize },
+    Channels { channels: Vec<(String, usize)> },
+}
+
+/// What a node reports of itself (`/api/info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeInfo {
+    pub id: String,
+    pub name: String,
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub connections: usize,
+    pub channels: usize,
+    pub rooms: usize,
+}
+
+/// A fresh random node id (16 hex digits).
+pub fn new_node_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
 /// Receives what the engine delivers to this node. The engine calls it in offset order per
 /// channel, from any thread, and it must not block.
 pub trait EngineHandler: Send + Sync {
     fn on_publication(&self, channel: &str, publication: &Publication);
     fn on_presence_event(&self, channel: &str, event: PresenceEvent, member: &PresenceMember);
     fn on_room_event(&self, room: &str, event: &RoomEvent);
+    /// This node missed messages of `channel` that history can no longer give back (a broker
+    /// outage longer than history, or a stream reset): its subscribers must come back with
+    /// `since` and learn `recovered: false`, rather than silently miss them.
+    fn on_stream_lost(&self, channel: &str);
+    /// Runs a server API command on this node's clients.
+    fn on_request(self: Arc<Self>, request: NodeRequest) -> BoxFuture<NodeAnswer>;
+    /// This node's counts (the engine fills in `id` and `name`).
+    fn node_info(&self) -> NodeInfo;
+    /// Whether `channel`'s namespace announces joins and leaves (an engine that removes a dead
+    /// node's members announces their leave on its behalf).
+    fn announces_presence(&self, channel: &str) -> bool;
+}
+
+/// Counters every engine keeps, for metrics.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Calls to the backing service (Redis, NATS), errors among them, and their total time.
+    pub calls: AtomicU64,
+    pub errors: AtomicU64,
+    pub call_micros: AtomicU64,
+    /// Connections to the backing service re-established after a loss.
+    pub reconnects: AtomicU64,
+    /// Times this node lost messages it could not recover (see `on_stream_lost`).
+    pub streams_lost: AtomicU64,
+}
+
+impl EngineStats {
+    /// Records one call that took `elapsed` and succeeded or not.
+    pub fn record(&self, elapsed: Duration, ok: bool) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.call_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 #[async_trait]
@@ -181,6 +263,18 @@ pub trait Engine: Send + Sync + 'static {
     /// Delivers a room event to every node.
     async fn room_publish(&self, room: &str, event: RoomEvent) -> Result<(), EngineError>;
 
-    /// Periodic upkeep (expiring history, dropping idle streams); `now` is Unix seconds.
+    /// Runs `request` on every live node (this one included) and returns their answers.
+    async fn ask_nodes(&self, request: NodeRequest) -> Result<Vec<NodeAnswer>, EngineError>;
+
+    /// The live nodes sharing this engine (this one included).
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError>;
+
+    /// `"memory"`, `"redis"` or `"nats"`.
+    fn kind(&self) -> &'static str;
+
+    fn stats(&self) -> &EngineStats;
+
+    /// Periodic upkeep (expiring history, dropping idle streams, node heartbeats); `now` is
+    /// Unix seconds.
     fn maintain(&self, _now: u64) {}
 }

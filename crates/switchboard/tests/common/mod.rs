@@ -183,3 +183,44 @@ pub fn error_code<T: std::fmt::Debug>(result: switchboard_client::Result<T>) -> 
         other => panic!("expected a server error, got {other:?}"),
     }
 }
+
+/// Starts the real binary with `config` (a TOML file) and returns it with its base URL, read
+/// from its "listening on" line. For tests that must `kill -9` a server.
+pub fn spawn_server(config: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Reads to the end, so the server never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100))
+            && let Some(base) = line.split("listening on ").nth(1)
+        {
+            return (child, base.trim().to_owned());
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("server did not start");
+}
+
+/// A free TCP port on loopback (for servers whose config must name its port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,442 @@
+//! The node's one Redis pub/sub connection: one subscription per channel (and room) with
+//! local interest, counted, so the hub's subscribe/unsubscribe calls may arrive in any order.
+//! It hands what arrives to the hub in order, fills gaps from history, and after a lost
+//! connection resubscribes and catches every channel up, or reports what cannot be recovered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::RedisResult;
+use redis::aio::{PubSubSink, PubSubStream};
+use switchboard_core::engine::{EngineError, HistoryQuery, Publication, StreamOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use super::keys::Topic;
+use super::wire::{self, ChannelMessage, ControlReply, ControlRequest};
+use super::{Inner, unavailable};
+
+pub(crate) enum SubCommand {
+    Subscribe {
+        topic: Topic,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    Unsubscribe {
+        topic: Topic,
+    },
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often the connection is checked, and how long a check may take: a half-dead
+/// connection that delivers nothing must not pass for a quiet one.
+const PING_EVERY: Duration = Duration::from_secs(3);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reading history to fill a gap: no trimming (the namespace's settings are not known here;
+/// publishes and reads trim).
+const FILL_OPTIONS: StreamOptions = StreamOptions {
+    history_size: usize::MAX,
+    history_ttl: Duration::from_secs(super::MAX_TTL_SECS),
+};
+
+struct Subscription {
+    topic: Topic,
+    /// Hub calls wanting it: subscribed while above zero.
+    refs: usize,
+    /// SUBSCRIBE confirmed on the current connection.
+    live: bool,
+    /// For a channel, the last position handed to the hub.
+    last: Option<(u64, Arc<str>)>,
+    /// Whether `last` is trustworthy for spotting gaps (false when reading the position
+    /// failed, or after a loss).
+    known: bool,
+}
+
+pub(crate) struct Subscriber {
+    inner: Arc<Inner>,
+    client: redis::Client,
+    subs: HashMap<String, Subscription>,
+    connection: Option<(PubSubSink, PubSubStream)>,
+}
+
+enum Ended {
+    ConnectionLost,
+    EngineDropped,
+}
+
+impl Subscriber {
+    /// Connects and subscribes the node's permanent topics (control, replies).
+    pub async fn connect(inner: Arc<Inner>, client: redis::Client) -> RedisResult<Subscriber> {
+        let mut subscriber = Subscriber {
+            inner,
+            client,
+            subs: HashMap::new(),
+            connection: None,
+        };
+        for topic in [Topic::Control, Topic::Replies] {
+            let name = subscriber.name(&topic);
+            subscriber.subs.insert(name, Subscription::new(topic, 1));
+        }
+        subscriber.open().await?;
+        Ok(subscriber)
+    }
+
+    fn name(&self, topic: &Topic) -> String {
+        self.inner.keys.topic(topic, &self.inner.node)
+    }
+
+    /// A new connection, subscribed to every topic wanted.
+    async fn open(&mut self) -> RedisResult<()> {
+        let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let (mut sink, stream) = pubsub.split();
+        let names: Vec<&String> = self.subs.keys().collect();
+        sink.subscribe(names).await?;
+        for sub in self.subs.values_mut() {
+            sub.live = true;
+        }
+        self.connection = Some((sink, stream));
+        Ok(())
+    }
+
+    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<SubCommand>) {
+        loop {
+            match self.serve(&mut commands).await {
+                Ended::EngineDropped => return,
+                Ended::ConnectionLost => {}
+            }
+            tracing::warn!("redis pub/sub connection lost; reconnecting");
+            self.connection = None;
+            for sub in self.subs.values_mut() {
+                sub.live = false;
+            }
+            let mut backoff = MIN_BACKOFF;
+            loop {
+                if !self.wait_offline(&mut commands, backoff).await {
+                    return;
+                }
+                match self.open().await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::debug!("redis pub/sub reconnect failed: {e}");
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+            self.inner
+                .stats
+                .reconnects
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("redis pub/sub reconnected");
+            self.catch_up().await;
+        }
+    }
+
+    /// Waits `pause` while disconnected, refusing subscriptions (they will be retried by
+    /// their callers) and counting unsubscriptions. False when the engine is gone.
+    async fn wait_offline(
+        &mut self,
+        commands: &mut mpsc::UnboundedReceiver<SubCommand>,
+        pause: Duration,
+    ) -> bool {
+        let deadline = tokio::time::sleep(pause);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return true,
+                command = commands.recv() => match command {
+                    None => return false,
+                    Some(SubCommand::Subscribe { topic, reply }) => {
+                        // Counted anyway: the caller's cleanup unsubscribes it.
+                        self.count_in(topic);
+                        let _ = reply.send(Err(unavailable("reconnecting to Redis")));
+                    }
+                    Some(SubCommand::Unsubscribe { topic }) => {
+                        self.count_out(&topic);
+                    }
+                },
+            }
+        }
+    }
+
+    fn count_in(&mut self, topic: Topic) -> String {
+        let name = self.name(&topic);
+        self.subs
+            .entry(name.clone())
+            .or_insert_with(|| Subscription::new(topic, 0))
+            .refs += 1;
+        name
+    }
+
+    /// One fewer caller wants `topic`; true when nobody does any more (it is forgotten).
+    fn count_out(&mut self, topic: &Topic) -> Option<bool> {
+        let name = self.name(topic);
+        let sub = self.subs.get_mut(&name)?;
+        sub.refs = sub.refs.saturating_sub(1);
+        if sub.refs > 0 {
+            return Some(false);
+        }
+        let was_live = sub.live;
+        self.subs.remove(&name);
+        Some(was_live)
+    }
+
+    async fn serve(&mut self, commands: &mut mpsc::UnboundedReceiver<SubCommand>) -> Ended {
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let Some((sink, stream)) = self.connection.as_mut() else {
+                return Ended::ConnectionLost;
+            };
+            tokio::select! {
+                command = commands.recv() => match command {
+                    None => return Ended::EngineDropped,
+                    Some(command) => {
+                        if self.handle(command).await.is_err() {
+                            return Ended::ConnectionLost;
+                        }
+                    }
+                },
+                message = stream.next() => match message {
+                    None => return Ended::ConnectionLost,
+                    Some(message) => self.on_message(message).await,
+                },
+                _ = ping.tick() => {
+                    let check = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>());
+                    if !matches!(check.await, Ok(Ok(_))) {
+                        return Ended::ConnectionLost;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a (un)subscription; an error means the connection is broken.
+    async fn handle(&mut self, command: SubCommand) -> RedisResult<()> {
+        match command {
+            SubCommand::Subscribe { topic, reply } => {
+                let name = self.count_in(topic.clone());
+                if self.subs[&name].live {
+                    let _ = reply.send(Ok(()));
+                    return Ok(());
+                }
+                let sink = &mut self.connection.as_mut().expect("connected").0;
+                if let Err(e) = sink.subscribe(&name).await {
+                    let _ = reply.send(Err(unavailable(&e)));
+                    return Err(e);
+                }
+                // Where the channel stands now: later messages are checked against it.
+                let position = match &topic {
+                    Topic::Channel(channel) => Some(self.position(channel).await),
+                    _ => None,
+                };
+                if let Some(sub) = self.subs.get_mut(&name) {
+                    sub.live = true;
+                    if let Some(position) = position {
+                        sub.known = position.is_ok();
+                        sub.last = position.ok().flatten();
+                    }
+                }
+                let _ = reply.send(Ok(()));
+            }
+            SubCommand::Unsubscribe { topic } => {
+                if self.count_out(&topic) == Some(true) {
+                    let name = self.name(&topic);
+                    let sink = &mut self.connection.as_mut().expect("connected").0;
+                    sink.unsubscribe(&name).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A channel's position in Redis: `None` when it has no stream yet.
+    async fn position(&self, channel: &str) -> Result<Option<(u64, Arc<str>)>, EngineError> {
+        let meta = self.inner.keys.meta(channel);
+        let (top, epoch): (Option<u64>, Option<String>) = self
+            .inner
+            .timed(
+                redis::cmd("HMGET")
+                    .arg(meta)
+                    .arg("t")
+                    .arg("e")
+                    .query_async(&mut self.inner.conn()),
+            )
+            .await?;
+        Ok(top.zip(epoch).map(|(t, e)| (t, e.into())))
+    }
+
+    async fn on_message(&mut self, message: redis::Msg) {
+        let name = message.get_channel_name();
+        let Some(topic) = self.inner.keys.parse_topic(name, &self.inner.node) else {
+            return;
+        };
+        let payload = message.get_payload_bytes();
+        match topic {
+            Topic::Channel(channel) => match wire::decode_channel_message(payload) {
+                Some(ChannelMessage::Publication(p)) => {
+                    let name = name.to_owned();
+                    self.deliver(&name, &channel, p).await;
+                }
+                Some(ChannelMessage::Presence(event, member)) => {
+                    if let Some(handler) = self.inner.handler() {
+                        handler.on_presence_event(&channel, event, &member);
+                    }
+                }
+                None => tracing::warn!("unreadable message on redis channel {name}"),
+            },
+            Topic::Room(room) => {
+                if let (Some(event), Some(handler)) =
+                    (wire::decode_room_event(payload), self.inner.handler())
+                {
+                    handler.on_room_event(&room, &event);
+                }
+            }
+            Topic::Control => {
+                if let Ok(request) = serde_json::from_slice::<ControlRequest>(payload) {
+                    tokio::spawn(super::nodes::answer(self.inner.clone(), request));
+                }
+            }
+            Topic::Replies => {
+                if let Ok(reply) = serde_json::from_slice::<ControlReply>(payload)
+                    && let Some(waiting) = self.inner.pending.lock().get(&reply.id)
+                {
+                    let _ = waiting.send(reply.answer);
+                }
+            }
+        }
+    }
+
+    /// Hands `publication` to the hub once, in offset order, filling any gap before it.
+    async fn deliver(&mut self, name: &str, channel: &str, publication: Publication) {
+        let Some(sub) = self.subs.get(name) else {
+            return;
+        };
+        match &sub.last {
+            Some((last, epoch)) if *epoch == publication.epoch => {
+                if publication.offset <= *last {
+                    return;
+                }
+                if publication.offset > last + 1 {
+                    let since = (*last, epoch.clone());
+                    self.fill(name, channel, since).await;
+                }
+            }
+            Some(_) => self.lose(name, channel).await,
+            // Nothing seen yet on this connection: a live subscription misses nothing, and
+            // what came before it is the hub's history read.
+            None => {}
+        }
+        let Some(sub) = self.subs.get_mut(name) else {
+            return;
+        };
+        if let Some((last, epoch)) = &sub.last
+            && *epoch == publication.epoch
+            && publication.offset <= *last
+        {
+            return;
+        }
+        sub.last = Some((publication.offset, publication.epoch.clone()));
+        sub.known = true;
+        if let Some(handler) = self.inner.handler() {
+            handler.on_publication(channel, &publication);
+        }
+    }
+
+    /// Delivers what history holds after `since`, or reports the channel lost when history
+    /// no longer has all of it.
+    async fn fill(&mut self, name: &str, channel: &str, since: (u64, Arc<str>)) {
+        let query = HistoryQuery {
+            since: Some((since.0, since.1.to_string())),
+            limit: None,
+        };
+        let result = self.inner.history(channel, &query, FILL_OPTIONS).await;
+        let result = match result {
+            Ok(result) if result.complete => result,
+            Ok(_) | Err(_) => return self.lose(name, channel).await,
+        };
+        let handler = self.inner.handler();
+        let Some(sub) = self.subs.get_mut(name) else {
+            return;
+        };
+        for publication in result.publications {
+            if publication.offset > since.0 {
+                sub.last = Some((publication.offset, publication.epoch.clone()));
+                if let Some(handler) = &handler {
+                    handler.on_publication(channel, &publication);
+                }
+            }
+        }
+        sub.known = true;
+    }
+
+    /// This node missed messages of `channel` for good: the hub's subscribers are told to
+    /// come back with `since`. Later checks start from where the channel stands now.
+    async fn lose(&mut self, name: &str, channel: &str) {
+        tracing::warn!("channel {channel} lost messages on this node; its clients must recover");
+        self.inner
+            .stats
+            .streams_lost
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = self.position(channel).await;
+        if let Some(sub) = self.subs.get_mut(name) {
+            sub.known = now.is_ok();
+            sub.last = now.ok().flatten();
+        }
+        if let Some(handler) = self.inner.handler() {
+            handler.on_stream_lost(channel);
+        }
+    }
+
+    /// After a reconnect: every channel gets what it missed from history, or is reported lost.
+    async fn catch_up(&mut self) {
+        let channels: Vec<(String, String)> = self
+            .subs
+            .iter()
+            .filter_map(|(name, sub)| match &sub.topic {
+                Topic::Channel(channel) => Some((name.clone(), channel.clone())),
+                _ => None,
+            })
+            .collect();
+        for (name, channel) in channels {
+            let Some(sub) = self.subs.get(&name) else {
+                continue;
+            };
+            let (known, last) = (sub.known, sub.last.clone());
+            let now = self.position(&channel).await;
+            match (known, last, now) {
+                (false, _, _) | (_, _, Err(_)) => self.lose(&name, &channel).await,
+                // No stream then and none now: nothing was missed.
+                (true, None, Ok(None)) => {}
+                // The stream began while we were away: all of it is new to us.
+                (true, None, Ok(Some((_, epoch)))) => self.fill(&name, &channel, (0, epoch)).await,
+                // The stream is gone or was reset: what we had cannot be continued.
+                (true, Some(_), Ok(None)) => self.lose(&name, &channel).await,
+                (true, Some((last, epoch)), Ok(Some((top, now_epoch)))) => {
+                    if now_epoch != epoch || top < last {
+                        self.lose(&name, &channel).await;
+                    } else if top > last {
+                        self.fill(&name, &channel, (last, epoch)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Subscription {
+    fn new(topic: Topic, refs: usize) -> Self {
+        Subscription {
+            topic,
+            refs,
+            live: false,
+            last: None,
+            known: true,
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! Multi-node scenarios shared by the distributed engines' tests: several servers on one
+//! Redis (or NATS) must behave exactly like one server.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchboard_client::WsClient;
+use switchboard_server::auth::TokenClaims;
+
+use crate::common::*;
+
+/// The namespaces and rooms every node of a test cluster shares.
+pub const SHARED: &str = r#"
+[[namespace]]
+name = "chat"
+history_size = 1000
+history_ttl = "1h"
+presence = true
+join_leave = true
+"#;
+
+/// A key prefix no other test run uses, so tests can share one Redis or NATS.
+pub fn unique_prefix(engine: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("sbtest-{engine}-{}-{nanos:08x}", std::process::id())
+}
+
+/// `n` servers in this process sharing the engine `engine_toml` describes.
+pub async fn start_nodes(engine_toml: &str, n: usize) -> Vec<TestServer> {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        let config = format!("{}{SHARED}{engine_toml}", auth_toml());
+        nodes.push(TestServer::with_config(&config).await);
+    }
+    nodes
+}
+
+/// A token that may subscribe, publish and join rooms everywhere.
+pub fn member_token(user: &str) -> String {
+    token_with(TokenClaims {
+        sub: Some(user.into()),
+        exp: Some(switchboard_core::unix_now() + 3600),
+        subscribe: Some(vec!["*".into()]),
+        publish: Some(vec!["*".into()]),
+        rooms: Some(vec!["*".into()]),
+        ..TokenClaims::default()
+    })
+}
+
+pub async fn member(node: &TestServer, user: &str) -> (WsClient, String) {
+    let (client, connected) = node.connect(Some(&member_token(user))).await;
+    let id = connected["client"].as_str().unwrap().to_owned();
+    (client, id)
+}
+
+pub async fn next_of(client: &mut WsClient, kind: &str) -> Value {
+    client
+        .next_where(WAIT, |f| f["type"] == kind)
+        .await
+        .unwrap_or_else(|e| panic!("no {kind}: {e}"))
+}
+
+/// Reads `count` messages of `channel` and returns their (offset, data["n"]).
+pub async fn read_messages(client: &mut WsClient, channel: &str, count: usize) -> Vec<(u64, i64)> {
+    let mut got = Vec::new();
+    for _ in 0..count {
+        let m = client
+            .next_message(channel, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("message {} of {count}: {e}", got.len() + 1));
+        got.push((
+            m["offset"].as_u64().unwrap(),
+            m["data"]["n"].as_i64().unwrap(),
+        ));
+    }
+    got
+}
+
+/// Polls `check` until it holds or `within` passes; returns how long it took.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if check().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not true within {within:?}");
+}
+
+// ---- scenarios ----
+
+/// Publishes through the API of node 0 and a WebSocket client of node 1, interleaved; every
+/// node's subscriber gets every message once, with consecutive offsets, in publish order, and
+/// every node's history agrees.
+pub async fn publish_anywhere_deliver_everywhere(nodes: &[TestServer]) {
+    let channel = "chat:fanout";
+    let mut subscribers = Vec::new();
+    for node in nodes {
+        let (mut client, _) = member(node, "reader").await;
+        client.subscribe(channel).await.unwrap();
+        subscribers.push(client);
+    }
+    let api = nodes[0].api();
+    let (mut writer, _) = member(&nodes[1], "writer").await;
+    let mut offsets = Vec::new();
+    for n in 0..40i64 {
+        let reply = if n % 2 == 0 {
+            api.publish(channel, &json!({"n": n})).await.unwrap()
+        } else {
+            writer.publish(channel, json!({"n": n})).await.unwrap()
+        };
+        offsets.push(reply["offset"].as_u64().unwrap());
+    }
+    let first = offsets[0];
+    assert_eq!(
+        offsets,
+        (first..first + 40).collect::<Vec<_>>(),
+        "offsets are consecutive across nodes"
+    );
+    for (i, client) in subscribers.iter_mut().enumerate() {
+        let got = read_messages(client, channel, 40).await;
+        let want: Vec<(u64, i64)> = (0..40).map(|n| (first + n as u64, n)).collect();
+        assert_eq!(got, want, "subscriber on node {i}");
+        assert_no_message(client, "nothing more, nothing twice").await;
+    }
+    for node in nodes {
+        let history = node.api().history(channel, None, None).await.unwrap();
+        let offsets: Vec<u64> = history["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(offsets, (first..first + 40).collect::<Vec<_>>());
+    }
+}
+
+/// A client drops from node 0, messages are published on node 2, and it comes back on
+/// node 1 with `since`: it gets exactly what it missed, then live messages.
+pub async fn recover_on_another_node(nodes: &[TestServer]) {
+    let channel = "chat:move";
+    let api = nodes[2].api();
+    let (mut client, _) = member(&nodes[0], "mover").await;
+    client.subscribe(channel).await.unwrap();
+    for n in 0..3 {
+        api.publish(channel, &json!({"n": n})).await.unwrap();
+    }
+    let seen = client.next_message(channel, WAIT).await.unwrap();
+    let seen = [seen]
+        .into_iter()
+        .chain([
+            client.next_message(channel, WAIT).await.unwrap(),
+            client.next_message(channel, WAIT).await.unwrap(),
+        ])
+        .last()
+        .unwrap();
+    let (last, epoch) = (
+        seen["offset"].as_u64().unwrap(),
+        seen["epoch"].as_str().unwrap().to_owned(),
+    );
+    client.close().await.unwrap();
+    for n in 3..8 {
+        api.publish(channel, &json!({"n": n})).await.unwrap();
+    }
+    let (mut client, _) = member(&nodes[1], "mover").await;
+    let reply = client.subscribe_since(channel, last, &epoch).await.unwrap();
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["epoch"], epoch.as_str());
+    let missed = read_messages(&mut client, channel, 5).await;
+    assert_eq!(
+        missed,
+        (3..8).map(|n| (last + n as u64 - 2, n)).collect::<Vec<_>>()
+    );
+    api.publish(channel, &json!({"n": 8})).await.unwrap();
+    assert_eq!(
+        read_messages(&mut client, channel, 1).await,
+        vec![(last + 6, 8)]
+    );
+    assert_no_message(&mut client, "no repeat after recovery").await;
+}
+
+fn users(members: &Value) -> Vec<String> {
+    let mut users: Vec<String> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap().to_owned())
+        .collect();
+    users.sort();
+    users
+}
+
+/// Presence and join/leave pushes seen from every node.
+pub async fn presence_spans_nodes(nodes: &[TestServer]) {
+    let channel = "chat:who";
+    let (mut alice, _) = member(&nodes[0], "alice").await;
+    alice.subscribe(channel).await.unwrap();
+    let (mut bob, _) = member(&nodes[1], "bob").await;
+    bob.subscribe(channel).await.unwrap();
+    let join = next_of(&mut alice, "join").await;
+    let join = if join["member"]["user"] == "alice" {
+        next_of(&mut alice, "join").await
+    } else {
+        join
+    };
+    assert_eq!(join["member"]["user"], "bob", "{join}");
+    let third = nodes.last().unwrap().api();
+    assert_eq!(
+        users(&third.presence(channel).await.unwrap()),
+        ["alice", "bob"]
+    );
+    let over_ws = alice.presence(channel).await.unwrap();
+    assert_eq!(users(&over_ws), ["alice", "bob"]);
+    bob.close().await.unwrap();
+    let leave = next_of(&mut alice, "leave").await;
+    assert_eq!(leave["member"]["user"], "bob");
+    assert_eq!(users(&third.presence(channel).await.unwrap()), ["alice"]);
+}
+
+/// A signaling room whose peers sit on different nodes.
+pub async fn rooms_span_nodes(nodes: &[TestServer]) {
+    let room = "call:cluster";
+    let (mut alice, alice_id) = member(&nodes[0], "alice").await;
+    alice
+        .request(json!({"type": "join_room", "room": room, "meta": {"cam": true}}))
+        .await
+        .unwrap();
+    let (mut bob, bob_id) = member(&nodes[1], "bob").await;
+    let reply = bob
+        .request(json!({"type": "join_room", "room": room}))
+        .await
+        .unwrap();
+    assert_eq!(reply["peers"].as_array().unwrap().len(), 1, "{reply}");
+    assert_eq!(reply["peers"][0]["peer"], alice_id.as_str());
+    assert_eq!(reply["peers"][0]["meta"], json!({"cam": true}));
+    let joined = next_of(&mut alice, "peer_joined").await;
+    assert_eq!(joined["peer"]["peer"], bob_id.as_str());
+
+    bob.signal(room, Some(&alice_id), json!({"sdp": "offer"}))
+        .await
+        .unwrap();
+    let signal = next_of(&mut alice, "signal").await;
+    assert_eq!(signal["from"], bob_id.as_str());
+    assert_eq!(signal["data"], json!({"sdp": "offer"}));
+
+    alice
+        .update_meta(room, json!({"cam": false}))
+        .await
+        .unwrap();
+    let updated = next_of(&mut bob, "peer_updated").await;
+    assert_eq!(updated["peer"]["meta"], json!({"cam": false}));
+
+    let listed = nodes.last().unwrap().api().room(room).await.unwrap();
+    assert_eq!(listed["peers"].as_array().unwrap().len(), 2, "{listed}");
+
+    bob.close().await.unwrap();
+    let left = next_of(&mut alice, "peer_left").await;
+    assert_eq!(left["peer"], bob_id.as_str());
+}
+
+/// `/api/channels`, `/api/info`, `/api/unsubscribe` and `/api/disconnect` cover every node.
+pub async fn server_api_spans_nodes(nodes: &[TestServer]) {
+    let channel = "chat:api";
+    let mut clients = Vec::new();
+    for node in &nodes[..2] {
+        let (mut client, _) = member(node, "carol").await;
+        client.subscribe(channel).await.unwrap();
+        clients.push(client);
+    }
+    let api = nodes.last().unwrap().api();
+    let channels = api.channels().await.unwrap();
+    let entry = channels["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == channel)
+        .cloned()
+        .unwrap_or_else(|| panic!("{channel} missing from {channels}"));
+    assert_eq!(entry["subscribers"], 2);
+
+    // The node list comes from heartbeats: counts are as of each node's last beat.
+    eventually(WAIT, "every node listed with its connections", || async {
+        let info = api.info().await.unwrap();
+        let listed = info["nodes"].as_array().unwrap();
+        let connections: u64 = listed
+            .iter()
+            .map(|n| n["connections"].as_u64().unwrap())
+            .sum();
+        listed.len() == nodes.len() && connections == 2
+    })
+    .await;
+
+    api.unsubscribe("carol", channel).await.unwrap();
+    for client in clients.iter_mut() {
+        let push = next_of(client, "unsubscribed").await;
+        assert_eq!(push["channel"], channel);
+    }
+    let answer = api.disconnect("carol").await.unwrap();
+    assert_eq!(answer["disconnected"], 2);
+    for client in clients.iter_mut() {
+        let (code, _) = client.wait_close(WAIT).await.unwrap();
+        assert_eq!(code, Some(4004));
+    }
+}

@@ -1,0 +1,420 @@
+//! Several Switchboard nodes sharing one real Redis behave like one server: delivery, offsets,
+//! recovery, presence, rooms and the server API across nodes; a `kill -9`ed node's members
+//! vanish within `node_ttl`; a Redis restart loses nothing it kept and tells clients when it
+//! lost something.
+mod cluster;
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cluster::*;
+use common::*;
+use serde_json::json;
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+/// The `[engine]` table of a node on `url` with this key prefix.
+fn redis_engine(url: &str, prefix: &str) -> String {
+    format!(
+        "[engine]\nkind = \"redis\"\nredis_url = \"{url}\"\nprefix = \"{prefix}\"\nnode_ttl = 2\n"
+    )
+}
+
+/// Deletes a test's keys when it ends, so runs leave the shared Redis clean.
+struct Keys {
+    url: String,
+    prefix: String,
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(self.url.as_str()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
+
+async fn shared_redis_nodes(n: usize) -> (Vec<TestServer>, Keys) {
+    let prefix = unique_prefix("redis");
+    let nodes = start_nodes(&redis_engine(REDIS, &prefix), n).await;
+    let keys = Keys {
+        url: REDIS.into(),
+        prefix,
+    };
+    (nodes, keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_on_any_node_reaches_every_node_with_consecutive_offsets() {
+    let (nodes, _keys) = shared_redis_nodes(3).await;
+    publish_anywhere_deliver_everywhere(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_moving_to_another_node_recovers_exactly_what_it_missed() {
+    let (nodes, _keys) = shared_redis_nodes(3).await;
+    recover_on_another_node(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_join_leave_are_seen_from_every_node() {
+    let (nodes, _keys) = shared_redis_nodes(3).await;
+    presence_spans_nodes(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_peers_on_different_nodes_see_each_other() {
+    let (nodes, _keys) = shared_redis_nodes(3).await;
+    rooms_span_nodes(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_api_covers_every_node() {
+    let (nodes, _keys) = shared_redis_nodes(3).await;
+    server_api_spans_nodes(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_redis_subscription_per_channel_per_node() {
+    let (nodes, _keys) = shared_redis_nodes(1).await;
+    let prefix = &_keys.prefix;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let (mut client, _) = member(&nodes[0], &format!("u{i}")).await;
+        client.subscribe("chat:many").await.unwrap();
+        clients.push(client);
+    }
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let topic = format!("{prefix}:c:chat:many");
+    let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(&topic)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(counts, vec![(topic.clone(), 1)], "five clients, one node");
+    for client in clients {
+        client.close().await.unwrap();
+    }
+    eventually(
+        WAIT,
+        "the node unsubscribes when its last client leaves",
+        || {
+            let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&topic)
+                .query(&mut conn)
+                .unwrap();
+            std::future::ready(counts == vec![(topic.clone(), 0)])
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_refused_at_startup_with_a_clear_message() {
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let config = format!("{}{}", auth_toml(), redis_engine(&url, "nowhere"));
+    let resolved = switchboard_server::config::Config::from_toml(&config)
+        .unwrap()
+        .with_listen(Some("127.0.0.1:0".into()))
+        .resolve()
+        .unwrap();
+    let refused = switchboard_server::Server::bind(&resolved).await;
+    let message = refused.err().expect("no Redis, no server");
+    assert!(
+        message.contains("cannot reach Redis") && message.contains(&url),
+        "{message}"
+    );
+}
+
+/// A server process (so it can be `kill -9`ed) on `engine`.
+fn spawn_node(dir: &std::path::Path, name: &str, engine: &str) -> (Child, String) {
+    let config = dir.join(format!("{name}.toml"));
+    let toml = format!(
+        "listen = \"127.0.0.1:{}\"\n{}{SHARED}{engine}",
+        free_port(),
+        auth_toml()
+    );
+    std::fs::write(&config, toml).unwrap();
+    spawn_server(&config)
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sb-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_members_and_peers_vanish_within_node_ttl() {
+    let prefix = unique_prefix("redis");
+    let _keys = Keys {
+        url: REDIS.into(),
+        prefix: prefix.clone(),
+    };
+    let engine = redis_engine(REDIS, &prefix);
+    let dir = temp_dir("kill9");
+    let (mut doomed, doomed_base) = spawn_node(&dir, "doomed", &engine);
+    let survivor = start_nodes(&engine, 1).await.remove(0);
+
+    let (mut ghost, ghost_id) = {
+        let (client, connected) =
+            switchboard_client::WsClient::connect(&doomed_base, Some(&member_token("ghost")))
+                .await
+                .unwrap();
+        (client, connected["client"].as_str().unwrap().to_owned())
+    };
+    ghost.subscribe("chat:ghosts").await.unwrap();
+    ghost
+        .request(json!({"type": "join_room", "room": "call:ghosts"}))
+        .await
+        .unwrap();
+    let (mut watcher, _) = member(&survivor, "watcher").await;
+    watcher.subscribe("chat:ghosts").await.unwrap();
+    watcher
+        .request(json!({"type": "join_room", "room": "call:ghosts"}))
+        .await
+        .unwrap();
+    let api = survivor.api();
+    let present = api.presence("chat:ghosts").await.unwrap();
+    assert_eq!(present["members"].as_array().unwrap().len(), 2, "{present}");
+
+    doomed.kill().unwrap(); // SIGKILL: no goodbye from the node
+    doomed.wait().unwrap();
+    let killed = Instant::now();
+
+    let leave = watcher
+        .next_where(Duration::from_secs(8), |f| {
+            f["type"] == "leave" && f["member"]["user"] == "ghost"
+        })
+        .await
+        .expect("the dead node's member leaves");
+    assert_eq!(leave["channel"], "chat:ghosts");
+    let left = watcher
+        .next_where(Duration::from_secs(8), |f| f["type"] == "peer_left")
+        .await
+        .expect("the dead node's peer leaves the room");
+    assert_eq!(left["peer"], ghost_id.as_str());
+    let took = killed.elapsed();
+    // node_ttl is 2 s; a live node beats every 0.5 s and reaps what it finds dead.
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+
+    let present = api.presence("chat:ghosts").await.unwrap();
+    let users: Vec<&str> = present["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["watcher"]);
+    let room = api.room("call:ghosts").await.unwrap();
+    assert_eq!(room["peers"].as_array().unwrap().len(), 1, "{room}");
+    let info = api.info().await.unwrap();
+    assert_eq!(info["nodes"].as_array().unwrap().len(), 1, "{info}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A Redis of the test's own on a free port, so it can be killed and restarted.
+struct OwnRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+    persistent: bool,
+}
+
+impl OwnRedis {
+    fn start(persistent: bool) -> OwnRedis {
+        let mut redis = OwnRedis {
+            port: free_port(),
+            dir: temp_dir(&format!("redis-{persistent}")),
+            child: None,
+            persistent,
+        };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let mut args = vec![
+            "--port".to_owned(),
+            self.port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--dir".into(),
+            self.dir.to_str().unwrap().into(),
+        ];
+        if self.persistent {
+            args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(String::from));
+        } else {
+            args.extend(["--appendonly", "no"].map(String::from));
+        }
+        let child = Command::new("redis-server")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut conn) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on {}", self.port);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_with_its_data_loses_nothing_and_repeats_nothing() {
+    let mut redis = OwnRedis::start(true);
+    let engine = redis_engine(&redis.url(), "restart");
+    let nodes = start_nodes(&engine, 2).await;
+    let channel = "chat:restart";
+    let (mut reader, _) = member(&nodes[1], "reader").await;
+    reader.subscribe(channel).await.unwrap();
+
+    // Publish on node 0 through the outage; keep every acknowledged offset.
+    let api = nodes[0].api();
+    let publisher = tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        for n in 0..150i64 {
+            if let Ok(reply) = api.publish(channel, &json!({"n": n})).await {
+                acknowledged.push(reply["offset"].as_u64().unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        acknowledged
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    let acknowledged = publisher.await.unwrap();
+    assert!(
+        acknowledged.len() > 50,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+
+    // Every message in the stream arrives once, in order, without a disconnect.
+    let last = *acknowledged.last().unwrap();
+    let mut offsets = Vec::new();
+    while offsets.last() != Some(&last) {
+        let frame = reader
+            .next_where(Duration::from_secs(10), |f| {
+                f["type"] == "message" || f["type"] == "disconnect"
+            })
+            .await
+            .unwrap_or_else(|e| panic!("after {offsets:?}: {e}"));
+        assert_eq!(frame["type"], "message", "{frame}");
+        offsets.push(frame["offset"].as_u64().unwrap());
+    }
+    assert_eq!(offsets, (1..=last).collect::<Vec<_>>(), "no gap, no repeat");
+    for offset in &acknowledged {
+        assert!(offsets.contains(offset));
+    }
+    assert_no_message(&mut reader, "nothing twice").await;
+    let reconnects = nodes[1].metric("switchboard_engine_reconnects_total").await;
+    assert!(reconnects >= 1.0, "the node counted its reconnect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_data_sends_clients_back_to_learn_recovered_false() {
+    let mut redis = OwnRedis::start(false);
+    let engine = redis_engine(&redis.url(), "wiped");
+    let nodes = start_nodes(&engine, 2).await;
+    let channel = "chat:wiped";
+    let (mut reader, _) = member(&nodes[1], "reader").await;
+    reader.subscribe(channel).await.unwrap();
+    let api = nodes[0].api();
+    for n in 0..5 {
+        api.publish(channel, &json!({"n": n})).await.unwrap();
+    }
+    let got = read_messages(&mut reader, channel, 5).await;
+    let (last, _) = *got.last().unwrap();
+    let history = api.history(channel, Some(0), None).await.unwrap();
+    let epoch = history["epoch"].as_str().unwrap().to_owned();
+
+    redis.kill();
+    redis.restart(); // empty: every stream and its epoch are gone
+
+    // The node notices on reconnect and sends its subscriber back with code 4009.
+    let (code, _) = reader.wait_close(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(code, Some(4009));
+    let lost = nodes[1]
+        .metric("switchboard_engine_streams_lost_total")
+        .await;
+    assert!(lost >= 1.0);
+
+    let (mut reader, _) = member(&nodes[1], "reader").await;
+    let reply = eventually_subscribe_since(&mut reader, channel, last, &epoch).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_ne!(reply["epoch"], epoch.as_str(), "a new stream, a new epoch");
+    // Node 0's command connection may answer its first call after the restart with 503.
+    eventually(WAIT, "node 0 publishes again", || async {
+        api.publish(channel, &json!({"n": 100})).await.is_ok()
+    })
+    .await;
+    let fresh = reader.next_message(channel, WAIT).await.unwrap();
+    assert_eq!(fresh["offset"], 1);
+    assert_eq!(fresh["epoch"], reply["epoch"]);
+    assert_no_message(&mut reader, "no old message repeated").await;
+}
+
+/// Subscribes with `since`, retrying while the node is still reconnecting to Redis.
+async fn eventually_subscribe_since(
+    client: &mut switchboard_client::WsClient,
+    channel: &str,
+    offset: u64,
+    epoch: &str,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.subscribe_since(channel, offset, epoch).await {
+            Ok(reply) => return reply,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("subscribe never succeeded: {e}"),
+        }
+    }
+}
