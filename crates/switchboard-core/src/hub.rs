@@ -610,6 +610,14 @@ impl EngineHandler for Hub {
         }
     }
 
+    fn on_memberships_lost(&self) {
+        self.for_each_client(|client| {
+            if !client.observer {
+                client.sink.disconnect(Disconnect::STATE_LOST);
+            }
+        });
+    }
+
     fn on_request(self: Arc<Self>, request: NodeRequest) -> BoxFuture<NodeAnswer> {
         Box::pin(async move {
             match request {

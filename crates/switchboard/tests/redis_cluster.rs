@@ -27,8 +27,8 @@ struct Keys {
     prefix: String,
 }
 
-impl Drop for Keys {
-    fn drop(&mut self) {
+impl Keys {
+    fn delete_all(&self) {
         let Ok(client) = redis::Client::open(self.url.as_str()) else {
             return;
         };
@@ -42,6 +42,12 @@ impl Drop for Keys {
         if !keys.is_empty() {
             let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
         }
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        self.delete_all();
     }
 }
 
@@ -137,6 +143,26 @@ async fn an_unreachable_redis_is_refused_at_startup_with_a_clear_message() {
         message.contains("cannot reach Redis") && message.contains(&url),
         "{message}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_members_vanished_from_redis_reconnects_its_clients() {
+    let (nodes, keys) = shared_redis_nodes(1).await;
+    let (mut client, _) = member(&nodes[0], "dana").await;
+    client.subscribe("chat:again").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await; // a heartbeat or two
+    keys.delete_all(); // as if Redis lost its data, or reaped this node during a stall
+
+    let (code, _) = client.wait_close(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        code,
+        Some(4009),
+        "told to reconnect so its presence is recorded again"
+    );
+    let (mut client, _) = member(&nodes[0], "dana").await;
+    client.subscribe("chat:again").await.unwrap();
+    let present = nodes[0].api().presence("chat:again").await.unwrap();
+    assert_eq!(present["members"][0]["user"], "dana", "{present}");
 }
 
 /// A server process (so it can be `kill -9`ed) on `engine`.

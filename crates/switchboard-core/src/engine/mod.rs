@@ -162,6 +162,10 @@ pub trait EngineHandler: Send + Sync {
     /// outage longer than history, or a stream reset): its subscribers must come back with
     /// `since` and learn `recovered: false`, rather than silently miss them.
     fn on_stream_lost(&self, channel: &str);
+    /// The engine lost this node's presence members and room peers (the node was taken for
+    /// dead, or the backing service lost its data): its clients must reconnect so their
+    /// memberships are recorded again.
+    fn on_memberships_lost(&self);
     /// Runs a server API command on this node's clients.
     fn on_request(self: Arc<Self>, request: NodeRequest) -> BoxFuture<NodeAnswer>;
     /// This node's counts (the engine fills in `id` and `name`).

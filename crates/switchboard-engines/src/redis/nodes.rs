@@ -30,10 +30,22 @@ fn beat_interval(node_ttl: Duration) -> Duration {
 pub(crate) async fn heartbeat(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(beat_interval(inner.node_ttl));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
     loop {
         tick.tick().await;
         match beat(&inner).await {
-            Ok(dead) => {
+            Ok((known, dead)) => {
+                if !known && !first {
+                    // Reaped while alive (a long stall or partition), or Redis lost its
+                    // data: our members are gone from Redis though our clients are here.
+                    tracing::warn!(
+                        "this node's presence and room peers were lost in Redis; reconnecting its clients"
+                    );
+                    if let Some(handler) = inner.handler() {
+                        handler.on_memberships_lost();
+                    }
+                }
+                first = false;
                 let dead: HashSet<String> = dead.into_iter().collect();
                 for node in &dead {
                     if let Err(e) = reap(&inner, node).await {
@@ -47,14 +59,15 @@ pub(crate) async fn heartbeat(inner: Arc<Inner>) {
     }
 }
 
-/// One heartbeat; returns the nodes whose last beat is older than `node_ttl`.
-async fn beat(inner: &Inner) -> Result<Vec<String>, EngineError> {
+/// One heartbeat; returns whether Redis still knew this node, and the nodes whose last beat
+/// is older than `node_ttl`.
+async fn beat(inner: &Inner) -> Result<(bool, Vec<String>), EngineError> {
     let mut info = inner.handler().map(|h| h.node_info()).unwrap_or_default();
     info.id = inner.node.clone();
     let info = serde_json::to_string(&info).map_err(unavailable)?;
     let now = now_millis();
     let cutoff = now.saturating_sub(inner.node_ttl.as_millis() as u64);
-    let (_, _, dead): ((), (), Vec<String>) = inner
+    let (_, added, dead): ((), u64, Vec<String>) = inner
         .timed(
             redis::pipe()
                 .hset(inner.keys.nodes(), &inner.node, info)
@@ -63,7 +76,7 @@ async fn beat(inner: &Inner) -> Result<Vec<String>, EngineError> {
                 .query_async(&mut inner.conn()),
         )
         .await?;
-    Ok(dead)
+    Ok((added == 0, dead))
 }
 
 /// Removes a dead node's members everywhere it held them, announcing each leave once, then
