@@ -246,7 +246,10 @@ async fn serve_http(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             match acceptor {
-                None => serve_connection(tcp, router, stopped).await,
+                None => match streams::direct::peek_stream_request(&tcp).await {
+                    Some(head) => streams::direct::serve(tcp, head, router, stopped).await,
+                    None => serve_connection(tcp, router, stopped).await,
+                },
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));

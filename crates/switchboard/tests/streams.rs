@@ -2222,3 +2222,107 @@ async fn a_message_reaches_websocket_sse_stream_and_poll_alike() {
     assert_eq!(from_ndjson, from_ws, "HTTP streaming");
     assert_eq!(from_poll, from_ws, "long polling");
 }
+
+// ---------------------------------------------------------------------------------------------
+// the stream doors on a socket the server owns (`streams/direct.rs`), and hyper's fallback
+
+/// Reads from `tcp` until `want` appears in what was read (or the time runs out).
+async fn read_until(tcp: &mut tokio::net::TcpStream, seen: &mut String, want: &str) {
+    use tokio::io::AsyncReadExt;
+    let deadline = Instant::now() + WAIT;
+    while !seen.contains(want) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {want:?} in:\n{seen}"))
+            .unwrap();
+        assert!(n > 0, "connection ended before {want:?}:\n{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+#[tokio::test]
+async fn sse_head_in_pieces_streams_chunked_and_a_closed_socket_leaves_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let channel = "raw:pieces";
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "GET /sse?{} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+        query(&all("rawuser"), &[channel], "")
+    );
+    let (first, rest) = head.split_at(20);
+    tcp.write_all(first.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tcp.write_all(rest.as_bytes()).await.unwrap();
+
+    let mut seen = String::new();
+    read_until(&mut tcp, &mut seen, "\"type\":\"subscribed\"").await;
+    assert!(seen.starts_with("HTTP/1.1 200 OK\r\n"), "{seen}");
+    assert!(seen.contains("transfer-encoding: chunked\r\n"), "{seen}");
+    assert!(seen.contains("content-type: text/event-stream"), "{seen}");
+    assert!(seen.contains("retry: 1000"), "{seen}");
+    publish(&server, channel, json!({"hello": "raw"})).await;
+    read_until(&mut tcp, &mut seen, "{\"hello\":\"raw\"}").await;
+
+    let members = presence_clients(&server, channel).await;
+    assert_eq!(members.len(), 1);
+    drop(tcp);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !presence_clients(&server, channel).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "still present after its socket closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_raw_stream_request_gets_a_whole_json_answer_and_a_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /stream?channel=a&token=bad HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut answer))
+        .await
+        .expect("the server closes after its answer")
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap();
+    assert!(
+        answer.contains(&format!("content-length: {}\r\n", body.len())),
+        "{answer}"
+    );
+    let error: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(error["error"]["code"], "unauthorized");
+}
+
+#[tokio::test]
+async fn a_stream_opened_on_a_kept_alive_connection_still_works() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let channel = "raw:keepalive";
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    read_until(&mut tcp, &mut seen, "\"ok\"").await;
+    // The same connection now asks for a stream: hyper serves it.
+    let head = format!(
+        "GET /stream?{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        query(&all("keeper"), &[channel], "")
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    read_until(&mut tcp, &mut seen, "\"type\":\"subscribed\"").await;
+    publish(&server, channel, json!({"kept": true})).await;
+    read_until(&mut tcp, &mut seen, "{\"kept\":true}").await;
+}

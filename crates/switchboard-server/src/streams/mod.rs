@@ -6,6 +6,7 @@
 mod body;
 pub mod codec;
 pub mod cursor;
+pub(crate) mod direct;
 mod poll;
 pub mod sessions;
 
