@@ -28,8 +28,13 @@ impl RedbStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create data_dir {}: {e}", dir.display()))?;
         let path = dir.join("switchboard.redb");
-        let db =
+        let mut db =
             Database::create(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        // redb reuses freed pages but keeps the file as large as its furthest live page;
+        // compacting moves pages down to shrink it, and needs the exclusive access only
+        // start-up has.
+        db.compact()
+            .map_err(|e| format!("cannot compact {}: {e}", path.display()))?;
         // Create both tables up front, so reads of an empty store find them.
         let txn = db.begin_write().map_err(|e| e.to_string())?;
         txn.open_table(STREAMS).map_err(|e| e.to_string())?;
@@ -165,6 +170,34 @@ mod tests {
         let offsets: Vec<u64> = c.history.iter().map(|(_, o, _)| *o).collect();
         assert_eq!(offsets, vec![3, 4, 5]);
         assert_eq!(c.history[2].2, Bytes::from("5"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_restart_gives_back_the_space_of_removed_streams() {
+        let dir = temp_dir().with_extension("compact");
+        let file = dir.join("switchboard.redb");
+        let blob = Bytes::from(vec![b'x'; 16 * 1024]);
+        {
+            let store = RedbStore::open(&dir).unwrap();
+            // A big stream, then a small one written after it (so it sits further in the
+            // file), then the big one goes: its pages are free but not at the end.
+            for offset in 1..=500 {
+                store.append("big", "ep", (1, offset, &blob), 1).unwrap();
+            }
+            for offset in 1..=20 {
+                store.append("small", "ep", (1, offset, &blob), 1).unwrap();
+            }
+            store.remove("big").unwrap();
+        }
+        let before = std::fs::metadata(&file).unwrap().len();
+        let store = RedbStore::open(&dir).unwrap();
+        let after = std::fs::metadata(&file).unwrap().len();
+        assert_eq!(store.load().unwrap()[0].history.len(), 20);
+        assert!(
+            after < before / 4,
+            "{before} bytes before the restart, {after} after"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
