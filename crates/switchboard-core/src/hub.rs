@@ -438,7 +438,10 @@ impl Hub {
                 continue;
             }
             last = publication.offset;
-            if client.sink.send(&message_outgoing(channel, publication)) {
+            if client
+                .sink
+                .send_recovered(&message_outgoing(channel, publication))
+            {
                 delivered += 1;
             }
         }

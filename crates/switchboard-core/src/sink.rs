@@ -9,6 +9,12 @@ pub trait ClientSink: Send + Sync {
     /// as a slow consumer.
     fn send(&self, frame: &Outgoing) -> bool;
 
+    /// Queues a message replayed by a recovery (`since`): a door may give such a burst more
+    /// room than its bound, so a client far behind is not taken for a slow consumer.
+    fn send_recovered(&self, frame: &Outgoing) -> bool {
+        self.send(frame)
+    }
+
     /// Sends a `disconnect` frame with this reason and closes the connection.
     fn disconnect(&self, reason: Disconnect);
 

@@ -55,10 +55,17 @@ impl Wire {
     }
 }
 
+/// How many times its bound a client's queue may hold while it recovers missed messages: a
+/// `since` far behind replays up to a whole history at once, which must not be mistaken for
+/// a slow consumer (it would reconnect and overflow again, for ever).
+const RECOVERY_ALLOWANCE: usize = 16;
+
 struct Queue<S> {
     frames: VecDeque<Bytes>,
     /// Bytes queued or taken by the writer and not yet written.
     bytes: usize,
+    /// Of those, bytes of recovered messages: room granted beyond the bound while they drain.
+    recovering: usize,
     closing: Option<Disconnect>,
     /// The backlog was dropped; the writer must drop what it holds too, once.
     trim_writer: bool,
@@ -70,6 +77,7 @@ impl<S: Default> Default for Queue<S> {
         Queue {
             frames: VecDeque::new(),
             bytes: 0,
+            recovering: 0,
             closing: None,
             trim_writer: false,
             state: S::default(),
@@ -109,19 +117,28 @@ impl<C: DoorCodec> Outbox<C> {
     /// Queues door-encoded bytes (a reply, a control frame), subject to the same bound.
     pub fn push(&self, bytes: Bytes) -> bool {
         let mut q = self.queue.lock();
-        self.push_locked(&mut q, Wire::One(bytes))
+        self.push_locked(&mut q, Wire::One(bytes), false)
     }
 
-    fn push_locked(&self, q: &mut Queue<C::State>, wire: Wire) -> bool {
+    /// Queues `wire`; a `recovered` message may use the recovery allowance.
+    fn push_locked(&self, q: &mut Queue<C::State>, wire: Wire, recovered: bool) -> bool {
         if q.closing.is_some() {
             return false;
         }
         let len = wire.len();
-        if q.bytes + len > self.limit {
+        let room = if recovered {
+            self.limit * RECOVERY_ALLOWANCE
+        } else {
+            self.limit + q.recovering
+        };
+        if q.bytes + len > room {
             self.overflow(q);
             return false;
         }
         q.bytes += len;
+        if recovered {
+            q.recovering += len;
+        }
         let was_empty = q.frames.is_empty();
         match wire {
             Wire::One(b) => q.frames.push_back(b),
@@ -142,6 +159,7 @@ impl<C: DoorCodec> Outbox<C> {
         self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
         q.frames.clear();
         q.bytes = 0;
+        q.recovering = 0;
         q.trim_writer = true;
         self.close_locked(q, Disconnect::SLOW_CONSUMER);
     }
@@ -200,6 +218,8 @@ impl<C: DoorCodec> Outbox<C> {
     pub fn written(&self, n: usize) {
         let mut q = self.queue.lock();
         q.bytes = q.bytes.saturating_sub(n);
+        // Recovered messages were queued before anything live that followed them.
+        q.recovering = q.recovering.saturating_sub(n);
     }
 
     /// Ready when something was queued, a close began or a heartbeat is due since the last
@@ -223,14 +243,24 @@ impl<C: DoorCodec> Outbox<C> {
     }
 }
 
-impl<C: DoorCodec> ClientSink for Outbox<C> {
-    fn send(&self, frame: &Outgoing) -> bool {
+impl<C: DoorCodec> Outbox<C> {
+    fn send_frame(&self, frame: &Outgoing, recovered: bool) -> bool {
         let mut q = self.queue.lock();
         if q.closing.is_some() {
             return false;
         }
         let wire = self.codec.frame(&mut q.state, frame);
-        self.push_locked(&mut q, wire)
+        self.push_locked(&mut q, wire, recovered)
+    }
+}
+
+impl<C: DoorCodec> ClientSink for Outbox<C> {
+    fn send(&self, frame: &Outgoing) -> bool {
+        self.send_frame(frame, false)
+    }
+
+    fn send_recovered(&self, frame: &Outgoing) -> bool {
+        self.send_frame(frame, true)
     }
 
     fn subscribed(&self, channel: &str, position: &StreamPosition) {
@@ -286,6 +316,40 @@ mod tests {
         outbox.drain_into(&mut pending, true);
         assert_eq!(pending.len(), 2, "the backlog is trimmed once only");
         assert_eq!(stats.queue_drops.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn recovered_messages_may_exceed_the_bound_while_live_ones_keep_it() {
+        let outbox = Outbox::new(Plain, 10, Arc::new(ServerStats::default()));
+        let frame = |text: &'static str| Outgoing::new(Bytes::from_static(text.as_bytes()));
+        for _ in 0..5 {
+            assert!(
+                outbox.send_recovered(&frame("12345678")),
+                "40 bytes replayed"
+            );
+        }
+        assert!(
+            outbox.send(&frame("123456")),
+            "the bound still holds for live ones"
+        );
+        assert!(!outbox.is_closing());
+        outbox.written(40);
+        assert!(
+            !outbox.send(&frame("12345")),
+            "replay written: back to the bound"
+        );
+        assert!(outbox.is_closing());
+    }
+
+    #[test]
+    fn a_replay_beyond_the_allowance_is_still_a_slow_consumer() {
+        let outbox = Outbox::new(Plain, 10, Arc::new(ServerStats::default()));
+        let frame = Outgoing::new(Bytes::from_static(b"1234567890"));
+        for _ in 0..RECOVERY_ALLOWANCE {
+            assert!(outbox.send_recovered(&frame));
+        }
+        assert!(!outbox.send_recovered(&frame));
+        assert!(outbox.is_closing());
     }
 
     #[test]

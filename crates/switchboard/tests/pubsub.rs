@@ -577,6 +577,38 @@ async fn recovery_after_reconnect_delivers_exactly_the_missed_then_live() {
 }
 
 #[tokio::test]
+async fn recovering_more_than_the_send_queue_holds_is_not_a_slow_consumer() {
+    // A 64 KiB send queue, and 200 missed messages of 2 KiB (400 KiB) to recover.
+    let server = server_with(
+        "[limits]\nclient_queue_bytes = 65536\n\
+         [[namespace]]\nname = \"big\"\nhistory_size = 500\nhistory_ttl = \"1h\"\n",
+    )
+    .await;
+    let api = server.api();
+    let channel = "big:backlog";
+    let blob = "y".repeat(2048);
+    let epoch = api.history(channel, Some(0), None).await.unwrap()["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for n in 1..=200 {
+        api.publish(channel, &json!({"n": n, "blob": blob}))
+            .await
+            .unwrap();
+    }
+    let mut client = server.connect_as("far-behind").await;
+    let reply = client.subscribe_since(channel, 0, &epoch).await.unwrap();
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let recovered = collect(&mut client, channel, 200).await;
+    assert_eq!(offsets(&recovered), (1..=200).collect::<Vec<_>>());
+    // Live messages keep the normal bound once the replay is out.
+    api.publish(channel, &json!({"n": 201})).await.unwrap();
+    assert_eq!(offsets(&collect(&mut client, channel, 1).await), vec![201]);
+    assert_eq!(server.metric("switchboard_queue_drops_total").await, 0.0);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn recovery_reports_false_when_history_lost_some_and_delivers_the_rest() {
     let server =
         server_with("[[namespace]]\nname = \"short\"\nhistory_size = 5\nhistory_ttl = 300\n").await;
