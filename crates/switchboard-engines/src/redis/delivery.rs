@@ -132,6 +132,7 @@ impl Subscriber {
                 .reconnects
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!("redis pub/sub reconnected");
+            self.inner.beat_now.notify_one();
             self.catch_up().await;
         }
     }

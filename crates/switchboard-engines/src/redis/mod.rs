@@ -77,6 +77,8 @@ pub(crate) struct Inner {
     pending: Mutex<HashMap<u64, mpsc::UnboundedSender<NodeAnswer>>>,
     next_request: AtomicU64,
     stats: EngineStats,
+    /// Asks for a heartbeat now (after a reconnect, to learn at once whether Redis kept us).
+    beat_now: tokio::sync::Notify,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> EngineError {
@@ -283,6 +285,7 @@ impl RedisEngine {
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             stats: EngineStats::default(),
+            beat_now: tokio::sync::Notify::new(),
         });
         let subscriber = delivery::Subscriber::connect(inner.clone(), client)
             .await

@@ -31,9 +31,21 @@ pub(crate) async fn heartbeat(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(beat_interval(inner.node_ttl));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
+    let mut failed = false;
     loop {
-        tick.tick().await;
-        match beat(&inner).await {
+        if failed {
+            // Redis is back soon after a failure, more often than not: look again quickly,
+            // so a wipe is noticed before clients come back.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = inner.beat_now.notified() => {}
+            }
+        }
+        let result = beat(&inner).await;
+        failed = result.is_err();
+        match result {
             Ok((known, dead)) => {
                 if !known && !first {
                     // Reaped while alive (a long stall or partition), or Redis lost its
