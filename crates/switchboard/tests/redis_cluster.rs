@@ -165,6 +165,54 @@ async fn a_node_whose_members_vanished_from_redis_reconnects_its_clients() {
     assert_eq!(present["members"][0]["user"], "dana", "{present}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_records_where_it_holds_members_only_while_it_does() {
+    let (nodes, keys) = shared_redis_nodes(1).await;
+    let info = nodes[0].api().info().await.unwrap();
+    let node = info["nodes"][0]["id"].as_str().unwrap().to_owned();
+    let holdings_key = format!("{}:nk:{node}", keys.prefix);
+    let mut conn = redis::Client::open(REDIS)
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut holdings = move || {
+        let mut all: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&holdings_key)
+            .query(&mut conn)
+            .unwrap();
+        all.sort();
+        all
+    };
+    let (mut first, _) = member(&nodes[0], "first").await;
+    let (mut second, _) = member(&nodes[0], "second").await;
+    for client in [&mut first, &mut second] {
+        client.subscribe("chat:h1").await.unwrap();
+    }
+    first.subscribe("chat:h2").await.unwrap();
+    first
+        .request(json!({"type": "join_room", "room": "call:h"}))
+        .await
+        .unwrap();
+    assert_eq!(holdings(), ["p:chat:h1", "p:chat:h2", "r:call:h"]);
+
+    first.unsubscribe("chat:h1").await.unwrap();
+    assert_eq!(
+        holdings(),
+        ["p:chat:h1", "p:chat:h2", "r:call:h"],
+        "second is still in h1"
+    );
+    first.close().await.unwrap();
+    eventually(WAIT, "first's channels and room are given up", || {
+        std::future::ready(holdings() == ["p:chat:h1"])
+    })
+    .await;
+    second.close().await.unwrap();
+    eventually(WAIT, "nothing held once every member left", || {
+        std::future::ready(holdings().is_empty())
+    })
+    .await;
+}
+
 /// A server process (so it can be `kill -9`ed) on `engine`.
 fn spawn_node(dir: &std::path::Path, name: &str, engine: &str) -> (Child, String) {
     let config = dir.join(format!("{name}.toml"));

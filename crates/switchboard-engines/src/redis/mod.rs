@@ -77,6 +77,9 @@ pub(crate) struct Inner {
     pending: Mutex<HashMap<u64, mpsc::UnboundedSender<NodeAnswer>>>,
     next_request: AtomicU64,
     stats: EngineStats,
+    /// This node's presence members per channel, to know when its last one leaves (and its
+    /// holding of the channel may go).
+    local_presence: Mutex<HashMap<String, usize>>,
     /// Asks for a heartbeat now (after a reconnect, to learn at once whether Redis kept us).
     beat_now: tokio::sync::Notify,
 }
@@ -285,6 +288,7 @@ impl RedisEngine {
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             stats: EngineStats::default(),
+            local_presence: Mutex::new(HashMap::new()),
             beat_now: tokio::sync::Notify::new(),
         });
         let subscriber = delivery::Subscriber::connect(inner.clone(), client)
@@ -363,6 +367,11 @@ impl Engine for RedisEngine {
         let value = Stored::encode(&inner.node, &member.user, &member.info);
         let holdings = inner.keys.node_holdings(&inner.node);
         let holding = format!("p:{channel}");
+        *inner
+            .local_presence
+            .lock()
+            .entry(channel.to_owned())
+            .or_default() += 1;
         inner
             .timed(
                 redis::pipe()
@@ -376,9 +385,27 @@ impl Engine for RedisEngine {
     }
 
     async fn presence_remove(&self, channel: &str, client: &str) -> Result<(), EngineError> {
-        let key = self.inner.keys.presence(channel);
-        self.inner
-            .timed(self.inner.conn().hdel::<_, _, ()>(key, client))
+        let inner = &self.inner;
+        let last_here = {
+            let mut local = inner.local_presence.lock();
+            let count = local.entry(channel.to_owned()).or_default();
+            *count = count.saturating_sub(1);
+            let last = *count == 0;
+            if last {
+                local.remove(channel);
+            }
+            last
+        };
+        let mut invocation = scripts::PRESENCE_LEAVE.prepare_invoke();
+        invocation
+            .key(inner.keys.presence(channel))
+            .key(inner.keys.node_holdings(&inner.node))
+            .arg(client)
+            .arg(Stored::marker(&inner.node))
+            .arg(format!("p:{channel}"))
+            .arg(if last_here { "1" } else { "0" });
+        inner
+            .timed(invocation.invoke_async::<()>(&mut inner.conn()))
             .await
     }
 
@@ -457,7 +484,10 @@ impl Engine for RedisEngine {
             .key(inner.keys.room(room))
             .key(inner.keys.room_meta(room))
             .key(inner.keys.room_seq(room))
-            .arg(peer);
+            .key(inner.keys.node_holdings(&inner.node))
+            .arg(peer)
+            .arg(Stored::marker(&inner.node))
+            .arg(format!("r:{room}"));
         let removed: Result<u64, EngineError> = inner
             .timed(invocation.invoke_async(&mut inner.conn()))
             .await;

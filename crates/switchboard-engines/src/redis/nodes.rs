@@ -166,7 +166,10 @@ async fn reap_room(inner: &Inner, dead: &str, room: &str) -> Result<(), EngineEr
             .key(&key)
             .key(inner.keys.room_meta(room))
             .key(inner.keys.room_seq(room))
-            .arg(&peer);
+            .key(inner.keys.node_holdings(dead))
+            .arg(&peer)
+            .arg(Stored::marker(dead))
+            .arg(format!("r:{room}"));
         let removed: u64 = inner
             .timed(invocation.invoke_async(&mut inner.conn()))
             .await?;

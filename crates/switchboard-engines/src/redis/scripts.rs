@@ -131,17 +131,49 @@ return {before, redis.call('hgetall', KEYS[2])}
     )
 });
 
-/// KEYS: room members, room metas, room join counter. ARGV: peer id.
-/// Returns 1 when the peer was there.
+/// Whether any value of hash `key` begins with `marker` (after `sep`, when given): whether a
+/// node still holds members there.
+const HOLDS: &str = r#"
+local function holds(key, marker, sep)
+  for _, value in ipairs(redis.call('hvals', key)) do
+    local from = 1
+    if sep ~= '' then from = (string.find(value, sep, 1, true) or 0) + 1 end
+    if string.sub(value, from, from + #marker - 1) == marker then return true end
+  end
+  return false
+end
+"#;
+
+/// KEYS: room members, room metas, room join counter, the leaving peer's node holdings.
+/// ARGV: peer id, that node's member marker, holding entry.
+/// Returns 1 when the peer was there. The holding goes when the node has no peer left there.
 pub(crate) static ROOM_LEAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{HOLDS}{}",
         r#"
 local removed = redis.call('hdel', KEYS[1], ARGV[1])
 redis.call('hdel', KEYS[2], ARGV[1])
 if redis.call('hlen', KEYS[1]) == 0 then redis.call('del', KEYS[2], KEYS[3]) end
+if not holds(KEYS[1], ARGV[2], '|') then redis.call('srem', KEYS[4], ARGV[3]) end
 return removed
-"#,
-    )
+"#
+    ))
+});
+
+/// KEYS: presence hash, the node's holdings. ARGV: client id, the node's member marker,
+/// holding entry, whether to check the holding ("1": this node's last local member left).
+/// Runs atomically, so a member added meanwhile either is seen or re-adds the holding.
+pub(crate) static PRESENCE_LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{HOLDS}{}",
+        r#"
+redis.call('hdel', KEYS[1], ARGV[1])
+if ARGV[4] == '1' and not holds(KEYS[1], ARGV[2], '') then
+  redis.call('srem', KEYS[2], ARGV[3])
+end
+return 1
+"#
+    ))
 });
 
 /// KEYS: room members, room metas. ARGV: peer id, meta (empty to clear).

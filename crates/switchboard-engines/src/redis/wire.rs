@@ -39,6 +39,12 @@ impl Stored {
         serde_json::to_string(&stored).expect("a stored member serializes")
     }
 
+    /// How every stored value of `node` begins: `{"n":"<node>",`.
+    pub fn marker(node: &str) -> String {
+        let node = serde_json::to_string(node).expect("a string serializes");
+        format!("{{\"n\":{node},")
+    }
+
     pub fn decode(value: &[u8]) -> Option<Stored> {
         serde_json::from_slice(value).ok()
     }
@@ -248,6 +254,13 @@ mod tests {
         assert_eq!(p.offset, 42);
         assert_eq!(&*p.epoch, "0a1b2c3d");
         assert_eq!(&p.data[..], b"{\"text\":\"a b c\"}");
+    }
+
+    #[test]
+    fn the_marker_is_how_stored_values_begin() {
+        let value = Stored::encode("n1", "alice", &Some(Bytes::from_static(b"{\"n\":1}")));
+        assert!(value.starts_with(&Stored::marker("n1")), "{value}");
+        assert!(!value.starts_with(&Stored::marker("n")));
     }
 
     #[test]
