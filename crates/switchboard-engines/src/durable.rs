@@ -7,7 +7,7 @@ use std::path::Path;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use switchboard_core::EngineError;
-use switchboard_core::engine::store::{StoredStream, StreamStore};
+use switchboard_core::engine::store::{StoreChange, StoredStream, StreamStore};
 
 /// channel → (epoch, offset of the last message, Unix seconds of the last publish).
 const STREAMS: TableDefinition<&str, (&str, u64, u64)> = TableDefinition::new("streams");
@@ -45,55 +45,51 @@ impl RedbStore {
 }
 
 impl StreamStore for RedbStore {
-    fn append(
-        &self,
-        channel: &str,
-        epoch: &str,
-        (published, offset, data): (u64, u64, &Bytes),
-        keep_from: u64,
-    ) -> Result<(), EngineError> {
+    fn write(&self, changes: &[StoreChange]) -> Result<(), EngineError> {
         let txn = self.db.begin_write().map_err(failed)?;
         {
             let mut streams = txn.open_table(STREAMS).map_err(failed)?;
-            streams
-                .insert(channel, (epoch, offset, published))
-                .map_err(failed)?;
             let mut messages = txn.open_table(MESSAGES).map_err(failed)?;
-            if keep_from <= offset {
-                messages
-                    .insert((channel, offset), (published, &data[..]))
-                    .map_err(failed)?;
+            for change in changes {
+                match change {
+                    StoreChange::Append {
+                        channel,
+                        epoch,
+                        published,
+                        offset,
+                        data,
+                        keep_from,
+                    } => {
+                        let channel = channel.as_str();
+                        streams
+                            .insert(channel, (&**epoch, *offset, *published))
+                            .map_err(failed)?;
+                        if keep_from <= offset {
+                            messages
+                                .insert((channel, *offset), (*published, &data[..]))
+                                .map_err(failed)?;
+                        }
+                        messages
+                            .retain_in((channel, 0)..(channel, *keep_from), |_, _| false)
+                            .map_err(failed)?;
+                    }
+                    StoreChange::Trim { channel, keep_from } => {
+                        let channel = channel.as_str();
+                        messages
+                            .retain_in((channel, 0)..(channel, *keep_from), |_, _| false)
+                            .map_err(failed)?;
+                    }
+                    StoreChange::Remove { channel } => {
+                        let channel = channel.as_str();
+                        streams.remove(channel).map_err(failed)?;
+                        messages
+                            .retain_in((channel, 0)..=(channel, u64::MAX), |_, _| false)
+                            .map_err(failed)?;
+                    }
+                }
             }
-            messages
-                .retain_in((channel, 0)..(channel, keep_from), |_, _| false)
-                .map_err(failed)?;
         }
-        txn.commit().map_err(failed)
-    }
-
-    fn trim(&self, channel: &str, keep_from: u64) -> Result<(), EngineError> {
-        let txn = self.db.begin_write().map_err(failed)?;
-        {
-            let mut messages = txn.open_table(MESSAGES).map_err(failed)?;
-            messages
-                .retain_in((channel, 0)..(channel, keep_from), |_, _| false)
-                .map_err(failed)?;
-        }
-        txn.commit().map_err(failed)
-    }
-
-    fn remove(&self, channel: &str) -> Result<(), EngineError> {
-        let txn = self.db.begin_write().map_err(failed)?;
-        {
-            txn.open_table(STREAMS)
-                .map_err(failed)?
-                .remove(channel)
-                .map_err(failed)?;
-            txn.open_table(MESSAGES)
-                .map_err(failed)?
-                .retain_in((channel, 0)..=(channel, u64::MAX), |_, _| false)
-                .map_err(failed)?;
-        }
+        // One commit, one fsync, for every change in the batch.
         txn.commit().map_err(failed)
     }
 
@@ -132,6 +128,23 @@ impl StreamStore for RedbStore {
 mod tests {
     use super::*;
 
+    fn append(
+        store: &RedbStore,
+        channel: &str,
+        (published, offset, data): (u64, u64, &Bytes),
+        keep_from: u64,
+    ) {
+        let change = StoreChange::Append {
+            channel: channel.into(),
+            epoch: "ep".into(),
+            published,
+            offset,
+            data: data.clone(),
+            keep_from,
+        };
+        store.write(&[change]).unwrap();
+    }
+
     fn temp_dir() -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "sb-redb-{}-{:?}",
@@ -149,15 +162,17 @@ mod tests {
             let store = RedbStore::open(&dir).unwrap();
             for offset in 1..=5 {
                 let data = Bytes::from(offset.to_string());
-                store
-                    .append("c", "ep", (100 + offset, offset, &data), 1)
-                    .unwrap();
+                append(&store, "c", (100 + offset, offset, &data), 1);
             }
-            store
-                .append("other", "x", (7, 1, &Bytes::from("1")), 1)
-                .unwrap();
-            store.trim("c", 3).unwrap();
-            store.remove("other").unwrap();
+            append(&store, "other", (7, 1, &Bytes::from("1")), 1);
+            let trim = StoreChange::Trim {
+                channel: "c".into(),
+                keep_from: 3,
+            };
+            let remove = StoreChange::Remove {
+                channel: "other".into(),
+            };
+            store.write(&[trim, remove]).unwrap();
         }
         let store = RedbStore::open(&dir).unwrap();
         let loaded = store.load().unwrap();
@@ -183,12 +198,15 @@ mod tests {
             // A big stream, then a small one written after it (so it sits further in the
             // file), then the big one goes: its pages are free but not at the end.
             for offset in 1..=500 {
-                store.append("big", "ep", (1, offset, &blob), 1).unwrap();
+                append(&store, "big", (1, offset, &blob), 1);
             }
             for offset in 1..=20 {
-                store.append("small", "ep", (1, offset, &blob), 1).unwrap();
+                append(&store, "small", (1, offset, &blob), 1);
             }
-            store.remove("big").unwrap();
+            let remove = StoreChange::Remove {
+                channel: "big".into(),
+            };
+            store.write(&[remove]).unwrap();
         }
         let before = std::fs::metadata(&file).unwrap().len();
         let store = RedbStore::open(&dir).unwrap();

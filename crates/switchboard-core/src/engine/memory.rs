@@ -1,15 +1,17 @@
 //! The in-memory engine: one node, streams in RAM, sharded by channel so publishes to
 //! different channels never contend.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, Weak};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::store::StreamStore;
+use super::committer::Committer;
+use super::store::{StoreChange, StreamStore};
 use super::{
     Engine, EngineError, EngineHandler, EngineStats, HistoryQuery, HistoryResult, NodeAnswer,
     NodeInfo, NodeRequest, PresenceEvent, PresenceMember, Publication, RoomEvent, RoomPeer,
@@ -21,8 +23,14 @@ const SHARDS: usize = 64;
 
 struct Stream {
     epoch: Arc<str>,
-    /// Offset of the last message published (0 before the first).
+    /// Offset of the last message published and delivered (0 before the first).
     top: u64,
+    /// Offset of the last message given a position: above `top` while durable writes are
+    /// under way.
+    assigned: u64,
+    /// Durable messages waiting for an earlier one before they can be delivered, by offset,
+    /// with the Unix second they were published.
+    ready: BTreeMap<u64, (u64, Publication)>,
     /// Retained messages with the Unix second they were published, oldest first.
     history: VecDeque<(u64, Publication)>,
     last_publish: u64,
@@ -35,6 +43,8 @@ impl Stream {
         Stream {
             epoch: new_epoch(),
             top: 0,
+            assigned: 0,
+            ready: BTreeMap::new(),
             history: VecDeque::new(),
             last_publish: now,
             options,
@@ -82,7 +92,11 @@ pub struct MemoryEngine {
     hasher: RandomState,
     handler: OnceLock<Weak<dyn EngineHandler>>,
     idle_ttl: u64,
-    store: Option<Arc<dyn StreamStore>>,
+    /// Writes to the durable store, when there is one.
+    committer: Option<Committer>,
+    /// A durable write failed: the store can no longer be trusted with positions, so
+    /// publishing stops until a restart restores from what it holds.
+    store_failed: std::sync::atomic::AtomicBool,
     node_id: String,
     stats: EngineStats,
 }
@@ -95,7 +109,8 @@ impl MemoryEngine {
             hasher: RandomState::new(),
             handler: OnceLock::new(),
             idle_ttl: idle_ttl.as_secs(),
-            store: None,
+            committer: None,
+            store_failed: std::sync::atomic::AtomicBool::new(false),
             node_id: super::new_node_id(),
             stats: EngineStats::default(),
         }
@@ -133,6 +148,8 @@ impl MemoryEngine {
             let stream = Stream {
                 epoch: stored.epoch.as_str().into(),
                 top: stored.top,
+                assigned: stored.top,
+                ready: BTreeMap::new(),
                 history,
                 last_publish: stored.last_publish,
                 options,
@@ -143,7 +160,7 @@ impl MemoryEngine {
                 .streams
                 .insert(stored.channel, stream);
         }
-        engine.store = Some(store);
+        engine.committer = Some(Committer::start(store));
         Ok(engine)
     }
 
@@ -153,6 +170,122 @@ impl MemoryEngine {
             .history
             .front()
             .map_or(stream.top + 1, |(_, p)| p.offset)
+    }
+
+    /// Positions, keeps and delivers in one step under the shard lock.
+    fn publish_in_memory(
+        &self,
+        channel: &str,
+        data: Bytes,
+        options: StreamOptions,
+    ) -> StreamPosition {
+        let now = unix_now();
+        let handler = self.handler();
+        let mut shard = self.shard(channel).lock();
+        let stream = shard
+            .streams
+            .entry(channel.to_owned())
+            .or_insert_with(|| Stream::new(now, options));
+        stream.assigned += 1;
+        stream.last_publish = now;
+        stream.options = options;
+        let publication = Publication {
+            offset: stream.assigned,
+            epoch: stream.epoch.clone(),
+            data,
+        };
+        Self::deliver(stream, channel, now, publication, handler.as_deref());
+        stream.position()
+    }
+
+    /// Positions the message, waits until the store holds it, then delivers it in offset
+    /// order: an acknowledged message survives a crash, and an offset is never handed out
+    /// twice. Waiting happens outside the shard lock, so concurrent publishes share a commit.
+    async fn publish_durably(
+        &self,
+        committer: &Committer,
+        channel: &str,
+        data: Bytes,
+        options: StreamOptions,
+    ) -> Result<StreamPosition, EngineError> {
+        let failed = || EngineError::Unavailable("durable store failed earlier; restart".into());
+        let now = unix_now();
+        let (publication, durable) = {
+            let mut shard = self.shard(channel).lock();
+            if self.store_failed.load(Ordering::Acquire) {
+                return Err(failed());
+            }
+            let stream = shard
+                .streams
+                .entry(channel.to_owned())
+                .or_insert_with(|| Stream::new(now, options));
+            stream.assigned += 1;
+            stream.last_publish = now;
+            stream.options = options;
+            let offset = stream.assigned;
+            let kept_by_size = (offset + 1).saturating_sub(options.history_size as u64);
+            let durable = committer.write(StoreChange::Append {
+                channel: channel.to_owned(),
+                epoch: stream.epoch.clone(),
+                published: now,
+                offset,
+                data: data.clone(),
+                keep_from: Self::keep_from(stream).max(kept_by_size),
+            });
+            let publication = Publication {
+                offset,
+                epoch: stream.epoch.clone(),
+                data,
+            };
+            (publication, durable)
+        };
+        match durable.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.store_failed.store(true, Ordering::Release);
+                return Err(e);
+            }
+            Err(_) => {
+                self.store_failed.store(true, Ordering::Release);
+                return Err(failed());
+            }
+        }
+        let position = StreamPosition {
+            offset: publication.offset,
+            epoch: publication.epoch.clone(),
+        };
+        let handler = self.handler();
+        let mut shard = self.shard(channel).lock();
+        if let Some(stream) = shard.streams.get_mut(channel) {
+            stream.ready.insert(publication.offset, (now, publication));
+            // Whoever completes the next offset delivers every consecutive one that waits.
+            while let Some(entry) = stream.ready.first_entry()
+                && *entry.key() == stream.top + 1
+            {
+                let (at, publication) = entry.remove();
+                Self::deliver(stream, channel, at, publication, handler.as_deref());
+            }
+        }
+        Ok(position)
+    }
+
+    /// Makes `publication` (the next offset) the stream's top, keeps it and delivers it, under
+    /// the shard lock so every subscriber sees offsets in order.
+    fn deliver(
+        stream: &mut Stream,
+        channel: &str,
+        now: u64,
+        publication: Publication,
+        handler: Option<&dyn EngineHandler>,
+    ) {
+        stream.top = publication.offset;
+        if stream.options.history_size > 0 {
+            stream.history.push_back((now, publication.clone()));
+        }
+        stream.expire(now, stream.options);
+        if let Some(handler) = handler {
+            handler.on_publication(channel, &publication);
+        }
     }
 
     fn shard(&self, channel: &str) -> &Mutex<Shard> {
@@ -176,48 +309,13 @@ impl Engine for MemoryEngine {
         data: Bytes,
         options: StreamOptions,
     ) -> Result<StreamPosition, EngineError> {
-        let now = unix_now();
-        let handler = self.handler();
-        let mut shard = self.shard(channel).lock();
-        let stream = shard
-            .streams
-            .entry(channel.to_owned())
-            .or_insert_with(|| Stream::new(now, options));
-        stream.top += 1;
-        stream.last_publish = now;
-        stream.options = options;
-        let publication = Publication {
-            offset: stream.top,
-            epoch: stream.epoch.clone(),
-            data,
-        };
-        if options.history_size > 0 {
-            stream.history.push_back((now, publication.clone()));
-        }
-        stream.expire(now, options);
-        if let Some(store) = &self.store {
-            // Durable before anyone sees it: an acknowledged message survives a crash, and an
-            // offset is never handed out twice.
-            let keep_from = Self::keep_from(stream);
-            let stored = (now, publication.offset, &publication.data);
-            if let Err(e) = store.append(channel, &stream.epoch, stored, keep_from) {
-                if stream
-                    .history
-                    .back()
-                    .is_some_and(|(_, p)| p.offset == stream.top)
-                {
-                    stream.history.pop_back();
-                }
-                stream.top -= 1;
-                return Err(e);
+        match &self.committer {
+            None => Ok(self.publish_in_memory(channel, data, options)),
+            Some(committer) => {
+                self.publish_durably(committer, channel, data, options)
+                    .await
             }
         }
-        let position = stream.position();
-        // Delivered under the shard lock so every subscriber sees offsets in order.
-        if let Some(handler) = handler {
-            handler.on_publication(channel, &publication);
-        }
-        Ok(position)
     }
 
     async fn history(
@@ -412,22 +510,25 @@ impl Engine for MemoryEngine {
     fn maintain(&self, now: u64) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
-            let store = self.store.as_deref();
+            // Queued under the shard lock, so they keep their order with the publishes.
+            let committer = self.committer.as_ref();
             shard.streams.retain(|channel, s| {
                 let keep = now.saturating_sub(s.last_publish) < self.idle_ttl;
-                if !keep && let Some(store) = store {
-                    let _ = store.remove(channel);
+                if !keep && let Some(committer) = committer {
+                    let channel = channel.clone();
+                    committer.write_later(StoreChange::Remove { channel });
                 }
                 keep
             });
             for (channel, stream) in shard.streams.iter_mut() {
                 let before = Self::keep_from(stream);
                 stream.expire(now, stream.options);
-                let after = Self::keep_from(stream);
-                if after != before
-                    && let Some(store) = store
+                let keep_from = Self::keep_from(stream);
+                if keep_from != before
+                    && let Some(committer) = committer
                 {
-                    let _ = store.trim(channel, after);
+                    let channel = channel.clone();
+                    committer.write_later(StoreChange::Trim { channel, keep_from });
                 }
             }
         }
@@ -505,5 +606,112 @@ mod tests {
         let second = e.publish("c", data(2), opts(3)).await.unwrap();
         assert_eq!(second.offset, 1);
         assert_ne!(first.epoch, second.epoch);
+    }
+
+    /// A store that takes 2 ms per write (like an fsync), counting its transactions.
+    #[derive(Default)]
+    struct SlowStore {
+        writes: std::sync::atomic::AtomicUsize,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl StreamStore for SlowStore {
+        fn write(&self, _changes: &[StoreChange]) -> Result<(), EngineError> {
+            std::thread::sleep(Duration::from_millis(2));
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            if self.fail.load(Ordering::Relaxed) {
+                return Err(EngineError::Unavailable("disk full".into()));
+            }
+            Ok(())
+        }
+
+        fn load(&self) -> Result<Vec<super::super::store::StoredStream>, EngineError> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Records the offsets delivered, in order.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<u64>>);
+
+    impl EngineHandler for Recorder {
+        fn on_publication(&self, _channel: &str, publication: &Publication) {
+            self.0.lock().push(publication.offset);
+        }
+        fn on_presence_event(&self, _: &str, _: PresenceEvent, _: &PresenceMember) {}
+        fn on_room_event(&self, _: &str, _: &RoomEvent) {}
+        fn on_stream_lost(&self, _: &str) {}
+        fn on_memberships_lost(&self) {}
+        fn on_request(self: Arc<Self>, _: NodeRequest) -> super::super::BoxFuture<NodeAnswer> {
+            Box::pin(async { NodeAnswer::Count { count: 0 } })
+        }
+        fn node_info(&self) -> NodeInfo {
+            NodeInfo::default()
+        }
+        fn announces_presence(&self, _: &str) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_durable_publishes_share_commits_and_deliver_in_order() {
+        let store = Arc::new(SlowStore::default());
+        let engine =
+            Arc::new(MemoryEngine::durable(Duration::from_secs(3600), store.clone()).unwrap());
+        let recorder = Arc::new(Recorder::default());
+        let handler: Arc<dyn EngineHandler> = recorder.clone();
+        engine.set_handler(Arc::downgrade(&handler));
+        let publishes: Vec<_> = (0..200)
+            .map(|n| {
+                let engine = engine.clone();
+                tokio::spawn(async move { engine.publish("c", data(n), opts(1000)).await })
+            })
+            .collect();
+        let mut offsets = Vec::new();
+        for publish in publishes {
+            offsets.push(publish.await.unwrap().unwrap().offset);
+        }
+        offsets.sort();
+        assert_eq!(
+            offsets,
+            (1..=200).collect::<Vec<_>>(),
+            "each offset handed out once"
+        );
+        assert_eq!(
+            *recorder.0.lock(),
+            (1..=200).collect::<Vec<_>>(),
+            "delivered in order"
+        );
+        let writes = store.writes.load(Ordering::Relaxed);
+        assert!(writes < 100, "200 publishes in {writes} commits");
+        let all = HistoryQuery {
+            since: None,
+            limit: None,
+        };
+        let history = engine.history("c", all, opts(1000)).await.unwrap();
+        assert_eq!(history.publications.len(), 200);
+        assert_eq!(history.position.offset, 200);
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_commit_publishing_stops_and_nothing_is_delivered() {
+        let store = Arc::new(SlowStore::default());
+        store.fail.store(true, Ordering::Relaxed);
+        let engine = MemoryEngine::durable(Duration::from_secs(3600), store.clone()).unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let handler: Arc<dyn EngineHandler> = recorder.clone();
+        engine.set_handler(Arc::downgrade(&handler));
+        let first = engine.publish("c", data(1), opts(10)).await;
+        assert!(
+            matches!(first, Err(EngineError::Unavailable(_))),
+            "{first:?}"
+        );
+        store.fail.store(false, Ordering::Relaxed);
+        let second = engine.publish("c", data(2), opts(10)).await;
+        assert!(
+            second.is_err(),
+            "a store that failed is not trusted again until a restart"
+        );
+        assert!(recorder.0.lock().is_empty());
     }
 }

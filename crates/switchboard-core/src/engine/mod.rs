@@ -3,6 +3,7 @@
 //! (one broker subscription per channel per node). The in-memory engine serves one node;
 //! Redis and NATS engines implement the same trait.
 
+mod committer;
 mod memory;
 pub mod store;
 

@@ -3,6 +3,8 @@
 //! reads it back at start. Implemented by `switchboard-engines` (redb); without one the memory
 //! engine is pure RAM.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::EngineError;
@@ -20,22 +22,28 @@ pub struct StoredStream {
     pub history: Vec<(u64, u64, Bytes)>,
 }
 
-pub trait StreamStore: Send + Sync {
-    /// Records a publication (and the stream's new position), and drops the stream's history
-    /// below `keep_from`, in one durable step.
-    fn append(
-        &self,
-        channel: &str,
-        epoch: &str,
-        published: (u64, u64, &Bytes),
+/// One change to the stored streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChange {
+    /// A publication and the stream's new position; history below `keep_from` goes.
+    Append {
+        channel: String,
+        epoch: Arc<str>,
+        /// Unix seconds.
+        published: u64,
+        offset: u64,
+        data: Bytes,
         keep_from: u64,
-    ) -> Result<(), EngineError>;
+    },
+    /// History below `keep_from` goes (expired by age).
+    Trim { channel: String, keep_from: u64 },
+    /// The stream goes entirely (it was idle too long; its next publish starts a new epoch).
+    Remove { channel: String },
+}
 
-    /// Drops history below `keep_from` (expired by age).
-    fn trim(&self, channel: &str, keep_from: u64) -> Result<(), EngineError>;
-
-    /// Forgets a stream entirely (it was idle too long; its next publish starts a new epoch).
-    fn remove(&self, channel: &str) -> Result<(), EngineError>;
+pub trait StreamStore: Send + Sync {
+    /// Applies `changes` in order as one durable step: all of them or none.
+    fn write(&self, changes: &[StoreChange]) -> Result<(), EngineError>;
 
     /// Everything stored, to restore the engine at start.
     fn load(&self) -> Result<Vec<StoredStream>, EngineError>;
