@@ -18,6 +18,8 @@ use crate::{api, cors, demo, metrics, streams, ws};
 /// What every door and the API share.
 pub struct AppState {
     pub hub: Arc<Hub>,
+    /// Pusher Channels apps (`/app/{key}`, `/apps/{app_id}/...`).
+    pub pusher: Arc<crate::pusher::Pusher>,
     pub auth: Arc<dyn Authenticator>,
     pub stats: Arc<ServerStats>,
     pub limits: LimitsConfig,
@@ -50,6 +52,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(browser_doors)
         .route("/ws", any(ws::upgrade))
+        .route("/app/{key}", any(crate::pusher::ws::upgrade))
+        .merge(crate::pusher::api::router())
         .route("/api/ice-servers", get(api::ice_servers))
         .route("/health", get(health))
         .route("/demo/call", get(demo::call))

@@ -151,6 +151,9 @@ pub struct Config {
     pub default_namespace: NamespaceConfigToml,
     #[serde(default)]
     pub namespace: Vec<NamespaceConfigToml>,
+    /// Pusher Channels apps (`[[pusher.apps]]`).
+    #[serde(default)]
+    pub pusher: crate::pusher::config::PusherConfig,
 }
 
 impl Default for Config {
@@ -164,6 +167,7 @@ impl Default for Config {
             tls: None,
             default_namespace: default_namespace(),
             namespace: Vec::new(),
+            pusher: Default::default(),
         }
     }
 }
@@ -249,7 +253,20 @@ impl Config {
             }
             self.auth.api_key = Some(format!("dev-{}", random_hex(16)));
             self.auth.token_secret = Some(random_hex(32));
+            if self.pusher.apps.is_empty() {
+                // A Pusher app to point pusher-js and a backend SDK at while developing.
+                let app = crate::pusher::config::PusherAppConfig {
+                    enable_client_events: true,
+                    ..crate::pusher::config::PusherAppConfig::new(
+                        "switchboard",
+                        "switchboard-key",
+                        &random_hex(16),
+                    )
+                };
+                self.pusher.apps.push(app);
+            }
         }
+        self.pusher.validate().map_err(ConfigError::Invalid)?;
         if self.limits.max_frame_size < 128 {
             return Err(ConfigError::Invalid(
                 "limits.max_frame_size must be at least 128".into(),

@@ -10,6 +10,7 @@ pub mod cors;
 pub mod demo;
 pub mod metrics;
 pub mod outbox;
+pub mod pusher;
 pub mod streams;
 pub mod tls;
 pub mod ws;
@@ -113,7 +114,10 @@ impl Server {
         let listener = TcpListener::bind(resolved.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", resolved.listen))?;
+        let pusher = pusher::Pusher::new(&config.pusher);
+        pusher.observe(&hub);
         let state = Arc::new(AppState {
+            pusher,
             hub,
             auth,
             stats: Arc::new(ServerStats::default()),
