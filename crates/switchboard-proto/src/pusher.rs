@@ -51,10 +51,19 @@ pub fn hub_channel(namespace: &str, channel: &str) -> String {
     }
 }
 
-/// The Pusher channel name of hub channel `hub` (the inverse of [`hub_channel`]; Pusher names
-/// hold no `:`, so the namespace is whatever precedes the first one).
+/// Splits a hub channel into its namespace (empty for the default one) and the rest. Pusher
+/// names hold no `:`, so the namespace is what precedes the first one, unless that holds a
+/// `#`: then the `:` is part of a user id (`server-to-user#a:b`).
+pub fn split_namespace(hub: &str) -> (&str, &str) {
+    match hub.split_once(':') {
+        Some((ns, rest)) if !ns.contains('#') => (ns, rest),
+        _ => ("", hub),
+    }
+}
+
+/// The Pusher channel name of hub channel `hub` (the inverse of [`hub_channel`]).
 pub fn pusher_channel(hub: &str) -> String {
-    let name = hub.split_once(':').map_or(hub, |(_, rest)| rest);
+    let (_, name) = split_namespace(hub);
     match name.strip_prefix(HUB_USER_CHANNEL) {
         Some(user) => format!("{USER_CHANNEL_PREFIX}{user}"),
         None => name.to_owned(),

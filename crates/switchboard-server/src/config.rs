@@ -376,6 +376,20 @@ join_leave = false
         assert_eq!(r.config.auth.allowed_origins, vec!["*".to_string()]);
         assert!(r.config.auth.api_key.is_some());
         assert_eq!(r.listen.to_string(), "127.0.0.1:7700");
+        let app = &r.config.pusher.apps[0];
+        assert_eq!(
+            (app.id.as_str(), app.key.as_str()),
+            ("switchboard", "switchboard-key")
+        );
+        assert!(app.secret.len() >= 32 && app.enable_client_events);
+        let configured = Config::load_from(None, env("[auth]\napi_key = \"k\""))
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(
+            configured.config.pusher.apps.is_empty(),
+            "only development mode adds one"
+        );
     }
 
     #[test]

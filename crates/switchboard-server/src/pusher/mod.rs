@@ -59,10 +59,7 @@ impl App {
 
     /// Whether hub channel `hub` is one of this app's (its namespace matches).
     pub fn owns_hub_channel(&self, hub: &str) -> bool {
-        match hub.split_once(':') {
-            Some((ns, _)) => ns == self.config.namespace,
-            None => self.config.namespace.is_empty(),
-        }
+        proto::split_namespace(hub).0 == self.config.namespace
     }
 
     /// Remembers that the connection `socket_id` signed in as `user`.

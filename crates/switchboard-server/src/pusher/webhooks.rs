@@ -28,8 +28,13 @@ pub const MAX_BATCH: usize = 100;
 pub const LEAVE_DELAY: Duration = Duration::from_secs(3);
 /// Events waiting to be sent, per app.
 const QUEUE: usize = 10_000;
-/// Attempts per request (the first and the retries, waiting 1 s, 2 s, 4 s, 8 s between).
-const ATTEMPTS: u32 = 5;
+/// Requests in flight (or waiting to retry) per app; past it, batching waits, the queue fills
+/// and then drops, so a dead endpoint holds bounded memory.
+const IN_FLIGHT: usize = 64;
+/// How long a failing request is retried (Pusher retries for 5 minutes), waiting 1 s, 2 s,
+/// 4 s, ... (at most [`MAX_BACKOFF`]) between attempts.
+const RETRY_FOR: Duration = Duration::from_secs(300);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The sending side of one app's webhooks.
 pub struct Webhooks {
@@ -48,6 +53,7 @@ impl Webhooks {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("a plain HTTP client builds"),
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
         };
         tokio::spawn(run(rx, sender));
         Webhooks { tx }
@@ -111,6 +117,7 @@ struct Sender {
     secret: String,
     hooks: Vec<WebhookConfig>,
     http: reqwest::Client,
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// The identity of an event that a later one may cancel: (channel, user) for members,
@@ -230,14 +237,21 @@ impl Sender {
                 .header("x-pusher-signature", signature)
                 .body(body);
             let url = hook.url.clone();
-            tokio::spawn(async move { send_with_retries(request, &url).await });
+            let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                send_with_retries(request, &url).await;
+                drop(permit);
+            });
         }
     }
 }
 
 async fn send_with_retries(request: reqwest::RequestBuilder, url: &str) {
+    let give_up = Instant::now() + RETRY_FOR;
     let mut wait = Duration::from_secs(1);
-    for attempt in 1..=ATTEMPTS {
+    for attempt in 1.. {
         let Some(this) = request.try_clone() else {
             return;
         };
@@ -246,10 +260,11 @@ async fn send_with_retries(request: reqwest::RequestBuilder, url: &str) {
             Ok(r) => tracing::warn!("webhook {url} answered {} (attempt {attempt})", r.status()),
             Err(e) => tracing::warn!("webhook {url} failed: {e} (attempt {attempt})"),
         }
-        if attempt < ATTEMPTS {
-            tokio::time::sleep(wait).await;
-            wait *= 2;
+        if Instant::now() + wait > give_up {
+            tracing::error!("webhook {url}: giving up after {attempt} attempts");
+            return;
         }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(MAX_BACKOFF);
     }
-    tracing::error!("webhook {url}: giving up after {ATTEMPTS} attempts");
 }

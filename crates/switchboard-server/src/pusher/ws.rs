@@ -456,7 +456,7 @@ impl Live {
             "pusher:unsubscribe" => match data_as::<Value>(data)
                 .and_then(|d| d.get("channel")?.as_str().map(str::to_owned))
             {
-                Some(channel) => self.unsubscribe(&channel).await,
+                Some(channel) => self.unsubscribe(outbox, &channel).await,
                 None => self.error(outbox, None, "pusher:unsubscribe needs data.channel"),
             },
             "pusher:signin" => match data_as::<SigninData>(data) {
@@ -758,11 +758,14 @@ impl Live {
         }
     }
 
-    async fn unsubscribe(&mut self, channel: &str) {
+    async fn unsubscribe(&mut self, outbox: &Outbox<PusherCodec>, channel: &str) {
         let Some(sub) = self.subscriptions.remove(channel) else {
             return;
         };
+        let hub_channel = sub.hub.clone();
         self.leave(sub).await;
+        // After the hub let go: no join or leave of that channel can reach the codec now.
+        outbox.with_state(|s| s.presence.remove(hub_channel.as_str()));
     }
 
     async fn leave(&self, sub: Subscription) {
