@@ -146,13 +146,15 @@ async function launch(port, appToml, extraToml) {
      * the test (what an app's auth endpoint does), unless `authorize`/`authenticate` say
      * otherwise.
      */
-    client({ presence, user, authorize, authenticate, app = APP } = {}) {
+    client({ presence, user, authorize, authenticate, app = APP, transports = ['ws'] } = {}) {
       const sdk = this.sdk(app);
       const client = new PusherJs(app.key, {
         wsHost: '127.0.0.1',
         wsPort: port,
+        httpHost: '127.0.0.1',
+        httpPort: port,
         forceTLS: false,
-        enabledTransports: ['ws'],
+        enabledTransports: transports,
         disableStats: true,
         cluster: 'test',
         channelAuthorization: {

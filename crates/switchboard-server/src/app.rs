@@ -48,6 +48,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/session/{id}",
             post(streams::post_session).options(preflight),
         )
+        .route(
+            "/pusher/app/{key}/{server}/{session}/{kind}",
+            post(crate::pusher::http::handle).options(preflight),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), cors::cors));
     Router::new()
         .merge(browser_doors)

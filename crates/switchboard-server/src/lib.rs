@@ -294,6 +294,7 @@ async fn tick(state: Arc<AppState>) {
         state.hub.expire_tokens(now);
         state.hub.engine().maintain(now);
         state.sessions.expire_polls(now);
+        state.pusher.http_sessions.expire(now);
         if seconds.is_multiple_of(ping_every) {
             state.hub.heartbeat();
         }

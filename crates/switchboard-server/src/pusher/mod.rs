@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod config;
+pub mod http;
 pub mod signing;
 pub mod webhooks;
 pub mod ws;
@@ -98,6 +99,8 @@ impl App {
 /// Every Pusher app of the server.
 pub struct Pusher {
     apps: Vec<Arc<App>>,
+    /// Connections over pusher-js's HTTP fallback transports.
+    pub http_sessions: http::HttpSessions,
 }
 
 impl Pusher {
@@ -108,6 +111,7 @@ impl Pusher {
                 .iter()
                 .map(|a| Arc::new(App::new(a.clone())))
                 .collect(),
+            http_sessions: http::HttpSessions::default(),
         })
     }
 

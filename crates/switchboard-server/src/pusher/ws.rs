@@ -51,9 +51,52 @@ const MAX_HELD_BYTES: usize = 256 * 1024;
 
 // ---- the codec: hub frames to Pusher frames ----
 
-/// Turns hub frames into Pusher WebSocket frames for one connection.
+/// Turns hub frames into Pusher frames for one connection.
 pub struct PusherCodec {
     socket_id: Arc<str>,
+    framing: Framing,
+}
+
+/// How a Pusher connection's frames travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One WebSocket text frame each.
+    WebSocket,
+    /// The bare JSON of each frame (the HTTP fallback transports frame them themselves).
+    Raw,
+}
+
+impl PusherCodec {
+    pub fn new(socket_id: Arc<str>, framing: Framing) -> Self {
+        PusherCodec { socket_id, framing }
+    }
+
+    /// `frame` (JSON) as this connection sends it.
+    pub fn wire(&self, frame: &Bytes) -> Bytes {
+        match self.framing {
+            Framing::WebSocket => ws::encode_text(frame),
+            Framing::Raw => frame.clone(),
+        }
+    }
+
+    /// A shared WebSocket frame as this connection sends it: as is, or its payload (a slice,
+    /// no copy).
+    fn shared(&self, ws_frame: &Bytes) -> Bytes {
+        match self.framing {
+            Framing::WebSocket => ws_frame.clone(),
+            Framing::Raw => ws_payload(ws_frame),
+        }
+    }
+}
+
+/// The payload of an unmasked server WebSocket frame.
+fn ws_payload(frame: &Bytes) -> Bytes {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.slice(header.min(frame.len())..)
 }
 
 /// Per-connection codec state: presence channels' members as this connection knows them.
@@ -166,11 +209,12 @@ impl DoorCodec for PusherCodec {
                 && !view.ready
                 && view.held_bytes < MAX_HELD_BYTES
             {
-                view.held_bytes += message.ws_frame.len();
-                view.held.push(message.ws_frame.clone());
+                let bytes = self.shared(&message.ws_frame);
+                view.held_bytes += bytes.len();
+                view.held.push(bytes);
                 return Wire::Nothing;
             }
-            return Wire::One(message.ws_frame.clone());
+            return Wire::One(self.shared(&message.ws_frame));
         }
         let json = frame.json();
         let join = json.starts_with(br#"{"type":"join""#);
@@ -206,17 +250,31 @@ impl DoorCodec for PusherCodec {
             return Wire::Nothing;
         }
         let frame = proto::event_with_json_string(name, Some(&view.channel), &data);
-        Wire::One(ws::encode_text(&frame))
+        Wire::One(self.wire(&frame))
     }
 
     fn goodbye(&self, reason: &Disconnect) -> Vec<Bytes> {
         let code = close_code(reason);
         let error = proto::error_frame(Some(code), reason.message);
-        vec![
-            ws::encode_text(&error),
-            ws::encode_close(code, reason.message),
-        ]
+        match self.framing {
+            Framing::WebSocket => vec![
+                ws::encode_text(&error),
+                ws::encode_close(code, reason.message),
+            ],
+            // The HTTP transports write their own close marker after the error.
+            Framing::Raw => vec![error],
+        }
     }
+}
+
+/// A fresh Pusher socket id, `<digits>.<digits>`.
+pub(crate) fn new_socket_id() -> Arc<str> {
+    format!(
+        "{}.{}",
+        rand::random::<u32>() % 1_000_000_000,
+        rand::random::<u32>() % 1_000_000_000
+    )
+    .into()
 }
 
 // ---- the upgrade ----
@@ -248,16 +306,9 @@ pub async fn upgrade(
     };
     let app = state.pusher.by_key(&key).cloned();
     crate::ws::accept(&mut request, &ws_key, move |socket, early| async move {
-        let socket_id: Arc<str> = format!(
-            "{}.{}",
-            rand::random::<u32>() % 1_000_000_000,
-            rand::random::<u32>() % 1_000_000_000
-        )
-        .into();
+        let socket_id = new_socket_id();
         let outbox = Arc::new(Outbox::new(
-            PusherCodec {
-                socket_id: socket_id.clone(),
-            },
+            PusherCodec::new(socket_id.clone(), Framing::WebSocket),
             state.limits.client_queue_bytes,
             state.stats.clone(),
         ));
@@ -358,16 +409,14 @@ fn is_cache(channel: &str) -> bool {
     .any(|p| channel.starts_with(p))
 }
 
-fn text(frame: &Bytes) -> Bytes {
-    ws::encode_text(frame)
-}
-
 impl PusherConn {
     fn refused() -> PusherConn {
         PusherConn { live: None }
     }
 
-    fn open(
+    /// A connection of `app` whose frames go to `outbox`; queues
+    /// `pusher:connection_established`.
+    pub(crate) fn open(
         state: &Arc<AppState>,
         app: Arc<App>,
         socket_id: Arc<str>,
@@ -380,7 +429,7 @@ impl PusherConn {
             None,
             &json!({"socket_id": &*socket_id, "activity_timeout": app.config.activity_timeout}),
         );
-        outbox.push(text(&established));
+        outbox.push(outbox.codec().wire(&established));
         PusherConn {
             live: Some(Box::new(Live {
                 state: state.clone(),
@@ -391,6 +440,23 @@ impl PusherConn {
                 user: None,
                 window: (Instant::now(), 0),
             })),
+        }
+    }
+}
+
+impl PusherConn {
+    /// Handles one client message (the HTTP transports' way in; WebSocket goes through
+    /// [`Protocol::on_message`]).
+    pub(crate) async fn handle(&mut self, outbox: &Arc<Outbox<PusherCodec>>, payload: &[u8]) {
+        if let Some(live) = self.live.as_mut() {
+            live.on_message(outbox, payload).await;
+        }
+    }
+
+    /// Leaves the hub (once, when the connection ends).
+    pub(crate) async fn shut(self) {
+        if let Some(live) = self.live {
+            live.close().await;
         }
     }
 }
@@ -432,7 +498,7 @@ impl Protocol for PusherConn {
 impl Live {
     fn error(&self, outbox: &Outbox<PusherCodec>, code: Option<u16>, message: &str) {
         self.state.count_error();
-        outbox.push(text(&proto::error_frame(code, message)));
+        outbox.push(outbox.codec().wire(&proto::error_frame(code, message)));
     }
 
     async fn on_message(&mut self, outbox: &Arc<Outbox<PusherCodec>>, payload: &[u8]) {
@@ -446,7 +512,7 @@ impl Live {
         match frame.event.as_str() {
             "pusher:ping" => {
                 let pong = proto::event_with_json("pusher:pong", None, &json!({}));
-                outbox.push(text(&pong));
+                outbox.push(outbox.codec().wire(&pong));
             }
             "pusher:pong" => {}
             "pusher:subscribe" => match data_as::<SubscribeData>(data) {
@@ -486,7 +552,7 @@ impl Live {
         self.state.count_error();
         let data = json!({"type": kind, "error": message, "status": status});
         let frame = proto::event_with_json("pusher:subscription_error", Some(channel), &data);
-        outbox.push(text(&frame));
+        outbox.push(outbox.codec().wire(&frame));
     }
 
     async fn subscribe(&mut self, outbox: &Arc<Outbox<PusherCodec>>, sub: SubscribeData) {
@@ -499,7 +565,7 @@ impl Live {
                 &json!({}),
             );
             if !is_presence(channel) {
-                outbox.push(text(&ok));
+                outbox.push(outbox.codec().wire(&ok));
             }
             return;
         }
@@ -587,7 +653,7 @@ impl Live {
                 if cache_miss {
                     let miss =
                         proto::event_with_json("pusher:cache_miss", Some(channel), &json!({}));
-                    outbox.push(text(&miss));
+                    outbox.push(outbox.codec().wire(&miss));
                     if let Some(hooks) = &self.app.webhooks {
                         hooks.cache_miss(channel);
                     }
@@ -704,7 +770,7 @@ impl Live {
         let mut reply = |r: &switchboard_core::hub::SubscribeReply| {
             answer = Some(r.position.clone());
             if !presence {
-                sink.push(text(&succeeded));
+                sink.push(sink.codec().wire(&succeeded));
             }
         };
         let asked_cache = is_cache(channel);
@@ -731,6 +797,7 @@ impl Live {
             .await
             .unwrap_or_default();
         let mut held = Vec::new();
+        let codec = outbox.codec();
         outbox.push_with_state(|s| {
             let view = s.presence.get_mut(hub_channel)?;
             for m in &members {
@@ -745,7 +812,7 @@ impl Live {
                 Some(&view.channel),
                 &view.members_json(),
             );
-            Some(text(&frame))
+            Some(codec.wire(&frame))
         });
         for frame in held {
             outbox.push(frame);
@@ -821,7 +888,7 @@ impl Live {
             None,
             &json!({"user_data": &signin.user_data}),
         );
-        outbox.push(text(&frame));
+        outbox.push(outbox.codec().wire(&frame));
     }
 
     async fn client_event(
