@@ -17,7 +17,8 @@ const SECRET: &str = "test-app-secret";
 
 async fn server() -> TestServer {
     let toml = format!(
-        "{}\n[[pusher.apps]]\nid = \"{APP_ID}\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nmax_event_size = 1000\n",
+        "{}\n[[pusher.apps]]\nid = \"{APP_ID}\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nmax_event_size = 1000\n\
+         [[pusher.apps]]\nid = \"off\"\nkey = \"off-key\"\nsecret = \"s\"\nnamespace = \"off\"\nenabled = false\n",
         auth_toml()
     );
     TestServer::with_config(&toml).await
@@ -261,6 +262,7 @@ async fn websocket_door_close_codes() {
     let server = server().await;
     for (path, code) in [
         ("/app/unknown?protocol=7".to_string(), 4001),
+        ("/app/off-key?protocol=7".to_string(), 4003),
         (format!("/app/{KEY}"), 4008),
         (format!("/app/{KEY}?protocol=8"), 4007),
         (format!("/app/{KEY}?protocol=x"), 4006),

@@ -145,9 +145,10 @@ impl PresenceView {
         }
     }
 
-    /// Records a join; returns whether the user is new to the channel.
+    /// Records a join; returns whether the user is new to the channel. A member without a
+    /// user (an anonymous native subscriber) has no Pusher identity and is left out.
     fn join(&mut self, client: String, user: String, info: Option<Bytes>) -> bool {
-        if self.gone.contains(&client) {
+        if user.is_empty() || self.gone.contains(&client) {
             return false;
         }
         let entry = self
@@ -215,6 +216,10 @@ impl DoorCodec for PusherCodec {
                 return Wire::Nothing;
             }
             return Wire::One(self.shared(&message.ws_frame));
+        }
+        if state.presence.is_empty() {
+            // Only presence channels show anything of the native protocol's other pushes.
+            return Wire::Nothing;
         }
         let json = frame.json();
         let join = json.starts_with(br#"{"type":"join""#);
@@ -717,7 +722,11 @@ impl Live {
             .presence(hub_channel)
             .await
             .map_err(|e| (503, e.to_string()))?;
-        let users: HashSet<&str> = members.iter().map(|m| &*m.user).collect();
+        let users: HashSet<&str> = members
+            .iter()
+            .map(|m| &*m.user)
+            .filter(|u| !u.is_empty())
+            .collect();
         if !users.contains(user.as_str()) && users.len() >= self.app.config.max_presence_members {
             return Err((
                 403,

@@ -140,7 +140,6 @@ pub(crate) async fn run_protocol<P: Protocol>(
     }
     Box::pin(conn.serve()).await;
     let Conn {
-        state,
         socket,
         protocol,
         read_closed,
@@ -148,7 +147,6 @@ pub(crate) async fn run_protocol<P: Protocol>(
     } = conn;
     protocol.close().await;
     Box::pin(linger(socket, read_closed)).await;
-    drop(state);
 }
 
 impl<P: Protocol> Conn<P> {
