@@ -85,6 +85,17 @@ test('member_added, member_removed and client_event', async () => {
   alice.disconnect();
 });
 
+test('events that happen together arrive batched in one request', async () => {
+  const tag = uniq('batch');
+  const names = [1, 2, 3, 4, 5].map((i) => `${tag}-${i}`);
+  const client = server.client();
+  for (const name of names) client.subscribe(name);
+  await until(() => names.every((n) => find((e) => e.name === 'channel_occupied' && e.channel === n)), 'five occupied');
+  const carrying = hooks.requests.filter((r) => names.some((n) => r.rawBody.includes(n)));
+  assert.ok(carrying.length < names.length, `batched: ${carrying.length} requests for ${names.length} events`);
+  client.disconnect();
+});
+
 test('cache_miss when a cache channel has nothing to replay', async () => {
   const name = uniq('cache-hook');
   const client = server.client();
