@@ -475,11 +475,7 @@ impl Protocol for PusherConn {
         outbox: &'a Arc<Outbox<PusherCodec>>,
         payload: &'a [u8],
     ) -> BoxFuture<'a> {
-        Box::pin(async move {
-            if let Some(live) = self.live.as_mut() {
-                live.on_message(outbox, payload).await;
-            }
-        })
+        Box::pin(self.handle(outbox, payload))
     }
 
     fn too_large(&self, limit: usize) -> Bytes {
@@ -492,11 +488,7 @@ impl Protocol for PusherConn {
     }
 
     fn close(self) -> BoxFuture<'static> {
-        Box::pin(async move {
-            if let Some(live) = self.live {
-                live.close().await;
-            }
-        })
+        Box::pin(self.shut())
     }
 }
 
