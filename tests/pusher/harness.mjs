@@ -19,7 +19,7 @@ import PusherServer from 'pusher';
 const here = dirname(fileURLToPath(import.meta.url));
 const repoRoot = resolve(here, '..', '..');
 
-export const APP = { id: 'app-1', key: 'app-key', secret: 'app-secret' };
+export const APP = { id: '1001', key: 'app-key', secret: 'app-secret' };
 export const API_KEY = 'pusher-tests-api-key';
 export const TOKEN_SECRET = 'pusher-tests-token-secret';
 

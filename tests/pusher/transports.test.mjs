@@ -60,10 +60,14 @@ test('xhr_streaming past pusher-js buffer limit: the stream is reopened on the s
   const got = collect(ch, 'n');
   const sdk = server.sdk();
   const socketId = client.connection.socket_id;
-  // 160 events of ~4 KB: more than the 256 KiB after which pusher-js reopens its stream.
-  for (let i = 0; i < 160; i++) await sdk.trigger(name, 'n', { i, pad: 'x'.repeat(4000) });
-  await until(() => got.length === 160, 'all 160 events', 15_000);
+  // 160 events of ~5 KB: more than twice the 256 KiB after which pusher-js reopens its stream.
+  const pad = 'x'.repeat(3000) + 'é😀'.repeat(300); // not only ASCII: counted as pusher-js counts
+  for (let i = 0; i < 160; i++) await sdk.trigger(name, 'n', { i, pad });
+  await until(() => got.length === 160, 'all 160 events', 15_000).catch((e) => {
+    throw new Error(`${e.message}: got ${got.length}, state ${client.connection.state}, socket ${client.connection.socket_id} (was ${socketId})`);
+  });
   assert.deepEqual(got.map((g) => g.data.i), Array.from({ length: 160 }, (_, i) => i));
+  assert.ok(got.every((g) => g.data.pad === pad));
   assert.equal(client.connection.socket_id, socketId, 'the same connection throughout');
   await sleep(200);
   assert.equal(client.connection.state, 'connected');

@@ -258,7 +258,7 @@ impl Config {
                 let app = crate::pusher::config::PusherAppConfig {
                     enable_client_events: true,
                     ..crate::pusher::config::PusherAppConfig::new(
-                        "switchboard",
+                        "1",
                         "switchboard-key",
                         &random_hex(16),
                     )
@@ -379,7 +379,7 @@ join_leave = false
         let app = &r.config.pusher.apps[0];
         assert_eq!(
             (app.id.as_str(), app.key.as_str()),
-            ("switchboard", "switchboard-key")
+            ("1", "switchboard-key")
         );
         assert!(app.secret.len() >= 32 && app.enable_client_events);
         let configured = Config::load_from(None, env("[auth]\napi_key = \"k\""))

@@ -280,3 +280,44 @@ async fn websocket_door_close_codes() {
     assert_eq!(closed, Some(4200));
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn sign_in_then_terminate_connections_closes_with_4009() {
+    let server = server().await;
+    let (mut ws, socket_id) = pusher_client(&server).await;
+    let user_data = r#"{"id":"u1"}"#;
+    let forged = format!(
+        "{KEY}:{}",
+        sign("nope", &format!("{socket_id}::user::{user_data}"))
+    );
+    let signin = |auth: &str| {
+        json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})
+            .to_string()
+    };
+    ws.send_text(&signin(&forged)).await.unwrap();
+    let error = next_event(&mut ws, "pusher:error").await;
+    assert_eq!(error["data"]["code"], 4009);
+    let good = format!(
+        "{KEY}:{}",
+        sign(SECRET, &format!("{socket_id}::user::{user_data}"))
+    );
+    ws.send_text(&signin(&good)).await.unwrap();
+    next_event(&mut ws, "pusher:signin_success").await;
+
+    // Without the /apps/{id} prefix, as the Python SDK sends it: the signing key names the app.
+    let (status, body) = signed(
+        &server,
+        "POST",
+        "/users/u1/terminate_connections",
+        "",
+        Some(&json!({})),
+        SECRET,
+        now(),
+        false,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (closed, _) = ws.wait_close(WAIT).await.unwrap();
+    assert_eq!(closed, Some(4009));
+    server.stop().await;
+}

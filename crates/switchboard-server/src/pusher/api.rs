@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, post};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -22,7 +22,9 @@ use super::{App, signing};
 use crate::app::AppState;
 
 pub fn router() -> Router<Arc<AppState>> {
-    Router::new().route("/apps/{*rest}", any(handle))
+    Router::new()
+        .route("/apps/{*rest}", any(handle))
+        .route("/users/{user}/terminate_connections", post(handle))
 }
 
 type ApiResult = Result<Response, (StatusCode, String)>;
@@ -83,14 +85,28 @@ async fn route(state: &Arc<AppState>, request: Request) -> ApiResult {
                 ),
             )
         })?;
-    let rest = path.strip_prefix("/apps/").unwrap_or("");
-    let (app_id, tail) = rest.split_once('/').unwrap_or((rest, ""));
-    let app = state
-        .pusher
-        .by_id(app_id)
-        .cloned()
-        .ok_or_else(|| fail(StatusCode::NOT_FOUND, format!("no app `{app_id}`")))?;
     let params = signing::parse_query(&query);
+    let (app, tail) = match path.strip_prefix("/apps/") {
+        Some(rest) => {
+            let (app_id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            let app = state.pusher.by_id(app_id).cloned();
+            let app =
+                app.ok_or_else(|| fail(StatusCode::NOT_FOUND, format!("no app `{app_id}`")))?;
+            (app, tail)
+        }
+        // `/users/{id}/terminate_connections` without the app prefix, as pusher-http-python
+        // 3.x sends it: the app is the one whose key signed the request.
+        None => {
+            let key = params
+                .iter()
+                .find(|(k, _)| k == "auth_key")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("");
+            let app = state.pusher.by_key(key).cloned();
+            let app = app.ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "unknown auth_key"))?;
+            (app, path.trim_start_matches('/'))
+        }
+    };
     let config = &app.config;
     signing::verify_request(
         &config.key,

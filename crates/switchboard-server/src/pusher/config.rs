@@ -16,7 +16,8 @@ pub struct PusherConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PusherAppConfig {
-    /// `app_id` of the server SDKs (`/apps/{id}/...`).
+    /// `app_id` of the server SDKs (`/apps/{id}/...`). Pusher's are digits, and some SDKs
+    /// (Python's) accept nothing else.
     pub id: String,
     /// The public key clients connect with (`/app/{key}`), and `auth_key` of API requests.
     pub key: String,

@@ -10,6 +10,7 @@
 //! for [`IDLE_TIMEOUT`] is closed.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +40,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL_WAIT: Duration = Duration::from_secs(25);
 /// Longest `{server}` and `{session}` path parts.
 const MAX_ID: usize = 64;
+/// pusher-js reopens its stream once it has read this much of it (its `MAX_BUFFER_LENGTH`),
+/// dropping whatever is still in flight. So a stream that has sent more stops sending: the
+/// rest waits in the session's queue for the stream that replaces it, and nothing is lost.
+pub const STREAM_LIMIT: usize = 256 * 1024;
+/// How long a stream past [`STREAM_LIMIT`] waits to be replaced before it ends (a client that
+/// does not reopen then reconnects as a new session).
+const REPLACE_WAIT: Duration = Duration::from_secs(10);
 
 /// One HTTP-transport connection.
 pub struct HttpSession {
@@ -223,15 +231,33 @@ fn write_messages(
             out.put_u8(b',');
         }
         first = false;
-        let text = String::from_utf8_lossy(&message);
-        out.put_slice(
-            serde_json::to_string(&*text)
-                .expect("a string serializes")
-                .as_bytes(),
-        );
+        put_ascii_json_string(out, &String::from_utf8_lossy(&message));
     }
     out.put_slice(b"]\n");
     outbox.written(raw);
+}
+
+/// Writes `text` as a JSON string in ASCII only (`\uXXXX` beyond it), so the bytes sent are
+/// the characters pusher-js counts in `responseText` (see [`STREAM_LIMIT`]).
+fn put_ascii_json_string(out: &mut BytesMut, text: &str) {
+    out.put_u8(b'"');
+    for c in text.chars() {
+        match c {
+            '"' => out.put_slice(b"\\\""),
+            '\\' => out.put_slice(b"\\\\"),
+            '\n' => out.put_slice(b"\\n"),
+            '\r' => out.put_slice(b"\\r"),
+            '\t' => out.put_slice(b"\\t"),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.put_slice(format!("\\u{unit:04x}").as_bytes());
+                }
+            }
+            c => out.put_u8(c as u8),
+        }
+    }
+    out.put_u8(b'"');
 }
 
 fn close_line(reason: &Disconnect) -> Bytes {
@@ -320,6 +346,8 @@ fn stream(state: &Arc<AppState>, id: String, session: Arc<HttpSession>, new: boo
         receiver,
         pending: VecDeque::new(),
         opening: new,
+        sent: 0,
+        full_since: None,
         ended: false,
     };
     text_response(StatusCode::OK, Body::new(body))
@@ -334,7 +362,22 @@ struct XhrStream {
     pending: VecDeque<Bytes>,
     /// `o` still to be sent (a new session).
     opening: bool,
+    /// Bytes sent on this stream.
+    sent: usize,
+    /// Set once [`STREAM_LIMIT`] is passed: the stream sends nothing more and ends if not
+    /// replaced in time.
+    full_since: Option<Pin<Box<tokio::time::Sleep>>>,
     ended: bool,
+}
+
+impl XhrStream {
+    fn emit(&mut self, chunk: Bytes) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.sent += chunk.len();
+        if self.sent > STREAM_LIMIT && self.full_since.is_none() {
+            self.full_since = Some(Box::pin(tokio::time::sleep(REPLACE_WAIT)));
+        }
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
 }
 
 impl http_body::Body for XhrStream {
@@ -351,33 +394,61 @@ impl http_body::Body for XhrStream {
         }
         if this.opening {
             this.opening = false;
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"o\n")))));
+            return this.emit(Bytes::from_static(b"o\n"));
         }
-        let outbox = &this.session.outbox;
+        let session = this.session.clone();
+        let outbox = &session.outbox;
         loop {
             if !this.receiver.is_current() {
                 // A newer stream took over this session.
                 this.ended = true;
                 return Poll::Ready(None);
             }
+            if let Some(wait) = this.full_since.as_mut() {
+                // Full: leave everything queued for the next stream.
+                if wait.as_mut().poll(cx).is_ready() {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+                // Still woken by the outbox, to notice a replacement.
+                if outbox.poll_woken(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                continue;
+            }
             let closing = outbox.drain_into(&mut this.pending, false);
             if this.pending.iter().any(|b| !b.is_empty()) {
                 let mut out = BytesMut::new();
                 write_messages(&mut out, &mut this.pending, outbox);
-                return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                return this.emit(out.freeze());
             }
             this.pending.clear();
             if let Some(reason) = closing {
                 this.ended = true;
                 this.state.pusher.http_sessions.close(&this.id);
-                return Poll::Ready(Some(Ok(Frame::data(close_line(&reason)))));
+                return this.emit(close_line(&reason));
             }
             if outbox.take_ping_due() {
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"h\n")))));
+                return this.emit(Bytes::from_static(b"h\n"));
             }
             if outbox.poll_woken(cx).is_pending() {
                 return Poll::Pending;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_framed_as_ascii_json_strings() {
+        let text = "{\"a\":\"é \\\" \u{1F600}\n\t\u{1}\"}";
+        let mut out = BytesMut::new();
+        put_ascii_json_string(&mut out, text);
+        assert!(out.is_ascii(), "{out:?}");
+        let back: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, text);
     }
 }
