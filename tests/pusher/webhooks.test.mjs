@@ -36,6 +36,10 @@ test('every webhook request is signed: the SDK webhook() helper accepts it, and 
     const tampered = sdk.webhook({ headers: request.headers, rawBody: request.rawBody.replace('"events"', '"events" ') });
     assert.equal(tampered.isValid(), false);
   }
+  const metrics = await (await fetch(`${server.url}/metrics`)).text();
+  const metric = (name) => Number(new RegExp(`^${name} (\\d+)`, 'm').exec(metrics)?.[1]);
+  assert.ok(metric('switchboard_pusher_webhooks_sent_total') >= 1, metrics);
+  assert.ok(metric('switchboard_pusher_webhooks_failed_total') >= 1, 'the failed first attempt is counted');
   client.disconnect();
 });
 

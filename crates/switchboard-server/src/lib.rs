@@ -114,13 +114,14 @@ impl Server {
         let listener = TcpListener::bind(resolved.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", resolved.listen))?;
-        let pusher = pusher::Pusher::new(&config.pusher);
+        let stats = Arc::new(ServerStats::default());
+        let pusher = pusher::Pusher::new(&config.pusher, &stats);
         pusher.observe(&hub);
         let state = Arc::new(AppState {
             pusher,
             hub,
             auth,
-            stats: Arc::new(ServerStats::default()),
+            stats,
             limits: config.limits.clone(),
             api_key: config.auth.api_key.clone(),
             shutting_down: AtomicBool::new(false),

@@ -61,6 +61,10 @@ impl Call {
 }
 
 async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    state
+        .stats
+        .api_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match route(&state, request).await {
         Ok(r) => r,
         Err(e) => {

@@ -31,6 +31,7 @@ use switchboard_proto::{Disconnect, pusher as proto};
 
 use self::config::{PusherAppConfig, PusherConfig};
 use self::webhooks::Webhooks;
+use crate::metrics::ServerStats;
 
 /// A signed-in connection: its socket id and its sink.
 type SignedIn = (Arc<str>, Weak<dyn ClientSink>);
@@ -44,8 +45,8 @@ pub struct App {
 }
 
 impl App {
-    fn new(config: PusherAppConfig) -> App {
-        let webhooks = (!config.webhooks.is_empty()).then(|| Webhooks::start(&config));
+    fn new(config: PusherAppConfig, stats: &Arc<ServerStats>) -> App {
+        let webhooks = (!config.webhooks.is_empty()).then(|| Webhooks::start(&config, stats));
         App {
             config,
             users: Mutex::new(HashMap::new()),
@@ -104,12 +105,12 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    pub fn new(config: &PusherConfig) -> Arc<Pusher> {
+    pub fn new(config: &PusherConfig, stats: &Arc<ServerStats>) -> Arc<Pusher> {
         Arc::new(Pusher {
             apps: config
                 .apps
                 .iter()
-                .map(|a| Arc::new(App::new(a.clone())))
+                .map(|a| Arc::new(App::new(a.clone(), stats)))
                 .collect(),
             http_sessions: http::HttpSessions::default(),
         })

@@ -11,6 +11,8 @@
 //! and logged rather than held without bound.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -19,6 +21,7 @@ use tokio::time::Instant;
 
 use super::config::{PusherAppConfig, WebhookConfig};
 use super::signing;
+use crate::metrics::ServerStats;
 
 /// How long events gather before a request goes out.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(50);
@@ -43,7 +46,7 @@ pub struct Webhooks {
 
 impl Webhooks {
     /// Starts the app's webhook task (within the running Tokio runtime).
-    pub fn start(app: &PusherAppConfig) -> Webhooks {
+    pub fn start(app: &PusherAppConfig, stats: &Arc<ServerStats>) -> Webhooks {
         let (tx, rx) = mpsc::channel(QUEUE);
         let sender = Sender {
             key: app.key.clone(),
@@ -53,7 +56,8 @@ impl Webhooks {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("a plain HTTP client builds"),
-            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
+            stats: stats.clone(),
         };
         tokio::spawn(run(rx, sender));
         Webhooks { tx }
@@ -117,7 +121,8 @@ struct Sender {
     secret: String,
     hooks: Vec<WebhookConfig>,
     http: reqwest::Client,
-    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    stats: Arc<ServerStats>,
 }
 
 /// The identity of an event that a later one may cancel: (channel, user) for members,
@@ -237,18 +242,19 @@ impl Sender {
                 .header("x-pusher-signature", signature)
                 .body(body);
             let url = hook.url.clone();
+            let stats = self.stats.clone();
             let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
                 return;
             };
             tokio::spawn(async move {
-                send_with_retries(request, &url).await;
+                send_with_retries(request, &url, &stats).await;
                 drop(permit);
             });
         }
     }
 }
 
-async fn send_with_retries(request: reqwest::RequestBuilder, url: &str) {
+async fn send_with_retries(request: reqwest::RequestBuilder, url: &str, stats: &ServerStats) {
     let give_up = Instant::now() + RETRY_FOR;
     let mut wait = Duration::from_secs(1);
     for attempt in 1.. {
@@ -256,10 +262,14 @@ async fn send_with_retries(request: reqwest::RequestBuilder, url: &str) {
             return;
         };
         match this.send().await {
-            Ok(r) if r.status().is_success() => return,
+            Ok(r) if r.status().is_success() => {
+                stats.webhooks_sent.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             Ok(r) => tracing::warn!("webhook {url} answered {} (attempt {attempt})", r.status()),
             Err(e) => tracing::warn!("webhook {url} failed: {e} (attempt {attempt})"),
         }
+        stats.webhooks_failed.fetch_add(1, Ordering::Relaxed);
         if Instant::now() + wait > give_up {
             tracing::error!("webhook {url}: giving up after {attempt} attempts");
             return;
