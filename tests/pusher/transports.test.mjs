@@ -73,3 +73,26 @@ test('xhr_streaming past pusher-js buffer limit: the stream is reopened on the s
   assert.equal(client.connection.state, 'connected');
   client.disconnect();
 });
+
+for (const transport of ['xhr_streaming', 'xhr_polling']) {
+  test(`${transport}: sign-in, sendToUser and terminate_connections (4009, no reconnect)`, async () => {
+    const user = uniq('user');
+    const client = server.client({ transports: [transport], user: { id: user } });
+    client.signin();
+    await connected(client);
+    await client.user.signinDonePromise;
+    const got = [];
+    client.user.bind('note', (data) => got.push(data));
+    await until(() => client.user.serverToUserChannel?.subscribed, 'user channel subscribed');
+    await server.sdk().sendToUser(user, 'note', { hi: 1 });
+    await until(() => got.length === 1, 'sendToUser over the fallback');
+    const errors = [];
+    client.connection.bind('error', (e) => errors.push(e));
+    await server.sdk().terminateUserConnections(user);
+    await until(() => client.connection.state !== 'connected', 'closed by the server');
+    await sleep(1500);
+    assert.notEqual(client.connection.state, 'connected', 'no reconnect after 4009');
+    assert.ok(errors.some((e) => JSON.stringify(e).includes('4009')), JSON.stringify(errors));
+    client.disconnect();
+  });
+}

@@ -36,6 +36,8 @@ use crate::outbox::Outbox;
 /// request as soon as one ends and tells the server nothing when it disconnects, so this is
 /// how long a gone client stays a member of its channels.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a session the server closed waits for a request to pick up its close.
+const CLOSE_PICKUP: Duration = Duration::from_secs(2);
 /// How long a long poll waits for something to send.
 const POLL_WAIT: Duration = Duration::from_secs(25);
 /// Longest `{server}` and `{session}` path parts.
@@ -83,17 +85,23 @@ impl HttpSessions {
         }
     }
 
-    /// Closes sessions nobody has received from for [`IDLE_TIMEOUT`] (called every few
-    /// seconds by the server's ticker).
+    /// Closes sessions nobody has received from for [`IDLE_TIMEOUT`], and closed ones nobody
+    /// receives from (called every second by the server's ticker).
     pub fn expire(&self, now: u64) {
         let idle: Vec<String> = self
             .map
             .lock()
             .iter()
             .filter(|(_, s)| {
-                !s.receiving.load(Ordering::Acquire)
-                    && now.saturating_sub(s.last_seen.load(Ordering::Relaxed))
-                        > IDLE_TIMEOUT.as_secs()
+                // Idle, or closed by the server (shutdown, terminate) and its close not picked
+                // up by a poll within a couple of seconds.
+                let idle = now.saturating_sub(s.last_seen.load(Ordering::Relaxed));
+                let limit = if s.outbox.is_closing() {
+                    CLOSE_PICKUP.as_secs()
+                } else {
+                    IDLE_TIMEOUT.as_secs()
+                };
+                !s.receiving.load(Ordering::Acquire) && idle > limit
             })
             .map(|(id, _)| id.clone())
             .collect();
