@@ -91,7 +91,8 @@ impl ClientEntry {
 }
 
 /// Told when a channel gets its first subscriber on this node, or loses its last
-/// (Pusher's `channel_occupied` and `channel_vacated` webhooks).
+/// (Pusher's `channel_occupied` and `channel_vacated` webhooks). Called under the channel's
+/// lock: it must only queue, never block.
 pub trait OccupancyObserver: Send + Sync {
     fn occupied(&self, channel: &str);
     fn vacated(&self, channel: &str);
@@ -395,13 +396,15 @@ impl Hub {
                     pending: Some(Vec::new()),
                 },
             );
+            // Under the channel's lock, so occupied and vacated reach the observer in the
+            // order they happened.
+            if first && let Some(observer) = self.occupancy.get() {
+                observer.occupied(channel);
+            }
             first
         };
         client.channels.lock().insert(channel.into());
         self.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
-        if first && let Some(observer) = self.occupancy.get() {
-            observer.occupied(channel);
-        }
 
         let history = self.subscribe_engine(channel, first, since.as_ref()).await;
         let history = match history {
@@ -507,6 +510,9 @@ impl Hub {
             let empty = entry.subscribers.is_empty();
             if empty {
                 shard.remove(channel);
+                if let Some(observer) = self.occupancy.get() {
+                    observer.vacated(channel);
+                }
             }
             empty
         };
@@ -529,9 +535,6 @@ impl Hub {
                 .engine
                 .publish_presence_event(channel, PresenceEvent::Leave, member)
                 .await;
-        }
-        if now_empty && let Some(observer) = self.occupancy.get() {
-            observer.vacated(channel);
         }
         true
     }
