@@ -16,9 +16,16 @@ const KEY: &str = "test-key";
 const SECRET: &str = "test-app-secret";
 
 async fn server() -> TestServer {
+    server_with("").await
+}
+
+/// The test apps, with `extra` TOML after them.
+async fn server_with(extra: &str) -> TestServer {
     let toml = format!(
         "{}\n[[pusher.apps]]\nid = \"{APP_ID}\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nmax_event_size = 1000\n\
-         [[pusher.apps]]\nid = \"off\"\nkey = \"off-key\"\nsecret = \"s\"\nnamespace = \"off\"\nenabled = false\n",
+         [[pusher.apps]]\nid = \"off\"\nkey = \"off-key\"\nsecret = \"s\"\nnamespace = \"off\"\nenabled = false\n\
+         [[pusher.apps]]\nid = \"8\"\nkey = \"quiet-key\"\nsecret = \"quiet\"\nnamespace = \"quiet\"\n\
+         {extra}",
         auth_toml()
     );
     TestServer::with_config(&toml).await
@@ -319,5 +326,53 @@ async fn sign_in_then_terminate_connections_closes_with_4009() {
     assert_eq!(status, 200, "{body}");
     let (closed, _) = ws.wait_close(WAIT).await.unwrap();
     assert_eq!(closed, Some(4009));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_events_need_the_app_switch_and_a_silent_client_is_closed_with_4201() {
+    let server = server_with("[limits]\nping_interval = 1\n").await;
+    // The "quiet" app leaves enable_client_events at its default: off.
+    let url = server.ws_url("/app/quiet-key?protocol=7");
+    let mut ws = WsClient::open(&url, &[]).await.unwrap();
+    let established = next_event(&mut ws, "pusher:connection_established").await;
+    let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
+    let socket_id = data["socket_id"].as_str().unwrap();
+    let auth = format!(
+        "quiet-key:{}",
+        sign("quiet", &format!("{socket_id}:private-room"))
+    );
+    ws.send_text(
+        &json!({"event": "pusher:subscribe", "data": {"channel": "private-room", "auth": auth}})
+            .to_string(),
+    )
+    .await
+    .unwrap();
+    next_event(&mut ws, "pusher_internal:subscription_succeeded").await;
+    let mut native = server.connect_as("n").await;
+    native.subscribe("quiet:private-room").await.unwrap();
+    ws.send_text(&json!({"event": "client-x", "channel": "private-room", "data": {}}).to_string())
+        .await
+        .unwrap();
+    let error = next_event(&mut ws, "pusher:error").await;
+    assert!(
+        error["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not enabled")
+    );
+    assert!(
+        native
+            .next_message("quiet:private-room", Duration::from_millis(300))
+            .await
+            .is_err(),
+        "nothing was published"
+    );
+
+    // Not reading means not answering the server's pings (every second here): after two
+    // silent intervals the server closes with 4201, which tells pusher-js to reconnect.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (closed, _) = ws.wait_close(WAIT).await.unwrap();
+    assert_eq!(closed, Some(4201));
     server.stop().await;
 }

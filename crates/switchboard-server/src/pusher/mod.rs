@@ -178,3 +178,27 @@ pub fn close_code(reason: &Disconnect) -> u16 {
         _ => 4200,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_closes_map_to_pusher_codes() {
+        assert_eq!(close_code(&Disconnect::SHUTDOWN), 4200);
+        assert_eq!(close_code(&Disconnect::NO_PONG), 4201);
+        assert_eq!(close_code(&Disconnect::SLOW_CONSUMER), 4100);
+        assert_eq!(close_code(&Disconnect::BY_SERVER), 4009);
+        assert_eq!(close_code(&ws::TERMINATED), 4009);
+        assert_eq!(close_code(&Disconnect::CLIENT_CLOSED), 1000);
+        for refusal in [
+            ws::APP_NOT_FOUND,
+            ws::APP_DISABLED,
+            ws::BAD_VERSION,
+            ws::UNSUPPORTED_PROTOCOL,
+            ws::NO_PROTOCOL,
+        ] {
+            assert_eq!(close_code(&refusal), refusal.ws_close);
+        }
+    }
+}
