@@ -11,8 +11,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use switchboard_core::ClientSink;
 use switchboard_core::hub::{ClientEntry, HubError};
-use switchboard_core::{ClientSink, StreamPosition};
 use switchboard_proto::pusher::{self as proto, valid_channel_name};
 use switchboard_proto::{Disconnect, Outgoing, Position, ws};
 
@@ -566,60 +566,8 @@ impl Live {
             }
             return;
         }
-        let user_channel = channel.strip_prefix(proto::USER_CHANNEL_PREFIX);
-        if let Some(user) = user_channel {
-            if self.user.as_deref() != Some(user) {
-                return self.subscription_error(
-                    outbox,
-                    channel,
-                    403,
-                    "AuthError",
-                    "sign in as this user first (pusher:signin)",
-                );
-            }
-        } else if !valid_channel_name(channel) {
-            return self.subscription_error(
-                outbox,
-                channel,
-                400,
-                "InvalidChannel",
-                "channel names are 1 to 164 characters of A-Z a-z 0-9 _ - = @ , . ;",
-            );
-        }
-        let max = self.state.hub.config.max_subscriptions;
-        if self.subscriptions.len() >= max {
-            return self.subscription_error(
-                outbox,
-                channel,
-                429,
-                "LimitReached",
-                &format!("too many subscriptions (at most {max} per connection)"),
-            );
-        }
-        let config = &self.app.config;
-        if is_private(channel) {
-            let data = if is_presence(channel) {
-                sub.channel_data.as_deref()
-            } else {
-                None
-            };
-            let auth = sub.auth.as_deref().unwrap_or("");
-            if !signing::verify_channel_auth(
-                &config.key,
-                &config.secret,
-                &self.socket_id,
-                channel,
-                data,
-                auth,
-            ) {
-                return self.subscription_error(
-                    outbox,
-                    channel,
-                    401,
-                    "AuthError",
-                    "invalid signature for this socket and channel",
-                );
-            }
+        if let Err((status, kind, message)) = self.check_subscription(&sub) {
+            return self.subscription_error(outbox, channel, status, kind, &message);
         }
         let hub_channel = self.app.hub_channel(channel);
         let mut user_id = None;
@@ -668,6 +616,49 @@ impl Live {
                 self.subscription_error(outbox, channel, 503, "Unavailable", &e.to_string());
             }
         }
+    }
+
+    /// Whether this connection may subscribe as `sub` asks: the channel's name, the
+    /// connection's limit, and for private, presence and encrypted channels the signature
+    /// (for `#server-to-user-<id>`, the sign-in). A refusal is a status, a Pusher error type
+    /// and a message.
+    fn check_subscription(&self, sub: &SubscribeData) -> Result<(), (u16, &'static str, String)> {
+        let channel = sub.channel.as_str();
+        if let Some(user) = channel.strip_prefix(proto::USER_CHANNEL_PREFIX) {
+            if self.user.as_deref() != Some(user) {
+                let why = "sign in as this user first (pusher:signin)";
+                return Err((403, "AuthError", why.into()));
+            }
+        } else if !valid_channel_name(channel) {
+            let why = "channel names are 1 to 164 characters of A-Z a-z 0-9 _ - = @ , . ;";
+            return Err((400, "InvalidChannel", why.into()));
+        }
+        let max = self.state.hub.config.max_subscriptions;
+        if self.subscriptions.len() >= max {
+            let why = format!("too many subscriptions (at most {max} per connection)");
+            return Err((429, "LimitReached", why));
+        }
+        if is_private(channel) {
+            let config = &self.app.config;
+            let data = if is_presence(channel) {
+                sub.channel_data.as_deref()
+            } else {
+                None
+            };
+            let auth = sub.auth.as_deref().unwrap_or("");
+            if !signing::verify_channel_auth(
+                &config.key,
+                &config.secret,
+                &self.socket_id,
+                channel,
+                data,
+                auth,
+            ) {
+                let why = "invalid signature for this socket and channel";
+                return Err((401, "AuthError", why.into()));
+            }
+        }
+        Ok(())
     }
 
     /// The presence identity of `channel_data` (`{"user_id","user_info"}`), within the
@@ -742,7 +733,8 @@ impl Live {
         hub_channel: &str,
     ) -> Result<bool, HubError> {
         let hub = &self.state.hub;
-        let since = if is_cache(channel) {
+        let cache = is_cache(channel);
+        let since = if cache {
             let last = hub
                 .history(
                     hub_channel,
@@ -767,20 +759,17 @@ impl Live {
             Some(channel),
             &json!({}),
         );
-        let mut answer: Option<StreamPosition> = None;
-        let mut reply = |r: &switchboard_core::hub::SubscribeReply| {
-            answer = Some(r.position.clone());
+        let mut reply = |_: &switchboard_core::hub::SubscribeReply| {
             if !presence {
                 sink.push(sink.codec().wire(&succeeded));
             }
         };
-        let asked_cache = is_cache(channel);
-        let had_since = since.is_some();
-        let reply_info = hub
+        let had_last = since.is_some();
+        let answer = hub
             .subscribe(&self.client, hub_channel, since, &mut reply)
             .await?;
-        let miss = asked_cache && (!had_since || reply_info.recovered == Some(false));
-        Ok(miss)
+        // Nothing published yet, or history no longer holds the last event.
+        Ok(cache && (!had_last || answer.recovered == Some(false)))
     }
 
     /// Sends a presence channel's `subscription_succeeded` with its members, then what was
