@@ -84,7 +84,7 @@ test('client events reach the others on a private channel, not the sender', asyn
   b.disconnect();
 });
 
-test('client events are refused on public channels, and past the rate limit with 4301 (the connection goes on)', async () => {
+test('client events are refused on public channels, with names over 200 characters, and past the rate limit with 4301 (the connection goes on)', async () => {
   const raw = await rawPusher(server, '/app/app-key?protocol=7');
   await until(() => raw.frames.length, 'established');
   const socketId = JSON.parse(raw.frames[0].data).socket_id;
@@ -101,6 +101,9 @@ test('client events are refused on public channels, and past the rate limit with
   const got = collect(ch, 'client-n');
   raw.send({ event: 'pusher:subscribe', data: { channel: priv, auth: server.sdk().authorizeChannel(socketId, priv).auth } });
   await until(() => raw.frames.find((f) => f.channel === priv), 'private subscribed');
+  raw.frames.length = 0;
+  raw.send({ event: `client-${'x'.repeat(200)}`, channel: priv, data: {} });
+  await until(() => raw.frames.find((f) => f.event === 'pusher:error'), 'error for a 207-character event name');
   raw.frames.length = 0;
   // 60 at once: the app allows 20 per second, so even if they straddle two one-second windows
   // at most 40 pass and the rest are refused.

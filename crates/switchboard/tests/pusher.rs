@@ -25,6 +25,7 @@ async fn server_with(extra: &str) -> TestServer {
         "{}\n[[pusher.apps]]\nid = \"{APP_ID}\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\nmax_event_size = 1000\n\
          [[pusher.apps]]\nid = \"off\"\nkey = \"off-key\"\nsecret = \"s\"\nnamespace = \"off\"\nenabled = false\n\
          [[pusher.apps]]\nid = \"8\"\nkey = \"quiet-key\"\nsecret = \"quiet\"\nnamespace = \"quiet\"\n\
+         [[pusher.apps]]\nid = \"9\"\nkey = \"one-key\"\nsecret = \"one\"\nnamespace = \"one\"\nmax_connections = 1\n\
          {extra}",
         auth_toml()
     );
@@ -374,5 +375,31 @@ async fn client_events_need_the_app_switch_and_a_silent_client_is_closed_with_42
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let (closed, _) = ws.wait_close(WAIT).await.unwrap();
     assert_eq!(closed, Some(4201));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn max_connections_refuses_with_4004_until_a_slot_frees() {
+    let server = server().await;
+    let url = server.ws_url("/app/one-key?protocol=7");
+    let mut first = WsClient::open(&url, &[]).await.unwrap();
+    next_event(&mut first, "pusher:connection_established").await;
+    let mut second = WsClient::open(&url, &[]).await.unwrap();
+    let error = next_event(&mut second, "pusher:error").await;
+    assert_eq!(error["data"]["code"], 4004);
+    assert_eq!(second.wait_close(WAIT).await.unwrap().0, Some(4004));
+    first.close().await.unwrap();
+    // The slot frees once the first connection is gone.
+    let mut third = None;
+    for _ in 0..50 {
+        let mut ws = WsClient::open(&url, &[]).await.unwrap();
+        let frame = ws.next_frame(WAIT).await.unwrap();
+        if frame["event"] == "pusher:connection_established" {
+            third = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(third.is_some(), "a connection is accepted again");
     server.stop().await;
 }

@@ -33,6 +33,10 @@ pub struct PusherAppConfig {
     /// `C` itself, in the default namespace). Native clients see the same channels there.
     #[serde(default)]
     pub namespace: String,
+    /// Connections the app may hold at once (WebSocket and HTTP transports); past it new ones
+    /// are closed with 4004. Unset: no limit beyond the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
     /// Client events one connection may send per second; past it they are refused (4301).
     #[serde(default = "default_client_event_rate")]
     pub max_client_events_per_second: u32,
@@ -115,6 +119,7 @@ impl PusherAppConfig {
             enabled: true,
             enable_client_events: false,
             namespace: String::new(),
+            max_connections: None,
             max_client_events_per_second: default_client_event_rate(),
             max_event_size: default_event_size(),
             max_channels_per_event: default_channels_per_event(),

@@ -22,6 +22,7 @@ pub mod webhooks;
 pub mod ws;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -42,6 +43,17 @@ pub struct App {
     /// Connections of signed-in users, for `terminate_connections`.
     users: Mutex<HashMap<String, Vec<SignedIn>>>,
     pub webhooks: Option<Webhooks>,
+    /// Live connections, against `max_connections`.
+    connections: AtomicUsize,
+}
+
+/// One connection's place in its app's `max_connections`, given back when dropped.
+pub(crate) struct ConnectionSlot(Arc<App>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl App {
@@ -51,6 +63,17 @@ impl App {
             config,
             users: Mutex::new(HashMap::new()),
             webhooks,
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes a connection slot, unless the app holds `max_connections` already.
+    pub(crate) fn take_slot(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let before = self.connections.fetch_add(1, Ordering::AcqRel);
+        let slot = ConnectionSlot(self.clone());
+        match self.config.max_connections {
+            Some(max) if before >= max => None,
+            _ => Some(slot),
         }
     }
 

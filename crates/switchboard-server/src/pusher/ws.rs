@@ -36,6 +36,7 @@ pub const BAD_VERSION: Disconnect = pusher_close(4006, "invalid version string f
 pub const UNSUPPORTED_PROTOCOL: Disconnect =
     pusher_close(4007, "unsupported protocol version (5 to 7 are)", false);
 pub const NO_PROTOCOL: Disconnect = pusher_close(4008, "no protocol version supplied", false);
+pub const OVER_QUOTA: Disconnect = pusher_close(4004, "over connection quota", false);
 pub const TERMINATED: Disconnect = Disconnect {
     code: "forbidden",
     message: "connection terminated by the server",
@@ -43,6 +44,8 @@ pub const TERMINATED: Disconnect = Disconnect {
     reconnect: false,
 };
 
+/// Longest event name (Pusher's limit).
+pub const MAX_EVENT_NAME: usize = 200;
 /// Client event rate limit error (the connection goes on).
 const RATE_LIMITED: u16 = 4301;
 /// Bytes of messages held for a presence channel until its member list is out; past it they
@@ -349,6 +352,8 @@ struct Live {
     user: Option<String>,
     /// Client events in the current one-second window.
     window: (Instant, u32),
+    /// Held for the app's `max_connections` until the connection is dropped.
+    _slot: super::ConnectionSlot,
 }
 
 struct Subscription {
@@ -427,6 +432,11 @@ impl PusherConn {
         socket_id: Arc<str>,
         outbox: &Arc<Outbox<PusherCodec>>,
     ) -> PusherConn {
+        let Some(slot) = app.take_slot() else {
+            state.count_error();
+            outbox.close_with(OVER_QUOTA, outbox.codec().goodbye(&OVER_QUOTA));
+            return PusherConn::refused();
+        };
         let sink: Arc<dyn ClientSink> = outbox.clone();
         let client = state.hub.register("", None, None, sink);
         let established = proto::event_with_json_string(
@@ -444,6 +454,7 @@ impl PusherConn {
                 subscriptions: HashMap::new(),
                 user: None,
                 window: (Instant::now(), 0),
+                _slot: slot,
             })),
         }
     }
@@ -895,6 +906,10 @@ impl Live {
         let Some(channel) = channel else {
             return self.error(outbox, None, "a client event needs a channel");
         };
+        if event.len() > MAX_EVENT_NAME {
+            let why = format!("event names are at most {MAX_EVENT_NAME} characters");
+            return self.error(outbox, None, &why);
+        }
         if !is_private(channel) {
             return self.error(
                 outbox,
