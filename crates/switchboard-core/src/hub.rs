@@ -44,7 +44,13 @@ pub struct ClientEntry {
     observer: bool,
     /// Rooms this client joined.
     pub(crate) rooms: Mutex<HashSet<Arc<str>>>,
+    /// Channels where this client shows in presence under another identity than its own
+    /// (a Pusher presence subscription names its user per channel): channel, user, info.
+    channel_members: Mutex<Vec<ChannelMember>>,
 }
+
+/// A channel, and the user and info this client shows as there.
+type ChannelMember = (Arc<str>, Arc<str>, Option<Bytes>);
 
 impl ClientEntry {
     pub fn subscription_count(&self) -> usize {
@@ -62,6 +68,35 @@ impl ClientEntry {
             info: self.info.clone(),
         }
     }
+
+    /// Shows this client in `channel`'s presence (and its join and leave) as `user` with
+    /// `info` instead of its own identity. Set before subscribing; dropped on unsubscribe.
+    pub fn set_channel_member(&self, channel: &str, user: &str, info: Option<Bytes>) {
+        let mut members = self.channel_members.lock();
+        members.retain(|(c, _, _)| &**c != channel);
+        members.push((channel.into(), user.into(), info));
+    }
+
+    /// How this client shows in `channel`'s presence.
+    pub fn member_in(&self, channel: &str) -> PresenceMember {
+        let members = self.channel_members.lock();
+        match members.iter().find(|(c, _, _)| &**c == channel) {
+            Some((_, user, info)) => PresenceMember {
+                client: self.id_str.clone(),
+                user: user.clone(),
+                info: info.clone(),
+            },
+            None => self.member(),
+        }
+    }
+}
+
+/// Told when a channel gets its first subscriber on this node, or loses its last
+/// (Pusher's `channel_occupied` and `channel_vacated` webhooks). Called under the channel's
+/// lock: it must only queue, never block.
+pub trait OccupancyObserver: Send + Sync {
+    fn occupied(&self, channel: &str);
+    fn vacated(&self, channel: &str);
 }
 
 struct Subscriber {
@@ -122,6 +157,7 @@ pub struct Hub {
     pub(crate) rooms: Sharded<String, HashMap<Arc<str>, Arc<dyn ClientSink>>>,
     /// ICE servers handed to peers joining rooms.
     pub(crate) ice: std::sync::OnceLock<Arc<dyn crate::rooms::IceServers>>,
+    occupancy: std::sync::OnceLock<Arc<dyn OccupancyObserver>>,
     pub stats: HubStats,
     started: std::time::Instant,
 }
@@ -141,6 +177,7 @@ impl Hub {
             users: shards(),
             rooms: shards(),
             ice: std::sync::OnceLock::new(),
+            occupancy: std::sync::OnceLock::new(),
             stats: HubStats::default(),
             started: std::time::Instant::now(),
         });
@@ -152,6 +189,12 @@ impl Hub {
 
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
+    }
+
+    /// Sets who hears of channels becoming occupied or vacated (once; later calls are
+    /// ignored).
+    pub fn set_occupancy_observer(&self, observer: Arc<dyn OccupancyObserver>) {
+        let _ = self.occupancy.set(observer);
     }
 
     pub fn uptime(&self) -> std::time::Duration {
@@ -213,6 +256,7 @@ impl Hub {
             channels: Mutex::new(HashSet::new()),
             observer,
             rooms: Mutex::new(HashSet::new()),
+            channel_members: Mutex::new(Vec::new()),
         });
         self.clients[(id as usize) % SHARDS]
             .lock()
@@ -353,6 +397,11 @@ impl Hub {
                     pending: Some(Vec::new()),
                 },
             );
+            // Under the channel's lock, so occupied and vacated reach the observer in the
+            // order they happened.
+            if first && let Some(observer) = self.occupancy.get() {
+                observer.occupied(channel);
+            }
             first
         };
         client.channels.lock().insert(channel.into());
@@ -375,7 +424,7 @@ impl Hub {
         // The reply is out and the subscription live: a failure to record presence or announce
         // the join must not turn it into an error. Presence entries of a distributed engine
         // expire, so a missed one heals itself.
-        let member = client.member();
+        let member = client.member_in(channel);
         if ns.presence && !client.observer {
             let _ = self.engine.presence_add(channel, member.clone()).await;
         }
@@ -465,10 +514,18 @@ impl Hub {
             let empty = entry.subscribers.is_empty();
             if empty {
                 shard.remove(channel);
+                if let Some(observer) = self.occupancy.get() {
+                    observer.vacated(channel);
+                }
             }
             empty
         };
         self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        let member = client.member_in(channel);
+        client
+            .channel_members
+            .lock()
+            .retain(|(c, _, _)| &**c != channel);
         // Engine failures here only delay cleanup (presence entries expire with the engine).
         if now_empty {
             let _ = self.engine.unsubscribe(channel).await;
@@ -480,7 +537,7 @@ impl Hub {
         if ns.join_leave && !client.observer {
             let _ = self
                 .engine
-                .publish_presence_event(channel, PresenceEvent::Leave, client.member())
+                .publish_presence_event(channel, PresenceEvent::Leave, member)
                 .await;
         }
         true
@@ -519,6 +576,14 @@ impl Hub {
         }
         all.sort();
         all
+    }
+
+    /// Subscribers of `channel` on this node.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.shard_of(&self.channels, channel)
+            .lock()
+            .get(channel)
+            .map_or(0, |c| c.subscribers.len())
     }
 
     pub fn channel_count(&self) -> usize {

@@ -16,6 +16,9 @@ pub struct Outgoing {
     json: Bytes,
     ws_frame: OnceLock<Bytes>,
     message: Option<MessageMeta>,
+    /// The Pusher event of a `message` frame, translated on first use and then shared by
+    /// every Pusher subscriber.
+    pusher: OnceLock<Option<crate::pusher::PusherMessage>>,
 }
 
 /// The position a `message` frame carries, for doors that track positions per client (the
@@ -33,6 +36,7 @@ impl Outgoing {
             json,
             ws_frame: OnceLock::new(),
             message: None,
+            pusher: OnceLock::new(),
         }
     }
 
@@ -42,6 +46,7 @@ impl Outgoing {
             json,
             ws_frame: OnceLock::new(),
             message: Some(meta),
+            pusher: OnceLock::new(),
         }
     }
 
@@ -52,6 +57,15 @@ impl Outgoing {
     /// Set on `message` frames.
     pub fn message_meta(&self) -> Option<&MessageMeta> {
         self.message.as_ref()
+    }
+
+    /// What a `message` frame is for Pusher clients (`None` for other frames), translated
+    /// once.
+    pub fn pusher(&self) -> Option<&crate::pusher::PusherMessage> {
+        self.message.as_ref()?;
+        self.pusher
+            .get_or_init(|| crate::pusher::from_native_message(&self.json))
+            .as_ref()
     }
 
     /// The complete WebSocket text frame (header and payload), encoded once.

@@ -4,6 +4,7 @@
 pub mod code;
 pub mod command;
 pub mod encode;
+pub mod pusher;
 pub mod ws;
 
 pub use code::{Disconnect, ErrorCode};

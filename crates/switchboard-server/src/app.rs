@@ -18,6 +18,8 @@ use crate::{api, cors, demo, metrics, streams, ws};
 /// What every door and the API share.
 pub struct AppState {
     pub hub: Arc<Hub>,
+    /// Pusher Channels apps (`/app/{key}`, `/apps/{app_id}/...`).
+    pub pusher: Arc<crate::pusher::Pusher>,
     pub auth: Arc<dyn Authenticator>,
     pub stats: Arc<ServerStats>,
     pub limits: LimitsConfig,
@@ -46,10 +48,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/session/{id}",
             post(streams::post_session).options(preflight),
         )
+        .route(
+            "/pusher/app/{key}/{server}/{session}/{kind}",
+            post(crate::pusher::http::handle).options(preflight),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), cors::cors));
     Router::new()
         .merge(browser_doors)
         .route("/ws", any(ws::upgrade))
+        .route("/app/{key}", any(crate::pusher::ws::upgrade))
+        .merge(crate::pusher::api::router())
         .route("/api/ice-servers", get(api::ice_servers))
         .route("/health", get(health))
         .route("/demo/call", get(demo::call))

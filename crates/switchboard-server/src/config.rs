@@ -175,6 +175,9 @@ pub struct Config {
     pub default_namespace: NamespaceConfigToml,
     #[serde(default)]
     pub namespace: Vec<NamespaceConfigToml>,
+    /// Pusher Channels apps (`[[pusher.apps]]`).
+    #[serde(default)]
+    pub pusher: crate::pusher::config::PusherConfig,
 }
 
 impl Default for Config {
@@ -188,6 +191,7 @@ impl Default for Config {
             tls: None,
             default_namespace: default_namespace(),
             namespace: Vec::new(),
+            pusher: Default::default(),
         }
     }
 }
@@ -273,7 +277,20 @@ impl Config {
             }
             self.auth.api_key = Some(format!("dev-{}", random_hex(16)));
             self.auth.token_secret = Some(random_hex(32));
+            if self.pusher.apps.is_empty() {
+                // A Pusher app to point pusher-js and a backend SDK at while developing.
+                let app = crate::pusher::config::PusherAppConfig {
+                    enable_client_events: true,
+                    ..crate::pusher::config::PusherAppConfig::new(
+                        "1",
+                        "switchboard-key",
+                        &random_hex(16),
+                    )
+                };
+                self.pusher.apps.push(app);
+            }
         }
+        self.pusher.validate().map_err(ConfigError::Invalid)?;
         if self.limits.max_frame_size < 128 {
             return Err(ConfigError::Invalid(
                 "limits.max_frame_size must be at least 128".into(),
@@ -393,6 +410,20 @@ join_leave = false
         assert_eq!(r.config.auth.allowed_origins, vec!["*".to_string()]);
         assert!(r.config.auth.api_key.is_some());
         assert_eq!(r.listen.to_string(), "127.0.0.1:7700");
+        let app = &r.config.pusher.apps[0];
+        assert_eq!(
+            (app.id.as_str(), app.key.as_str()),
+            ("1", "switchboard-key")
+        );
+        assert!(app.secret.len() >= 32 && app.enable_client_events);
+        let configured = Config::load_from(None, env("[auth]\napi_key = \"k\""))
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(
+            configured.config.pusher.apps.is_empty(),
+            "only development mode adds one"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod cors;
 pub mod demo;
 pub mod metrics;
 pub mod outbox;
+pub mod pusher;
 pub mod streams;
 pub mod tls;
 pub mod ws;
@@ -140,10 +141,14 @@ impl Server {
         let listener = TcpListener::bind(resolved.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", resolved.listen))?;
+        let stats = Arc::new(ServerStats::default());
+        let pusher = pusher::Pusher::new(&config.pusher, &stats);
+        pusher.observe(&hub);
         let state = Arc::new(AppState {
+            pusher,
             hub,
             auth,
-            stats: Arc::new(ServerStats::default()),
+            stats,
             limits: config.limits.clone(),
             api_key: config.auth.api_key.clone(),
             shutting_down: AtomicBool::new(false),
@@ -320,6 +325,7 @@ async fn tick(state: Arc<AppState>) {
         state.hub.expire_tokens(now);
         state.hub.engine().maintain(now);
         state.sessions.expire_polls(now);
+        state.pusher.http_sessions.expire(now);
         if seconds.is_multiple_of(ping_every) {
             state.hub.heartbeat();
         }

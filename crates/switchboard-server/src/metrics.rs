@@ -24,6 +24,9 @@ pub struct ServerStats {
     /// Clients disconnected because their send queue overflowed.
     pub queue_drops: AtomicU64,
     pub api_requests: AtomicU64,
+    /// Pusher webhook requests answered 2xx, and attempts that failed (each retry counts).
+    pub webhooks_sent: AtomicU64,
+    pub webhooks_failed: AtomicU64,
 }
 
 struct SwitchboardCollector {
@@ -144,8 +147,20 @@ impl Collector for SwitchboardCollector {
         counter(
             &mut e,
             "switchboard_api_requests",
-            "Server API requests",
+            "Server API requests (native and Pusher)",
             get(&s.api_requests),
+        )?;
+        counter(
+            &mut e,
+            "switchboard_pusher_webhooks_sent",
+            "Pusher webhook requests delivered",
+            get(&s.webhooks_sent),
+        )?;
+        counter(
+            &mut e,
+            "switchboard_pusher_webhooks_failed",
+            "Pusher webhook attempts that failed (retries included)",
+            get(&s.webhooks_failed),
         )?;
         self.encode_engine(&mut e)
     }

@@ -42,6 +42,9 @@ pub trait DoorCodec: Send + Sync + 'static {
 /// One frame on the wire: a single buffer, or a shared middle between two per-client parts
 /// (a cursor's event id before, its field after), so shared bytes are never copied.
 pub enum Wire {
+    /// Nothing: this door does not show the frame to this client (a Pusher client is not
+    /// sent its own client events, nor native frames it has no counterpart for).
+    Nothing,
     One(Bytes),
     Three(Bytes, Bytes, Bytes),
 }
@@ -49,6 +52,7 @@ pub enum Wire {
 impl Wire {
     fn len(&self) -> usize {
         match self {
+            Wire::Nothing => 0,
             Wire::One(b) => b.len(),
             Wire::Three(a, b, c) => a.len() + b.len() + c.len(),
         }
@@ -125,6 +129,9 @@ impl<C: DoorCodec> Outbox<C> {
         if q.closing.is_some() {
             return false;
         }
+        if let Wire::Nothing = wire {
+            return true;
+        }
         let len = wire.len();
         let room = if recovered {
             self.limit * RECOVERY_ALLOWANCE
@@ -141,6 +148,7 @@ impl<C: DoorCodec> Outbox<C> {
         }
         let was_empty = q.frames.is_empty();
         match wire {
+            Wire::Nothing => {}
             Wire::One(b) => q.frames.push_back(b),
             Wire::Three(a, b, c) => q.frames.extend([a, b, c]),
         }
@@ -148,6 +156,16 @@ impl<C: DoorCodec> Outbox<C> {
             self.wake();
         }
         true
+    }
+
+    /// Runs `f` on the codec's per-connection state and queues the bytes it returns, under
+    /// one lock: nothing the hub queues meanwhile can come between the state change and them.
+    pub fn push_with_state(&self, f: impl FnOnce(&mut C::State) -> Option<Bytes>) -> bool {
+        let mut q = self.queue.lock();
+        match f(&mut q.state) {
+            Some(bytes) => self.push_locked(&mut q, Wire::One(bytes), false),
+            None => q.closing.is_none(),
+        }
     }
 
     /// Runs `f` on the codec's per-connection state, under the queue's lock.

@@ -181,6 +181,9 @@ fn announce(resolved: &Resolved, addr: std::net::SocketAddr, tls: bool) {
         env!("CARGO_PKG_VERSION")
     );
     say!("  WebSocket  {ws}://{addr}/ws    API  {base}/api    metrics  {base}/metrics");
+    if !resolved.config.pusher.apps.is_empty() {
+        say!("  Pusher     {ws}://{addr}/app/<key>    API  {base}/apps/<app id>");
+    }
     if resolved.dev_mode {
         let auth = &resolved.config.auth;
         let key = auth.api_key.as_deref().unwrap_or_default();
@@ -191,6 +194,15 @@ fn announce(resolved: &Resolved, addr: std::net::SocketAddr, tls: bool) {
         say!("  this run only:");
         say!("    API key       {key}");
         say!("    token secret  {secret}");
+        if let Some(app) = resolved.config.pusher.apps.first() {
+            say!(
+                "    Pusher app    id {}  key {}  secret {}  (ws {ws}://{addr}/app/{})",
+                app.id,
+                app.key,
+                app.secret,
+                app.key
+            );
+        }
         say!("  Try:");
         say!("    switchboard subscribe --server {base} chat:lobby");
         say!(

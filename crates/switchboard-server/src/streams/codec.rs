@@ -140,6 +140,7 @@ impl DoorCodec for StreamCodec {
 
     fn goodbye(&self, reason: &Disconnect) -> Vec<Bytes> {
         match self.plain(encode::disconnect(reason)) {
+            Wire::Nothing => vec![],
             Wire::One(b) => vec![b],
             Wire::Three(a, b, c) => vec![a, b, c],
         }
@@ -160,6 +161,7 @@ mod tests {
 
     fn concat(wire: Wire) -> String {
         match wire {
+            Wire::Nothing => String::new(),
             Wire::One(b) => String::from_utf8(b.to_vec()).unwrap(),
             Wire::Three(a, b, c) => [a, b, c]
                 .iter()

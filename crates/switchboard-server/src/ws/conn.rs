@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep, sleep, sleep_until};
 use super::socket::Socket;
 use super::{Identity, WsCodec};
 use crate::app::AppState;
-use crate::outbox::Outbox;
+use crate::outbox::{DoorCodec, Outbox};
 
 /// Bytes read from the socket per wake-up before the frames are handled, so a flooding
 /// client cannot grow the event list without bound.
@@ -42,18 +42,47 @@ enum Wake {
     SocketError,
 }
 
-struct Conn {
+/// A future a protocol handler returns; boxed so the (large) command futures are not part
+/// of every idle connection's state.
+pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// What speaks over a WebSocket connection: the native protocol or Pusher's. The connection
+/// loop (socket, framing, outbox, keep-alives, close) is the same for both; the protocol only
+/// turns client messages into commands and answers through the outbox.
+pub(crate) trait Protocol: Send + Sized + 'static {
+    type Codec: DoorCodec;
+
+    /// One complete client message (text or binary payload).
+    fn on_message<'a>(
+        &'a mut self,
+        state: &'a Arc<AppState>,
+        outbox: &'a Arc<Outbox<Self::Codec>>,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a>;
+
+    /// The error payload for a client message larger than `limit` bytes (the message was
+    /// dropped unread and the connection goes on).
+    fn too_large(&self, limit: usize) -> Bytes;
+
+    /// The client is past its connect step (the connect timeout no longer applies).
+    fn is_connected(&self) -> bool;
+
+    /// The connection ended: leave the hub.
+    fn close(self) -> BoxFuture<'static>;
+}
+
+struct Conn<P: Protocol> {
     state: Arc<AppState>,
     socket: Socket,
-    outbox: Arc<Outbox<WsCodec>>,
+    outbox: Arc<Outbox<P::Codec>>,
     decoder: Decoder,
     /// Frames taken from the outbox, not yet fully written.
     pending: VecDeque<Bytes>,
     /// The first pending frame is partly written.
     head_started: bool,
-    /// Boxed, like every other part of the connection that is not needed while idle, to
-    /// keep the task small.
-    session: Option<Box<Session>>,
+    /// The protocol spoken; it keeps whatever is not needed while idle boxed, to keep the
+    /// task small.
+    protocol: P,
     /// Connect timeout or close grace period; allocated only while one runs.
     deadline: Option<Pin<Box<Sleep>>>,
     /// A frame arrived since the last heartbeat.
@@ -61,12 +90,30 @@ struct Conn {
     read_closed: bool,
 }
 
+/// Runs a native connection (`/ws`).
 pub(super) async fn run(state: Arc<AppState>, socket: Socket, early: Bytes, identity: Identity) {
     let outbox = Arc::new(Outbox::new(
         WsCodec,
         state.limits.client_queue_bytes,
         state.stats.clone(),
     ));
+    let mut native = Native { session: None };
+    match identity {
+        Identity::Known(claims) => native.start_session(&state, &outbox, *claims, None),
+        Identity::AwaitConnect => {}
+    }
+    run_protocol(state, socket, early, outbox, native).await;
+}
+
+/// Runs a connection speaking `protocol`, whose outbox is `outbox` (already holding what the
+/// protocol queued at its start), until it closes.
+pub(crate) async fn run_protocol<P: Protocol>(
+    state: Arc<AppState>,
+    socket: Socket,
+    early: Bytes,
+    outbox: Arc<Outbox<P::Codec>>,
+    protocol: P,
+) {
     let mut conn = Conn {
         state,
         socket,
@@ -74,14 +121,13 @@ pub(super) async fn run(state: Arc<AppState>, socket: Socket, early: Bytes, iden
         decoder: Decoder::default(),
         pending: VecDeque::new(),
         head_started: false,
-        session: None,
+        protocol,
         deadline: None,
         active: true,
         read_closed: false,
     };
-    match identity {
-        Identity::Known(claims) => conn.start_session(*claims, None),
-        Identity::AwaitConnect => conn.arm_deadline(conn.state.limits.connect_timeout),
+    if !conn.protocol.is_connected() {
+        conn.arm_deadline(conn.state.limits.connect_timeout);
     }
     // `early` is a slice of hyper's read buffer and would keep all of it alive: use it and
     // let it go before the connection settles down.
@@ -93,13 +139,17 @@ pub(super) async fn run(state: Arc<AppState>, socket: Socket, early: Bytes, iden
         Box::pin(conn.handle_events(events)).await;
     }
     Box::pin(conn.serve()).await;
-    if let Some(session) = conn.session.take() {
-        Box::pin(session.close()).await;
-    }
-    Box::pin(conn.linger()).await;
+    let Conn {
+        socket,
+        protocol,
+        read_closed,
+        ..
+    } = conn;
+    protocol.close().await;
+    Box::pin(linger(socket, read_closed)).await;
 }
 
-impl Conn {
+impl<P: Protocol> Conn<P> {
     fn arm_deadline(&mut self, after: Duration) {
         self.deadline = Some(Box::pin(sleep(after)));
     }
@@ -132,7 +182,7 @@ impl Conn {
                 Wake::Outbox | Wake::Writable => {}
                 Wake::Deadline => {
                     self.deadline = None;
-                    if self.session.is_none() && !self.outbox.is_closing() {
+                    if !self.protocol.is_connected() && !self.outbox.is_closing() {
                         self.outbox.disconnect(Disconnect::CONNECT_TIMEOUT);
                     } else {
                         return;
@@ -231,8 +281,8 @@ impl Conn {
                 }
                 WsEvent::TooLarge => {
                     let limit = self.state.limits.max_frame_size;
-                    let message = format!("frame larger than {limit} bytes");
-                    self.send_error(encode::error(None, ErrorCode::TooLarge, &message));
+                    let frame = self.protocol.too_large(limit);
+                    self.send_error(frame);
                 }
                 WsEvent::ProtocolError(why) => {
                     tracing::debug!("websocket protocol error: {why}");
@@ -246,82 +296,18 @@ impl Conn {
     }
 
     async fn on_message(&mut self, payload: &[u8]) {
-        let Some(session) = self.session.as_mut() else {
-            return self.on_first_frame(payload);
-        };
-        // Boxed so the (large) command future is not part of every idle connection's state.
-        let reply = Box::pin(session.handle_frame(payload)).await;
-        if let Some(reply) = reply {
-            if reply.starts_with(br#"{"type":"error""#) {
-                self.state.count_error();
-            }
-            self.outbox.push(ws::encode_text(&reply));
+        let was_connected = self.protocol.is_connected();
+        self.protocol
+            .on_message(&self.state, &self.outbox, payload)
+            .await;
+        if !was_connected && self.protocol.is_connected() {
+            self.deadline = None;
         }
-    }
-
-    /// Before the session exists the only acceptable frame is `connect` with a valid token.
-    fn on_first_frame(&mut self, payload: &[u8]) {
-        let request = match parse_request(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                return self.refuse(
-                    encode::error(e.id, e.code, &e.message),
-                    Disconnect::UNAUTHORIZED,
-                );
-            }
-        };
-        let Command::Connect { token } = request.command else {
-            let frame = encode::error(
-                request.id,
-                ErrorCode::Unauthorized,
-                "the first frame must be {\"type\":\"connect\",\"token\":...}",
-            );
-            return self.refuse(frame, Disconnect::UNAUTHORIZED);
-        };
-        match self.state.auth.verify(&token) {
-            Ok(claims) => self.start_session(claims, request.id),
-            Err(AuthError::Expired) => {
-                let frame = encode::error(request.id, ErrorCode::TokenExpired, "token expired");
-                self.refuse(frame, Disconnect::TOKEN_EXPIRED);
-            }
-            Err(AuthError::Invalid(why)) => {
-                let frame = encode::error(request.id, ErrorCode::Unauthorized, &why);
-                self.refuse(frame, Disconnect::UNAUTHORIZED);
-            }
-        }
-    }
-
-    /// An error frame, then a close with the reason's code.
-    fn refuse(&mut self, error: Bytes, reason: Disconnect) {
-        self.state.count_error();
-        self.outbox.close_with(
-            reason,
-            vec![
-                ws::encode_text(&error),
-                ws::encode_close(reason.ws_close, reason.message),
-            ],
-        );
     }
 
     fn send_error(&mut self, frame: Bytes) {
         self.state.count_error();
         self.outbox.push(ws::encode_text(&frame));
-    }
-
-    fn start_session(&mut self, claims: Claims, connect_id: Option<u64>) {
-        let sink: Arc<dyn ClientSink> = self.outbox.clone();
-        let session = Session::open(
-            self.state.hub.clone(),
-            self.state.auth.clone(),
-            claims,
-            sink,
-        );
-        let ping = self.state.limits.ping_interval.as_secs();
-        self.outbox.push(ws::encode_text(
-            &session.connected_frame(connect_id, ping, None),
-        ));
-        self.session = Some(Box::new(session));
-        self.deadline = None;
     }
 
     /// Called on the server's ping interval: a client silent since the last one is gone.
@@ -377,32 +363,32 @@ impl Conn {
         self.pending = VecDeque::new();
         Ok(())
     }
+}
 
-    /// Sends our FIN and reads until the client's, so unread input does not turn the close
-    /// into a reset that could destroy the last frames.
-    async fn linger(mut self) {
-        self.socket.shutdown().await;
-        if self.read_closed {
-            return;
-        }
-        let until = Instant::now() + LINGER;
-        loop {
-            let readable = std::future::poll_fn(|cx| self.socket.poll_read_ready(cx));
-            tokio::select! {
-                ready = readable => {
-                    if ready.is_err() {
-                        return;
-                    }
-                    let mut buf = [0u8; 1024];
-                    match self.socket.try_read(&mut buf) {
-                        Ok(0) => return,
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return,
-                    }
+/// Sends our FIN and reads until the client's, so unread input does not turn the close
+/// into a reset that could destroy the last frames.
+async fn linger(mut socket: Socket, read_closed: bool) {
+    socket.shutdown().await;
+    if read_closed {
+        return;
+    }
+    let until = Instant::now() + LINGER;
+    loop {
+        let readable = std::future::poll_fn(|cx| socket.poll_read_ready(cx));
+        tokio::select! {
+            ready = readable => {
+                if ready.is_err() {
+                    return;
                 }
-                _ = sleep_until(until) => return,
+                let mut buf = [0u8; 1024];
+                match socket.try_read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
             }
+            _ = sleep_until(until) => return,
         }
     }
 }
@@ -410,4 +396,117 @@ impl Conn {
 /// Close codes a client may send (RFC 6455 §7.4).
 fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+}
+
+/// The native protocol (spec §3): before the session exists the only acceptable frame is
+/// `connect`; afterwards every frame goes to the session.
+struct Native {
+    /// Boxed, like every other part of the connection that is not needed while idle, to
+    /// keep the task small.
+    session: Option<Box<Session>>,
+}
+
+impl Protocol for Native {
+    type Codec = WsCodec;
+
+    fn on_message<'a>(
+        &'a mut self,
+        state: &'a Arc<AppState>,
+        outbox: &'a Arc<Outbox<WsCodec>>,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a> {
+        Box::pin(async move {
+            let Some(session) = self.session.as_mut() else {
+                return self.on_first_frame(state, outbox, payload);
+            };
+            if let Some(reply) = session.handle_frame(payload).await {
+                if reply.starts_with(br#"{"type":"error""#) {
+                    state.count_error();
+                }
+                outbox.push(ws::encode_text(&reply));
+            }
+        })
+    }
+
+    fn too_large(&self, limit: usize) -> Bytes {
+        let message = format!("frame larger than {limit} bytes");
+        encode::error(None, ErrorCode::TooLarge, &message)
+    }
+
+    fn is_connected(&self) -> bool {
+        self.session.is_some()
+    }
+
+    fn close(self) -> BoxFuture<'static> {
+        Box::pin(async move {
+            if let Some(session) = self.session {
+                session.close().await;
+            }
+        })
+    }
+}
+
+impl Native {
+    /// Before the session exists the only acceptable frame is `connect` with a valid token.
+    fn on_first_frame(
+        &mut self,
+        state: &Arc<AppState>,
+        outbox: &Arc<Outbox<WsCodec>>,
+        payload: &[u8],
+    ) {
+        let request = match parse_request(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let frame = encode::error(e.id, e.code, &e.message);
+                return refuse(state, outbox, frame, Disconnect::UNAUTHORIZED);
+            }
+        };
+        let Command::Connect { token } = request.command else {
+            let frame = encode::error(
+                request.id,
+                ErrorCode::Unauthorized,
+                "the first frame must be {\"type\":\"connect\",\"token\":...}",
+            );
+            return refuse(state, outbox, frame, Disconnect::UNAUTHORIZED);
+        };
+        match state.auth.verify(&token) {
+            Ok(claims) => self.start_session(state, outbox, claims, request.id),
+            Err(AuthError::Expired) => {
+                let frame = encode::error(request.id, ErrorCode::TokenExpired, "token expired");
+                refuse(state, outbox, frame, Disconnect::TOKEN_EXPIRED);
+            }
+            Err(AuthError::Invalid(why)) => {
+                let frame = encode::error(request.id, ErrorCode::Unauthorized, &why);
+                refuse(state, outbox, frame, Disconnect::UNAUTHORIZED);
+            }
+        }
+    }
+
+    fn start_session(
+        &mut self,
+        state: &Arc<AppState>,
+        outbox: &Arc<Outbox<WsCodec>>,
+        claims: Claims,
+        connect_id: Option<u64>,
+    ) {
+        let sink: Arc<dyn ClientSink> = outbox.clone();
+        let session = Session::open(state.hub.clone(), state.auth.clone(), claims, sink);
+        let ping = state.limits.ping_interval.as_secs();
+        outbox.push(ws::encode_text(
+            &session.connected_frame(connect_id, ping, None),
+        ));
+        self.session = Some(Box::new(session));
+    }
+}
+
+/// An error frame, then a close with the reason's code.
+fn refuse(state: &AppState, outbox: &Outbox<WsCodec>, error: Bytes, reason: Disconnect) {
+    state.count_error();
+    outbox.close_with(
+        reason,
+        vec![
+            ws::encode_text(&error),
+            ws::encode_close(reason.ws_close, reason.message),
+        ],
+    );
 }

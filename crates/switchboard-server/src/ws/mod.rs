@@ -2,7 +2,7 @@
 //! its TCP socket directly (see [`conn`]) so that an idle connection holds no read or write
 //! buffer and every frame it sends is bytes shared with all other subscribers.
 
-mod conn;
+pub(crate) mod conn;
 pub mod socket;
 
 use std::sync::Arc;
@@ -102,9 +102,8 @@ pub(crate) fn auth_error_response(e: &AuthError) -> Response {
     crate::api::ApiError::from(e).into_response()
 }
 
-/// `GET /ws`: checks the upgrade and the token, answers 101 and hands the socket over.
-pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
-    let headers = request.headers();
+/// Checks that `headers` ask for a WebSocket (version 13) upgrade; returns the client's key.
+pub(crate) fn check_upgrade(headers: &HeaderMap) -> Result<HeaderValue, Box<Response>> {
     let wants_upgrade = headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
@@ -117,16 +116,16 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -
                 .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
         });
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return error_response(
+        return Err(Box::new(error_response(
             ErrorCode::BadRequest,
             "a WebSocket upgrade request is expected",
-        );
+        )));
     };
     if !wants_upgrade || !connection_upgrade {
-        return error_response(
+        return Err(Box::new(error_response(
             ErrorCode::BadRequest,
             "a WebSocket upgrade request is expected",
-        );
+        )));
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -141,24 +140,20 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -
             header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
-        return response;
+        return Err(Box::new(response));
     }
+    Ok(key)
+}
 
-    let identity = match request_token(request.uri().query(), headers) {
-        Some(token) => match state.auth.verify(&token) {
-            Ok(claims) => Identity::Known(Box::new(claims)),
-            Err(e) => {
-                state.count_error();
-                return auth_error_response(&e);
-            }
-        },
-        None if state.hub.config.admits_anonymous() => {
-            Identity::Known(Box::new(Claims::anonymous()))
-        }
-        None => Identity::AwaitConnect,
-    };
-
-    let on_upgrade = hyper::upgrade::on(&mut request);
+/// Answers 101 to a checked upgrade and, once hyper lets go of the connection, takes the
+/// socket back (plain or TLS) and hands it, with any bytes hyper read past the handshake, to
+/// `serve`.
+pub(crate) fn accept<F, Fut>(request: &mut Request, key: &HeaderValue, serve: F) -> Response
+where
+    F: FnOnce(Socket, Bytes) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let on_upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -184,7 +179,7 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -
                 }
             },
         };
-        conn::run(state, socket, early, identity).await;
+        serve(socket, early).await;
     });
 
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -195,6 +190,30 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `GET /ws`: checks the upgrade and the token, answers 101 and hands the socket over.
+pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
+    let key = match check_upgrade(request.headers()) {
+        Ok(key) => key,
+        Err(response) => return *response,
+    };
+    let identity = match request_token(request.uri().query(), request.headers()) {
+        Some(token) => match state.auth.verify(&token) {
+            Ok(claims) => Identity::Known(Box::new(claims)),
+            Err(e) => {
+                state.count_error();
+                return auth_error_response(&e);
+            }
+        },
+        None if state.hub.config.admits_anonymous() => {
+            Identity::Known(Box::new(Claims::anonymous()))
+        }
+        None => Identity::AwaitConnect,
+    };
+    accept(&mut request, &key, move |socket, early| {
+        conn::run(state, socket, early, identity)
+    })
 }
 
 #[cfg(test)]

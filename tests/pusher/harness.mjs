@@ -1,0 +1,314 @@
+// The Pusher tests' harness: the real switchboard binary on a free port with a Pusher app
+// configured, the unmodified pusher-js client (its Node build, WebSocket transport only) and
+// the official `pusher` server SDK pointed at it, plus a plain WebSocket for the native door.
+
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import PusherJs from 'pusher-js';
+import WebSocket from 'ws';
+import PusherServer from 'pusher';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repoRoot = resolve(here, '..', '..');
+
+export const APP = { id: '1001', key: 'app-key', secret: 'app-secret' };
+export const API_KEY = 'pusher-tests-api-key';
+export const TOKEN_SECRET = 'pusher-tests-token-secret';
+
+/** How long a test waits for something that should happen at once. */
+export const WAIT = 5000;
+
+export { sleep };
+
+export function serverBinary() {
+  if (process.env.SWITCHBOARD_BIN) return process.env.SWITCHBOARD_BIN;
+  const target = process.env.CARGO_TARGET_DIR
+    ? resolve(repoRoot, process.env.CARGO_TARGET_DIR)
+    : join(repoRoot, 'target');
+  return join(target, 'debug', 'switchboard');
+}
+
+/** A unique suffix, so every test has channels of its own. */
+export function uniq(prefix) {
+  return `${prefix}-${randomBytes(4).toString('hex')}`;
+}
+
+export async function freePort() {
+  const srv = createNetServer();
+  await new Promise((ok, fail) => srv.once('error', fail).listen(0, '127.0.0.1', ok));
+  const { port } = srv.address();
+  await new Promise((ok) => srv.close(ok));
+  return port;
+}
+
+/**
+ * Starts `switchboard serve --config <tmp toml>` with the test app (and `appToml` appended to
+ * its `[[pusher.apps]]` table, e.g. webhooks), and waits for `/health`.
+ */
+export async function startServer({ appToml = '', extraToml = '' } = {}) {
+  let lastError;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = await freePort();
+    try {
+      return await launch(port, appToml, extraToml);
+    } catch (e) {
+      lastError = e;
+      if (!/address|in use|bind/i.test(String(e.message))) break;
+    }
+  }
+  throw lastError;
+}
+
+async function launch(port, appToml, extraToml) {
+  const dir = mkdtempSync(join(tmpdir(), 'switchboard-pusher-'));
+  const configPath = join(dir, 'switchboard.toml');
+  const config = [
+    `listen = "127.0.0.1:${port}"`,
+    '',
+    '[auth]',
+    `token_secret = "${TOKEN_SECRET}"`,
+    `api_key = "${API_KEY}"`,
+    'allow_anonymous = true',
+    '',
+    extraToml,
+    '',
+    '[[pusher.apps]]',
+    `id = "${APP.id}"`,
+    `key = "${APP.key}"`,
+    `secret = "${APP.secret}"`,
+    'enable_client_events = true',
+    'max_client_events_per_second = 20',
+    appToml,
+    '',
+  ].join('\n');
+  writeFileSync(configPath, config);
+  const output = [];
+  const child = spawn(serverBinary(), ['serve', '--config', configPath], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, RUST_BACKTRACE: '1' },
+  });
+  const keep = (chunk) => {
+    output.push(chunk.toString());
+    if (output.length > 400) output.splice(0, output.length - 400);
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  let exited = null;
+  const exitPromise = new Promise((ok) => child.once('exit', (code, signal) => {
+    exited = { code, signal };
+    ok(exited);
+  }));
+  const kill = () => { try { child.kill('SIGKILL'); } catch { /* gone */ } };
+  process.once('exit', kill);
+
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 15_000;
+  let ready = false;
+  while (Date.now() < deadline && !exited) {
+    try {
+      const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1000) });
+      if (res.ok) { ready = true; break; }
+    } catch { /* not yet */ }
+    await sleep(50);
+  }
+  if (!ready) {
+    kill();
+    rmSync(dir, { recursive: true, force: true });
+    throw new Error(`switchboard did not start on ${url}: ${JSON.stringify(exited)}\n${output.join('')}`);
+  }
+
+  const clients = [];
+  return {
+    port,
+    url,
+    output: () => output.join(''),
+    /** The official server SDK, configured for this server. */
+    sdk(app = APP) {
+      return new PusherServer({
+        appId: app.id,
+        key: app.key,
+        secret: app.secret,
+        host: '127.0.0.1',
+        port: String(port),
+        useTLS: false,
+      });
+    },
+    /**
+     * A pusher-js client. Channel authorization and user sign-in are signed by the SDK in
+     * the test (what an app's auth endpoint does), unless `authorize`/`authenticate` say
+     * otherwise.
+     */
+    client({ presence, user, authorize, authenticate, app = APP, transports = ['ws'] } = {}) {
+      const sdk = this.sdk(app);
+      const client = new PusherJs(app.key, {
+        wsHost: '127.0.0.1',
+        wsPort: port,
+        httpHost: '127.0.0.1',
+        httpPort: port,
+        forceTLS: false,
+        enabledTransports: transports,
+        disableStats: true,
+        cluster: 'test',
+        channelAuthorization: {
+          customHandler: ({ socketId, channelName }, callback) => {
+            try {
+              const auth = authorize
+                ? authorize(socketId, channelName)
+                : sdk.authorizeChannel(socketId, channelName, channelName.startsWith('presence-') ? presence : undefined);
+              callback(null, auth);
+            } catch (e) {
+              callback(e, null);
+            }
+          },
+        },
+        userAuthentication: {
+          customHandler: ({ socketId }, callback) => {
+            try {
+              const auth = authenticate ? authenticate(socketId) : sdk.authenticateUser(socketId, user);
+              callback(null, auth);
+            } catch (e) {
+              callback(e, null);
+            }
+          },
+        },
+      });
+      clients.push(client);
+      return client;
+    },
+    async stop() {
+      for (const c of clients) {
+        try { c.disconnect(); } catch { /* already */ }
+      }
+      process.removeListener('exit', kill);
+      if (!exited) {
+        child.kill('SIGTERM');
+        const done = await Promise.race([exitPromise, sleep(6000, null, { ref: false })]);
+        if (!done) { kill(); await exitPromise; }
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Resolves with the first `event` of `emitter` (pusher-js channel or connection). */
+export function once(emitter, event, ms = WAIT) {
+  return new Promise((ok, fail) => {
+    const timer = setTimeout(() => fail(new Error(`no ${event} within ${ms} ms`)), ms);
+    const handler = (data) => {
+      clearTimeout(timer);
+      emitter.unbind(event, handler);
+      ok(data);
+    };
+    emitter.bind(event, handler);
+  });
+}
+
+/** Waits until a pusher-js client is connected; returns its socket id. */
+export async function connected(client) {
+  if (client.connection.state !== 'connected') {
+    await once(client.connection, 'connected');
+  }
+  return client.connection.socket_id;
+}
+
+/** Subscribes and waits for `pusher:subscription_succeeded`; returns [channel, its data]. */
+export async function subscribed(client, name) {
+  const channel = client.subscribe(name);
+  const data = await once(channel, 'pusher:subscription_succeeded');
+  return [channel, data];
+}
+
+/** Collects every `event` of a channel into an array. */
+export function collect(channel, event) {
+  const got = [];
+  channel.bind(event, (data, meta) => got.push({ data, meta }));
+  return got;
+}
+
+/** Waits until `check()` is truthy. */
+export async function until(check, what, ms = WAIT) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    const value = await check();
+    if (value) return value;
+    await sleep(20);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+/** A native WebSocket client of `/ws` that subscribes to `channel` and collects frames. */
+export async function nativeSubscriber(server, channel) {
+  const ws = new WebSocket(`ws://127.0.0.1:${server.port}/ws`);
+  const frames = [];
+  ws.addEventListener('message', (e) => frames.push(JSON.parse(String(e.data))));
+  await new Promise((ok, fail) => {
+    ws.addEventListener('open', ok, { once: true });
+    ws.addEventListener('error', fail, { once: true });
+  });
+  ws.send(JSON.stringify({ type: 'subscribe', id: 1, channel }));
+  await until(() => frames.find((f) => f.type === 'reply' && f.id === 1), 'native subscribe reply');
+  return { ws, frames, send: (f) => ws.send(JSON.stringify(f)), close: () => ws.close() };
+}
+
+/** A raw WebSocket to the Pusher door, for what pusher-js would never send. */
+export async function rawPusher(server, path) {
+  const ws = new WebSocket(`ws://127.0.0.1:${server.port}${path}`);
+  const frames = [];
+  let closed = null;
+  ws.addEventListener('message', (e) => frames.push(JSON.parse(String(e.data))));
+  const closedPromise = new Promise((ok) => ws.addEventListener('close', (e) => {
+    closed = { code: e.code, reason: e.reason };
+    ok(closed);
+  }));
+  await new Promise((ok, fail) => {
+    ws.addEventListener('open', ok, { once: true });
+    ws.addEventListener('error', fail, { once: true });
+  });
+  return {
+    ws,
+    frames,
+    closed: () => closed,
+    closedPromise,
+    send: (f) => ws.send(typeof f === 'string' ? f : JSON.stringify(f)),
+    close: () => ws.close(),
+  };
+}
+
+/** A webhook receiver: an http server collecting `{headers, rawBody}` of each request. */
+export async function webhookReceiver({ failFirst = 0 } = {}) {
+  const requests = [];
+  let failures = 0;
+  const server = createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      if (failures < failFirst) {
+        failures += 1;
+        res.writeHead(500);
+        res.end('try again');
+        return;
+      }
+      requests.push({ headers: req.headers, rawBody: Buffer.concat(chunks).toString('utf8') });
+      res.writeHead(200);
+      res.end('ok');
+    });
+  });
+  await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
+  const { port } = server.address();
+  return {
+    url: `http://127.0.0.1:${port}/hook`,
+    requests,
+    failures: () => failures,
+    /** Every event received so far, flattened. */
+    events: () => requests.flatMap((r) => JSON.parse(r.rawBody).events),
+    close: () => new Promise((ok) => server.close(ok)),
+  };
+}
