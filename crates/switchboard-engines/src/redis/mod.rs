@@ -291,6 +291,10 @@ impl RedisEngine {
             local_presence: Mutex::new(HashMap::new()),
             beat_now: tokio::sync::Notify::new(),
         });
+        // In the node list before serving anyone.
+        nodes::beat(&inner)
+            .await
+            .map_err(|e| format!("cannot register this node in Redis at {}: {e}", options.url))?;
         let subscriber = delivery::Subscriber::connect(inner.clone(), client)
             .await
             .map_err(|e| format!("cannot subscribe to Redis at {}: {e}", options.url))?;

@@ -73,7 +73,7 @@ pub(crate) async fn heartbeat(inner: Arc<Inner>) {
 
 /// One heartbeat; returns whether Redis still knew this node, and the nodes whose last beat
 /// is older than `node_ttl`.
-async fn beat(inner: &Inner) -> Result<(bool, Vec<String>), EngineError> {
+pub(crate) async fn beat(inner: &Inner) -> Result<(bool, Vec<String>), EngineError> {
     let mut info = inner.handler().map(|h| h.node_info()).unwrap_or_default();
     info.id = inner.node.clone();
     let info = serde_json::to_string(&info).map_err(unavailable)?;
