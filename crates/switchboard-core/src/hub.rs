@@ -91,6 +91,12 @@ impl ClientEntry {
     }
 }
 
+/// A server module's own requests that every node must run (see [`NodeRequest::Extension`]).
+pub trait NodeExtension: Send + Sync {
+    /// Runs request `name` on this node; returns how many clients it concerned.
+    fn on_request(&self, name: &str, argument: &str) -> usize;
+}
+
 /// Told when a channel gets its first subscriber on this node, or loses its last
 /// (Pusher's `channel_occupied` and `channel_vacated` webhooks). Called under the channel's
 /// lock: it must only queue, never block.
@@ -158,6 +164,7 @@ pub struct Hub {
     /// ICE servers handed to peers joining rooms.
     pub(crate) ice: std::sync::OnceLock<Arc<dyn crate::rooms::IceServers>>,
     occupancy: std::sync::OnceLock<Arc<dyn OccupancyObserver>>,
+    extension: std::sync::OnceLock<Arc<dyn NodeExtension>>,
     pub stats: HubStats,
     started: std::time::Instant,
 }
@@ -178,6 +185,7 @@ impl Hub {
             rooms: shards(),
             ice: std::sync::OnceLock::new(),
             occupancy: std::sync::OnceLock::new(),
+            extension: std::sync::OnceLock::new(),
             stats: HubStats::default(),
             started: std::time::Instant::now(),
         });
@@ -195,6 +203,21 @@ impl Hub {
     /// ignored).
     pub fn set_occupancy_observer(&self, observer: Arc<dyn OccupancyObserver>) {
         let _ = self.occupancy.set(observer);
+    }
+
+    /// Sets who answers [`NodeRequest::Extension`] requests on this node (once).
+    pub fn set_node_extension(&self, extension: Arc<dyn NodeExtension>) {
+        let _ = self.extension.set(extension);
+    }
+
+    /// Runs a module's request on every node; the sum of their counts.
+    pub async fn ask_extension(&self, name: &str, argument: &str) -> Result<usize, HubError> {
+        let request = NodeRequest::Extension {
+            name: name.to_owned(),
+            argument: argument.to_owned(),
+        };
+        let answers = self.engine.ask_nodes(request).await?;
+        Ok(answers.iter().map(NodeAnswer::count).sum())
     }
 
     pub fn uptime(&self) -> std::time::Duration {
@@ -578,6 +601,29 @@ impl Hub {
         all
     }
 
+    /// Subscribers of `channel` on every node sharing the engine.
+    pub async fn cluster_subscriber_count(&self, channel: &str) -> Result<usize, HubError> {
+        let request = NodeRequest::Subscribers {
+            channel: channel.to_owned(),
+        };
+        let answers = self.engine.ask_nodes(request).await?;
+        Ok(answers.iter().map(NodeAnswer::count).sum())
+    }
+
+    /// Channels with subscribers on any node sharing the engine, with their total counts.
+    pub async fn cluster_channels(&self) -> Result<Vec<(String, usize)>, HubError> {
+        let answers = self.engine.ask_nodes(NodeRequest::Channels).await?;
+        let mut totals: std::collections::BTreeMap<String, usize> = Default::default();
+        for answer in answers {
+            if let NodeAnswer::Channels { channels } = answer {
+                for (name, count) in channels {
+                    *totals.entry(name).or_default() += count;
+                }
+            }
+        }
+        Ok(totals.into_iter().collect())
+    }
+
     /// Subscribers of `channel` on this node.
     pub fn subscriber_count(&self, channel: &str) -> usize {
         self.shard_of(&self.channels, channel)
@@ -697,6 +743,15 @@ impl EngineHandler for Hub {
                 },
                 NodeRequest::Channels => NodeAnswer::Channels {
                     channels: self.channels(),
+                },
+                NodeRequest::Subscribers { channel } => NodeAnswer::Count {
+                    count: self.subscriber_count(&channel),
+                },
+                NodeRequest::Extension { name, argument } => NodeAnswer::Count {
+                    count: self
+                        .extension
+                        .get()
+                        .map_or(0, |e| e.on_request(&name, &argument)),
                 },
             }
         })

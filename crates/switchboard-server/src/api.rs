@@ -217,17 +217,11 @@ async fn broadcast(State(state): State<Arc<AppState>>, body: Body) -> ApiResult 
 }
 
 async fn channels(State(state): State<Arc<AppState>>) -> ApiResult {
-    let answers = ask_nodes(&state, NodeRequest::Channels).await?;
-    // Subscriber counts summed over every node.
-    let mut totals: std::collections::BTreeMap<String, usize> = Default::default();
-    for answer in answers {
-        if let NodeAnswer::Channels { channels } = answer {
-            for (name, count) in channels {
-                *totals.entry(name).or_default() += count;
-            }
-        }
-    }
-    let channels: Vec<Value> = totals
+    let channels: Vec<Value> = state
+        .hub
+        .cluster_channels()
+        .await
+        .map_err(engine_failure)?
         .into_iter()
         .map(|(name, subscribers)| json!({"name": name, "subscribers": subscribers}))
         .collect();
@@ -245,13 +239,7 @@ async fn ask_nodes(state: &AppState, request: NodeRequest) -> Result<Vec<NodeAns
 }
 
 fn total_count(answers: &[NodeAnswer]) -> usize {
-    answers
-        .iter()
-        .map(|a| match a {
-            NodeAnswer::Count { count } => *count,
-            NodeAnswer::Channels { .. } => 0,
-        })
-        .sum()
+    answers.iter().map(NodeAnswer::count).sum()
 }
 
 async fn presence(State(state): State<Arc<AppState>>, Path(channel): Path<String>) -> ApiResult {

@@ -403,3 +403,79 @@ async fn max_connections_refuses_with_4004_until_a_slot_frees() {
     assert!(third.is_some(), "a connection is accepted again");
     server.stop().await;
 }
+
+/// Two nodes on one Redis: a Pusher app spans them like one server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pusher_app_on_two_redis_nodes_acts_as_one_server() {
+    let prefix = format!("sbtest-pusher-{}", std::process::id());
+    let engine = format!("[engine]\nkind = \"redis\"\nprefix = \"{prefix}\"\nnode_ttl = 2\n");
+    let (a, b) = (server_with(&engine).await, server_with(&engine).await);
+
+    let (mut ws, socket_id) = pusher_client(&b).await;
+    ws.send_text(&json!({"event": "pusher:subscribe", "data": {"channel": "spread"}}).to_string())
+        .await
+        .unwrap();
+    next_event(&mut ws, "pusher_internal:subscription_succeeded").await;
+
+    // Triggered on A, received on B.
+    let event = json!({"name": "hop", "channel": "spread", "data": "across"});
+    let path = format!("/apps/{APP_ID}/events");
+    let (status, _) = signed(&a, "POST", &path, "", Some(&event), SECRET, now(), false).await;
+    assert_eq!(status, 200);
+    let hop = next_event(&mut ws, "hop").await;
+    assert_eq!(hop["data"], "across");
+
+    // A counts B's subscriber.
+    let path = format!("/apps/{APP_ID}/channels/spread");
+    let extra = "info=subscription_count";
+    let (status, body) = signed(&a, "GET", &path, extra, None, SECRET, now(), false).await;
+    assert_eq!(status, 200, "{body}");
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["occupied"], true, "{info}");
+    assert_eq!(info["subscription_count"], 1, "{info}");
+    let path = format!("/apps/{APP_ID}/channels");
+    let (_, body) = signed(&a, "GET", &path, "", None, SECRET, now(), false).await;
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    assert!(listed["channels"]["spread"].is_object(), "{listed}");
+
+    // A user signed in on B is terminated through A.
+    let user_data = r#"{"id":"roamer"}"#;
+    let auth = format!(
+        "{KEY}:{}",
+        sign(SECRET, &format!("{socket_id}::user::{user_data}"))
+    );
+    ws.send_text(
+        &json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})
+            .to_string(),
+    )
+    .await
+    .unwrap();
+    next_event(&mut ws, "pusher:signin_success").await;
+    let path = format!("/apps/{APP_ID}/users/roamer/terminate_connections");
+    let (status, _) = signed(
+        &a,
+        "POST",
+        &path,
+        "",
+        Some(&json!({})),
+        SECRET,
+        now(),
+        false,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (closed, _) = ws.wait_close(WAIT).await.unwrap();
+    assert_eq!(closed, Some(4009));
+
+    if let Ok(mut redis) =
+        redis::Client::open("redis://127.0.0.1:6379").and_then(|c| c.get_connection())
+    {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query(&mut redis)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut redis);
+        }
+    }
+}

@@ -124,6 +124,16 @@ pub enum NodeRequest {
     },
     /// The channels with subscribers on the node, with their counts.
     Channels,
+    /// The subscribers of one channel on the node.
+    Subscribers {
+        channel: String,
+    },
+    /// A request of a server module registered with `Hub::set_node_extension` (the Pusher
+    /// door's `terminate_connections`), answered with a count.
+    Extension {
+        name: String,
+        argument: String,
+    },
 }
 
 /// One node's answer to a [`NodeRequest`].
@@ -132,6 +142,16 @@ pub enum NodeRequest {
 pub enum NodeAnswer {
     Count { count: usize },
     Channels { channels: Vec<(String, usize)> },
+}
+
+impl NodeAnswer {
+    /// The count of a `Count` answer (0 for others).
+    pub fn count(&self) -> usize {
+        match self {
+            NodeAnswer::Count { count } => *count,
+            NodeAnswer::Channels { .. } => 0,
+        }
+    }
 }
 
 /// What a node reports of itself (`/api/info`).

@@ -135,7 +135,13 @@ async fn route(state: &Arc<AppState>, request: Request) -> ApiResult {
         (&Method::GET, ["channels", name]) => channel(state, &call, name).await,
         (&Method::GET, ["channels", name, "users"]) => users(state, &call, name).await,
         (&Method::POST, ["users", user, "terminate_connections"]) => {
-            call.app.terminate_user(user);
+            // The user's connections may be on any node.
+            let argument = super::terminate_argument(&call.app.config.id, user);
+            state
+                .hub
+                .ask_extension(super::TERMINATE_REQUEST, &argument)
+                .await
+                .map_err(|e| fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
             Ok(Json(json!({})).into_response())
         }
         _ => Err(fail(
@@ -259,10 +265,12 @@ async fn channel_info(
     let hub_channel = app.hub_channel(channel);
     let mut out = serde_json::Map::new();
     if info.contains("subscription_count") {
-        out.insert(
-            "subscription_count".into(),
-            json!(state.hub.subscriber_count(&hub_channel)),
-        );
+        let count = state
+            .hub
+            .cluster_subscriber_count(&hub_channel)
+            .await
+            .unwrap_or_else(|_| state.hub.subscriber_count(&hub_channel));
+        out.insert("subscription_count".into(), json!(count));
     }
     if info.contains("user_count") && channel.starts_with("presence-") {
         out.insert(
@@ -364,7 +372,12 @@ async fn channels(state: &AppState, call: &Call) -> ApiResult {
         ));
     }
     let mut out = BTreeMap::new();
-    for (hub_channel, _) in state.hub.channels() {
+    let all = state
+        .hub
+        .cluster_channels()
+        .await
+        .map_err(|e| fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    for (hub_channel, _) in all {
         if !call.app.owns_hub_channel(&hub_channel) {
             continue;
         }
@@ -394,10 +407,12 @@ async fn channel(state: &AppState, call: &Call, name: &str) -> ApiResult {
     }
     let hub_channel = call.app.hub_channel(name);
     let mut fields = channel_info(state, &call.app, name, &info).await;
-    fields.insert(
-        "occupied".into(),
-        json!(state.hub.subscriber_count(&hub_channel) > 0),
-    );
+    let subscribers = state
+        .hub
+        .cluster_subscriber_count(&hub_channel)
+        .await
+        .map_err(|e| fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    fields.insert("occupied".into(), json!(subscribers > 0));
     Ok(Json(Value::Object(fields)).into_response())
 }
 

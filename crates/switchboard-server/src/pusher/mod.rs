@@ -27,7 +27,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use switchboard_core::ClientSink;
-use switchboard_core::hub::{Hub, OccupancyObserver};
+use switchboard_core::hub::{Hub, NodeExtension, OccupancyObserver};
 use switchboard_proto::{Disconnect, pusher as proto};
 
 use self::config::{PusherAppConfig, PusherConfig};
@@ -155,10 +155,37 @@ impl Pusher {
         proto::valid_channel_name(&name).then_some((app, name))
     }
 
-    /// Hooks the webhooks that follow the hub's channel occupancy.
+    /// Hooks the webhooks that follow the hub's channel occupancy, and the requests every
+    /// node answers.
     pub fn observe(self: &Arc<Self>, hub: &Hub) {
         if self.apps.iter().any(|a| a.webhooks.is_some()) {
             hub.set_occupancy_observer(Arc::new(Occupancy(Arc::downgrade(self))));
+        }
+        hub.set_node_extension(Arc::new(Extension(Arc::downgrade(self))));
+    }
+}
+
+/// The node request that ends a signed-in user's connections on every node.
+pub const TERMINATE_REQUEST: &str = "pusher_terminate";
+
+/// The argument of [`TERMINATE_REQUEST`]: `<app id>` NUL `<user id>`.
+pub fn terminate_argument(app: &str, user: &str) -> String {
+    format!("{app}\0{user}")
+}
+
+/// Answers the Pusher door's node requests on this node.
+struct Extension(Weak<Pusher>);
+
+impl NodeExtension for Extension {
+    fn on_request(&self, name: &str, argument: &str) -> usize {
+        let Some(pusher) = self.0.upgrade() else {
+            return 0;
+        };
+        match (name, argument.split_once('\0')) {
+            (TERMINATE_REQUEST, Some((app, user))) => {
+                pusher.by_id(app).map_or(0, |app| app.terminate_user(user))
+            }
+            _ => 0,
         }
     }
 }
