@@ -14,8 +14,8 @@ use switchboard_core::engine::{EngineError, HistoryQuery, Publication, StreamOpt
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys::Topic;
-use super::wire::{self, ChannelMessage, ControlReply, ControlRequest};
 use super::{Inner, unavailable};
+use crate::wire::{self, ChannelMessage, ControlReply, ControlRequest};
 
 pub(crate) enum SubCommand {
     Subscribe {

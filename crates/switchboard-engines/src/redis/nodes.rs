@@ -10,8 +10,8 @@ use redis::AsyncCommands;
 use switchboard_core::engine::{EngineError, NodeAnswer, NodeInfo, NodeRequest, PresenceEvent};
 
 use super::keys::Topic;
-use super::wire::{self, ControlReply, ControlRequest, Stored};
 use super::{ASK_TIMEOUT, Inner, scripts, split_seq, unavailable};
+use crate::wire::{self, ControlReply, ControlRequest, Stored};
 
 fn now_millis() -> u64 {
     std::time::SystemTime::now()

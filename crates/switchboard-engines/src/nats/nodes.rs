@@ -1,0 +1,286 @@
+//! Nodes sharing one NATS: heartbeats and the node list, reaping a dead node's presence
+//! members and room peers (with the leave events it can no longer send), and server API
+//! requests answered by every node.
+//!
+//! Reaping needs no lock: several live nodes may reap the same dead one at once, but a
+//! member's subject is purged (and a peer removed from its roster) by exactly one of them,
+//! and only that one announces the leave.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use switchboard_core::engine::{
+    EngineError, NodeAnswer, NodeInfo, NodeRequest, PresenceEvent, RoomEvent,
+};
+
+use super::members::{Change, roster_of};
+use super::names::Topic;
+use super::{ASK_TIMEOUT, Inner, unavailable};
+use crate::wire::{self, ControlReply, ControlRequest, Stored};
+
+/// A node's heartbeat: its description and when it beat (its clock, Unix milliseconds).
+#[derive(Serialize, Deserialize)]
+struct Beat {
+    seen: u64,
+    info: NodeInfo,
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Beats a few times per `node_ttl`, so one missed beat does not make a node dead.
+fn beat_interval(node_ttl: Duration) -> Duration {
+    (node_ttl / 4).max(Duration::from_millis(100))
+}
+
+/// The nodes as their heartbeats tell.
+pub(crate) struct NodeList {
+    pub live: Vec<NodeInfo>,
+    pub dead: Vec<String>,
+}
+
+/// Forever: beat, learn which nodes died, and reap them.
+pub(crate) async fn heartbeat(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(beat_interval(inner.node_ttl));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = beat(&inner).await {
+            tracing::warn!("nats heartbeat failed: {e}");
+            continue;
+        }
+        match read(&inner).await {
+            Ok(list) => {
+                let dead: HashSet<String> = list.dead.into_iter().collect();
+                *inner.dead.write() = dead.clone();
+                for node in &dead {
+                    if let Err(e) = reap(&inner, node).await {
+                        tracing::warn!("reaping dead node {node}: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("reading the node list: {e}"),
+        }
+    }
+}
+
+/// Records this node's description and heartbeat.
+pub(crate) async fn beat(inner: &Inner) -> Result<(), EngineError> {
+    let mut info = inner.handler().map(|h| h.node_info()).unwrap_or_default();
+    info.id = inner.node.clone();
+    let beat = Beat {
+        seen: now_millis(),
+        info,
+    };
+    let payload = serde_json::to_vec(&beat).map_err(unavailable)?;
+    inner
+        .append(inner.names.node(&inner.node), None, None, payload.into())
+        .await
+        .map(drop)
+}
+
+/// Every node's last heartbeat: live ones (sorted by id) and dead ones.
+pub(crate) async fn read(inner: &Inner) -> Result<NodeList, EngineError> {
+    let messages = inner
+        .read(
+            &inner.names.nodes_stream(),
+            inner.names.nodes_subjects(),
+            DeliverPolicy::LastPerSubject,
+        )
+        .await?;
+    let cutoff = now_millis().saturating_sub(inner.node_ttl.as_millis() as u64);
+    let mut list = NodeList {
+        live: Vec::new(),
+        dead: Vec::new(),
+    };
+    for message in messages {
+        let Ok(beat) = serde_json::from_slice::<Beat>(&message.payload) else {
+            continue;
+        };
+        if beat.seen >= cutoff || beat.info.id == inner.node {
+            list.live.push(beat.info);
+        } else {
+            list.dead.push(beat.info.id);
+        }
+    }
+    list.live.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(list)
+}
+
+/// Removes a dead node's members everywhere it held them, announcing each leave once, then
+/// the node itself.
+async fn reap(inner: &Inner, dead: &str) -> Result<(), EngineError> {
+    reap_presence(inner, dead).await?;
+    reap_rooms(inner, dead).await?;
+    tracing::info!("node {dead} stopped beating; its members were removed");
+    inner
+        .purge(&inner.names.nodes_stream(), &inner.names.node(dead))
+        .await
+        .map(drop)
+}
+
+async fn reap_presence(inner: &Inner, dead: &str) -> Result<(), EngineError> {
+    let stream = inner.names.presence_stream();
+    let held = inner
+        .read(
+            &stream,
+            inner.names.presence_held_by(dead),
+            DeliverPolicy::LastPerSubject,
+        )
+        .await?;
+    for message in held {
+        let Some((channel, client)) = inner.names.parse_presence(&message.subject) else {
+            continue;
+        };
+        let purged = inner.purge(&stream, &message.subject).await?;
+        let announce = inner
+            .handler()
+            .is_some_and(|h| h.announces_presence(&channel));
+        if purged > 0
+            && announce
+            && let Some(stored) = Stored::decode(&message.payload)
+        {
+            let member = stored.into_member(&client);
+            let payload = wire::encode_presence(PresenceEvent::Leave, &member);
+            inner
+                .core_publish(&Topic::Channel(channel), payload)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn reap_rooms(inner: &Inner, dead: &str) -> Result<(), EngineError> {
+    let rosters = inner
+        .read(
+            &inner.names.rooms_stream(),
+            inner.names.rooms_subjects(),
+            DeliverPolicy::LastPerSubject,
+        )
+        .await?;
+    for message in rosters {
+        let Some(room) = inner.names.parse_room_roster(&message.subject) else {
+            continue;
+        };
+        let holds_dead = roster_of(&message.payload)
+            .map(|roster| roster.iter().any(|p| p.node() == dead))
+            .unwrap_or(false);
+        if !holds_dead {
+            continue;
+        }
+        let removed: Vec<String> = inner
+            .change_roster(&room, |roster| {
+                let gone: Vec<String> = roster
+                    .iter()
+                    .filter(|p| p.node() == dead)
+                    .map(|p| p.id().to_owned())
+                    .collect();
+                roster.retain(|p| p.node() != dead);
+                if gone.is_empty() {
+                    Change::Keep(gone)
+                } else {
+                    Change::Write(gone)
+                }
+            })
+            .await?;
+        for peer in removed {
+            let left = RoomEvent::Left { peer: peer.into() };
+            if let Some(payload) = wire::encode_room_event(&left) {
+                inner
+                    .core_publish(&Topic::Room(room.clone()), payload)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Subscribes the control subject; the returned future answers every request on it.
+pub(crate) async fn listen(
+    inner: &Arc<Inner>,
+) -> Result<impl Future<Output = ()> + use<>, EngineError> {
+    let mut requests = inner
+        .timed(inner.client.subscribe(inner.names.control()))
+        .await?;
+    let inner = inner.clone();
+    Ok(async move {
+        while let Some(message) = requests.next().await {
+            let (Some(reply), Ok(request)) = (
+                message.reply,
+                serde_json::from_slice::<ControlRequest>(&message.payload),
+            ) else {
+                continue;
+            };
+            tokio::spawn(answer(inner.clone(), request, reply.to_string()));
+        }
+    })
+}
+
+/// Runs another node's (or our own) request here and sends the answer back.
+async fn answer(inner: Arc<Inner>, request: ControlRequest, reply: String) {
+    let Some(handler) = inner.handler() else {
+        return;
+    };
+    let answer = handler.on_request(request.request).await;
+    let Ok(payload) = serde_json::to_vec(&ControlReply {
+        id: request.id,
+        answer,
+    }) else {
+        return;
+    };
+    if let Err(e) = inner
+        .timed(inner.client.publish(reply, payload.into()))
+        .await
+    {
+        tracing::warn!("answering node {}: {e}", request.from);
+    }
+}
+
+/// Runs `request` on every live node and gathers their answers. A node that does not answer
+/// within the timeout is left out.
+pub(crate) async fn ask(
+    inner: &Inner,
+    request: NodeRequest,
+) -> Result<Vec<NodeAnswer>, EngineError> {
+    let nodes = read(inner).await?.live.len();
+    let inbox = inner.client.new_inbox();
+    let mut answers = inner.timed(inner.client.subscribe(inbox.clone())).await?;
+    let asked = ControlRequest {
+        from: inner.node.clone(),
+        id: 0,
+        request,
+    };
+    let payload = serde_json::to_vec(&asked).map_err(unavailable)?;
+    inner
+        .timed(
+            inner
+                .client
+                .publish_with_reply(inner.names.control(), inbox, payload.into()),
+        )
+        .await?;
+    let mut gathered = Vec::with_capacity(nodes);
+    let deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
+    while gathered.len() < nodes {
+        match tokio::time::timeout_at(deadline, answers.next()).await {
+            Ok(Some(message)) => {
+                if let Ok(reply) = serde_json::from_slice::<ControlReply>(&message.payload) {
+                    gathered.push(reply.answer);
+                }
+            }
+            _ => {
+                tracing::warn!("{} of {nodes} nodes answered in time", gathered.len());
+                break;
+            }
+        }
+    }
+    Ok(gathered)
+}
