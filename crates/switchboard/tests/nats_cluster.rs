@@ -73,6 +73,12 @@ async fn a_publish_on_any_node_reaches_every_node_with_consecutive_offsets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_two_nodes_keep_offsets_and_order() {
+    let (nodes, _streams) = shared_nats_nodes(3).await;
+    concurrent_publishers_keep_order(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_moving_to_another_node_recovers_exactly_what_it_missed() {
     let (nodes, _streams) = shared_nats_nodes(3).await;
     recover_on_another_node(&nodes).await;
