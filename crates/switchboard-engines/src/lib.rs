@@ -4,6 +4,8 @@
 //! share one Redis or one NATS.
 
 pub mod durable;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod liveness;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(any(feature = "redis", feature = "nats"))]

@@ -101,12 +101,6 @@ async fn a_data_dir_with_a_distributed_engine_is_refused_clearly() {
         "{}[engine]\nkind = \"nats\"\ndata_dir = \"/tmp/nowhere\"\n",
         auth_toml()
     );
-    let resolved = switchboard_server::config::Config::from_toml(&config)
-        .unwrap()
-        .with_listen(Some("127.0.0.1:0".into()))
-        .resolve()
-        .unwrap();
-    let refused = switchboard_server::Server::bind(&resolved).await;
-    let message = refused.err().expect("data_dir is the memory engine's");
+    let message = refused_at_startup(&config).await;
     assert!(message.contains("data_dir"), "{message}");
 }

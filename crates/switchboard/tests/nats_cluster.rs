@@ -106,13 +106,7 @@ async fn the_server_api_covers_every_node() {
 async fn an_unreachable_nats_is_refused_at_startup_with_a_clear_message() {
     let url = format!("nats://127.0.0.1:{}", free_port());
     let config = format!("{}{}", auth_toml(), nats_engine(&url, "nowhere"));
-    let resolved = switchboard_server::config::Config::from_toml(&config)
-        .unwrap()
-        .with_listen(Some("127.0.0.1:0".into()))
-        .resolve()
-        .unwrap();
-    let refused = switchboard_server::Server::bind(&resolved).await;
-    let message = refused.err().expect("no NATS, no server");
+    let message = refused_at_startup(&config).await;
     assert!(
         message.contains("cannot reach NATS") && message.contains(&url),
         "{message}"

@@ -131,13 +131,7 @@ async fn one_redis_subscription_per_channel_per_node() {
 async fn an_unreachable_redis_is_refused_at_startup_with_a_clear_message() {
     let url = format!("redis://127.0.0.1:{}", free_port());
     let config = format!("{}{}", auth_toml(), redis_engine(&url, "nowhere"));
-    let resolved = switchboard_server::config::Config::from_toml(&config)
-        .unwrap()
-        .with_listen(Some("127.0.0.1:0".into()))
-        .resolve()
-        .unwrap();
-    let refused = switchboard_server::Server::bind(&resolved).await;
-    let message = refused.err().expect("no Redis, no server");
+    let message = refused_at_startup(&config).await;
     assert!(
         message.contains("cannot reach Redis") && message.contains(&url),
         "{message}"

@@ -9,7 +9,6 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures_util::StreamExt;
@@ -21,6 +20,7 @@ use switchboard_core::engine::{
 use super::members::{Change, roster_of};
 use super::names::Topic;
 use super::{ASK_TIMEOUT, Inner, unavailable};
+use crate::liveness::{beat_interval, now_millis};
 use crate::wire::{self, ControlReply, ControlRequest, Stored};
 
 /// A node's heartbeat: its description and when it beat (its clock, Unix milliseconds).
@@ -28,18 +28,6 @@ use crate::wire::{self, ControlReply, ControlRequest, Stored};
 struct Beat {
     seen: u64,
     info: NodeInfo,
-}
-
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Beats a few times per `node_ttl`, so one missed beat does not make a node dead.
-fn beat_interval(node_ttl: Duration) -> Duration {
-    (node_ttl / 4).max(Duration::from_millis(100))
 }
 
 /// The nodes as their heartbeats tell.
