@@ -113,6 +113,38 @@ async fn an_unreachable_nats_is_refused_at_startup_with_a_clear_message() {
     );
 }
 
+#[tokio::test]
+async fn a_nats_without_jetstream_is_refused_at_startup_with_a_clear_message() {
+    let port = free_port();
+    let mut plain = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server runs");
+    wait_for_port(port);
+    let url = format!("nats://127.0.0.1:{port}");
+    let config = format!("{}{}", auth_toml(), nats_engine(&url, "nojs"));
+    let message = refused_at_startup(&config).await;
+    plain.kill().unwrap();
+    plain.wait().unwrap();
+    assert!(
+        message.contains("JetStream") && message.contains(&url),
+        "{message}"
+    );
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nats-server did not start on {port}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_members_and_peers_vanish_within_node_ttl() {
     let prefix = unique_prefix("nats");
@@ -176,14 +208,7 @@ impl OwnBroker for OwnNats {
             .spawn()
             .expect("nats-server runs (apt-get install nats-server)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("nats-server did not start on {}", self.port);
+        wait_for_port(self.port);
     }
 }
 

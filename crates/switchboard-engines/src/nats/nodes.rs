@@ -37,14 +37,23 @@ pub(crate) struct NodeList {
 }
 
 /// Forever: beat, learn which nodes died, and reap them.
+///
+/// A node that could not beat itself lately (NATS was unreachable) judges no one: the
+/// others were cut off too, and their silence proves nothing until they had `node_ttl` to
+/// beat again.
 pub(crate) async fn heartbeat(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(beat_interval(inner.node_ttl));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beating_since = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         if let Err(e) = beat(&inner).await {
             tracing::warn!("nats heartbeat failed: {e}");
+            beating_since = tokio::time::Instant::now();
             continue;
+        }
+        if beating_since.elapsed() < inner.node_ttl {
+            continue; // just started or just back: nobody is judged yet
         }
         match read(&inner).await {
             Ok(list) => {

@@ -34,8 +34,12 @@ pub(crate) fn stream_config(
         max_age,
         storage: StorageType::File,
         discard: DiscardPolicy::Old,
-        // No publish is retried with the same id: keep the dedup window small.
-        duplicate_window: Duration::from_secs(1),
+        // No publish is retried with the same id: keep the dedup window small (and within
+        // the age limit, as JetStream wants).
+        duplicate_window: match max_age {
+            Duration::ZERO => Duration::from_secs(1),
+            age => age.min(Duration::from_secs(1)),
+        },
         ..Default::default()
     }
 }
