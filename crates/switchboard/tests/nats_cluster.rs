@@ -159,6 +159,8 @@ async fn a_killed_nodes_members_and_peers_vanish_within_node_ttl() {
 /// store), so it can be killed and restarted with or without its data.
 struct OwnNats {
     port: u16,
+    /// Its monitoring endpoint (`/connz`).
+    monitor: u16,
     dir: std::path::PathBuf,
     child: Option<Child>,
     keeps_data: bool,
@@ -168,6 +170,7 @@ impl OwnNats {
     fn start(keeps_data: bool) -> OwnNats {
         let mut nats = OwnNats {
             port: free_port(),
+            monitor: free_port(),
             dir: temp_dir(&format!("nats-{keeps_data}")),
             child: None,
             keeps_data,
@@ -194,14 +197,8 @@ impl OwnBroker for OwnNats {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
         let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js"])
+            .args(["-m", &self.monitor.to_string(), "-sd"])
             .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -217,6 +214,48 @@ impl Drop for OwnNats {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// How many subscriptions to `subject` the NATS server holds, over every connection.
+async fn subscriptions_to(nats: &OwnNats, subject: &str) -> usize {
+    let url = format!("http://127.0.0.1:{}/connz?subs=1", nats.monitor);
+    let connz: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    connz["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["subscriptions_list"].as_array())
+        .flatten()
+        .filter(|s| *s == subject)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_nats_subscription_per_channel_per_node() {
+    let nats = OwnNats::start(false);
+    let nodes = start_nodes(&nats_engine(&nats.url(), "subs"), 1).await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let (mut client, _) = member(&nodes[0], &format!("u{i}")).await;
+        client.subscribe("chat:many").await.unwrap();
+        clients.push(client);
+    }
+    // "chat:many" as a subject token (base64url).
+    let subject = "subs.c.Y2hhdDptYW55";
+    assert_eq!(
+        subscriptions_to(&nats, subject).await,
+        1,
+        "five clients, one node"
+    );
+    for client in clients {
+        client.close().await.unwrap();
+    }
+    eventually(
+        WAIT,
+        "the node unsubscribes when its last client leaves",
+        || async { subscriptions_to(&nats, subject).await == 0 },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,8 +135,15 @@ impl Inner {
             // Delivered only once JetStream holds it: a subscriber never sees a message that
             // history does not have. Nodes receiving these out of order fill from history.
             let payload = wire::encode_publication(offset, &epoch, &data);
-            self.core_publish(&Topic::Channel(channel.into()), payload)
-                .await?;
+            if let Err(e) = self
+                .core_publish(&Topic::Channel(channel.into()), payload)
+                .await
+            {
+                // Stored all the same: nodes get it by filling the gap it leaves, or by
+                // catching up once the connection is back. Reporting a failure would only
+                // make the publisher send it twice.
+                tracing::warn!("announcing offset {offset} of {channel}: {e}");
+            }
             return Ok(StreamPosition { offset, epoch });
         }
         Err(unavailable(format!(
