@@ -16,6 +16,33 @@ use switchboard_engines::nats::{NatsEngine, NatsOptions};
 
 const NATS: &str = "nats://127.0.0.1:4222";
 
+/// A hub stand-in that keeps the offsets delivered and the channels reported lost.
+#[derive(Default)]
+struct Recorder {
+    offsets: parking_lot::Mutex<Vec<u64>>,
+    lost: parking_lot::Mutex<Vec<String>>,
+}
+
+impl EngineHandler for Recorder {
+    fn on_publication(&self, _: &str, publication: &Publication) {
+        self.offsets.lock().push(publication.offset);
+    }
+    fn on_presence_event(&self, _: &str, _: PresenceEvent, _: &PresenceMember) {}
+    fn on_room_event(&self, _: &str, _: &RoomEvent) {}
+    fn on_stream_lost(&self, channel: &str) {
+        self.lost.lock().push(channel.to_owned());
+    }
+    fn on_request(self: Arc<Self>, _: NodeRequest) -> BoxFuture<NodeAnswer> {
+        Box::pin(async { NodeAnswer::Count { count: 0 } })
+    }
+    fn node_info(&self) -> NodeInfo {
+        NodeInfo::default()
+    }
+    fn announces_presence(&self, _: &str) -> bool {
+        false
+    }
+}
+
 /// A hub stand-in that ignores deliveries.
 struct Quiet;
 
@@ -55,6 +82,13 @@ impl Prefix {
     }
 
     async fn engine(&self) -> (NatsEngine, Arc<dyn EngineHandler>) {
+        self.engine_with(Arc::new(Quiet)).await
+    }
+
+    async fn engine_with(
+        &self,
+        handler: Arc<dyn EngineHandler>,
+    ) -> (NatsEngine, Arc<dyn EngineHandler>) {
         let engine = NatsEngine::connect(NatsOptions {
             url: NATS.into(),
             prefix: self.0.clone(),
@@ -65,7 +99,6 @@ impl Prefix {
         })
         .await
         .expect("NATS with JetStream on 127.0.0.1:4222");
-        let handler: Arc<dyn EngineHandler> = Arc::new(Quiet);
         engine.set_handler(Arc::downgrade(&handler) as Weak<dyn EngineHandler>);
         (engine, handler)
     }
@@ -220,6 +253,60 @@ async fn names_with_subject_wildcards_and_dots_stay_apart() {
         assert_eq!(members.len(), 1, "{channel}");
         assert_eq!(&*members[0].client, format!("client of {channel}"));
     }
+    drop(engine);
+    prefix.clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_offset_arriving_first_is_filled_in_order_not_skipped() {
+    let prefix = Prefix::new("reorder");
+    let recorder = Arc::new(Recorder::default());
+    let (engine, _handler) = prefix.engine_with(recorder.clone()).await;
+    // A channel nobody published yet: subscribing fixes its epoch.
+    engine.subscribe("fresh").await.unwrap();
+    let keep = options(100, Duration::from_secs(300));
+    let now = HistoryQuery {
+        since: None,
+        limit: Some(0),
+    };
+    let epoch = engine
+        .history("fresh", now, keep)
+        .await
+        .unwrap()
+        .position
+        .epoch;
+
+    // Offsets 1 and 2 stored by "another node", whose announcements cross on the way.
+    let client = async_nats::connect(NATS).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let token = "ZnJlc2g"; // "fresh" as a subject token
+    for offset in [1u64, 2] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Sb-Offset", offset.to_string().as_str());
+        headers.insert("Sb-Epoch", &*epoch);
+        let subject = format!("{}.h.100.{token}", prefix.0);
+        js.publish_with_headers(subject, headers, Bytes::from(offset.to_string()))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let topic = format!("{}.c.{token}", prefix.0);
+    for offset in [2u64, 1] {
+        let announce = format!("m{offset} {epoch} {offset}");
+        client
+            .publish(topic.clone(), announce.into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while recorder.offsets.lock().len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(*recorder.offsets.lock(), [1, 2], "in order, once each");
+    assert!(recorder.lost.lock().is_empty(), "a reorder is not a loss");
     drop(engine);
     prefix.clean().await;
 }

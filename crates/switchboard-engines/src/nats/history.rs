@@ -98,13 +98,13 @@ impl Inner {
         }
     }
 
-    /// Where `channel` stands (`None`: no stream yet), for the delivery checks.
+    /// Where `channel` stands, for the delivery checks. A channel without a stream gets one
+    /// (with its epoch) here: knowing the epoch before the first message arrives is what lets
+    /// a node that receives offset 2 before offset 1 see the gap instead of skipping 1.
     pub(crate) async fn position(&self, channel: &str) -> Result<Option<Position>, EngineError> {
         let size = (self.stream_options)(channel).history_size;
-        Ok(self
-            .last_message(size, channel)
-            .await?
-            .map(|last| (last.offset, last.epoch)))
+        let last = self.position_or_start(size, channel).await?;
+        Ok(Some((last.offset, last.epoch)))
     }
 
     pub(crate) async fn publish(
