@@ -43,25 +43,6 @@ impl EngineHandler for Recorder {
     }
 }
 
-/// A hub stand-in that ignores deliveries.
-struct Quiet;
-
-impl EngineHandler for Quiet {
-    fn on_publication(&self, _: &str, _: &Publication) {}
-    fn on_presence_event(&self, _: &str, _: PresenceEvent, _: &PresenceMember) {}
-    fn on_room_event(&self, _: &str, _: &RoomEvent) {}
-    fn on_stream_lost(&self, _: &str) {}
-    fn on_request(self: Arc<Self>, _: NodeRequest) -> BoxFuture<NodeAnswer> {
-        Box::pin(async { NodeAnswer::Count { count: 0 } })
-    }
-    fn node_info(&self) -> NodeInfo {
-        NodeInfo::default()
-    }
-    fn announces_presence(&self, _: &str) -> bool {
-        false
-    }
-}
-
 fn options(size: usize, ttl: Duration) -> StreamOptions {
     StreamOptions {
         history_size: size,
@@ -82,7 +63,7 @@ impl Prefix {
     }
 
     async fn engine(&self) -> (NatsEngine, Arc<dyn EngineHandler>) {
-        self.engine_with(Arc::new(Quiet)).await
+        self.engine_with(Arc::new(Recorder::default())).await
     }
 
     async fn engine_with(
