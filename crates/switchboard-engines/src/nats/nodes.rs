@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use switchboard_core::engine::{
     EngineError, NodeAnswer, NodeInfo, NodeRequest, PresenceEvent, RoomEvent,
 };
@@ -20,15 +19,8 @@ use switchboard_core::engine::{
 use super::members::{Change, roster_of};
 use super::names::Topic;
 use super::{ASK_TIMEOUT, Inner, unavailable};
-use crate::liveness::{beat_interval, now_millis};
+use crate::liveness::beat_interval;
 use crate::wire::{self, ControlReply, ControlRequest, Stored};
-
-/// A node's heartbeat: its description and when it beat (its clock, Unix milliseconds).
-#[derive(Serialize, Deserialize)]
-struct Beat {
-    seen: u64,
-    info: NodeInfo,
-}
 
 /// The nodes as their heartbeats tell.
 pub(crate) struct NodeList {
@@ -70,15 +62,11 @@ pub(crate) async fn heartbeat(inner: Arc<Inner>) {
     }
 }
 
-/// Records this node's description and heartbeat.
+/// Records this node's description; the time JetStream stamps on it is the heartbeat.
 pub(crate) async fn beat(inner: &Inner) -> Result<(), EngineError> {
     let mut info = inner.handler().map(|h| h.node_info()).unwrap_or_default();
     info.id = inner.node.clone();
-    let beat = Beat {
-        seen: now_millis(),
-        info,
-    };
-    let payload = serde_json::to_vec(&beat).map_err(unavailable)?;
+    let payload = serde_json::to_vec(&info).map_err(unavailable)?;
     inner
         .append(inner.names.node(&inner.node), None, None, payload.into())
         .await
@@ -86,6 +74,10 @@ pub(crate) async fn beat(inner: &Inner) -> Result<(), EngineError> {
 }
 
 /// Every node's last heartbeat: live ones (sorted by id) and dead ones.
+///
+/// Beats are judged by the times JetStream stamped on them, against the newest beat (this
+/// node's own, just written): one clock for every node, so nodes whose clocks disagree do not
+/// take each other for dead.
 pub(crate) async fn read(inner: &Inner) -> Result<NodeList, EngineError> {
     let messages = inner
         .read(
@@ -94,19 +86,24 @@ pub(crate) async fn read(inner: &Inner) -> Result<NodeList, EngineError> {
             DeliverPolicy::LastPerSubject,
         )
         .await?;
-    let cutoff = now_millis().saturating_sub(inner.node_ttl.as_millis() as u64);
+    let beats: Vec<(i128, NodeInfo)> = messages
+        .iter()
+        .filter_map(|message| {
+            let stamped = message.info().ok()?.published.unix_timestamp_nanos();
+            Some((stamped, serde_json::from_slice(&message.payload).ok()?))
+        })
+        .collect();
+    let newest = beats.iter().map(|(stamped, _)| *stamped).max().unwrap_or(0);
+    let cutoff = newest - inner.node_ttl.as_nanos() as i128;
     let mut list = NodeList {
         live: Vec::new(),
         dead: Vec::new(),
     };
-    for message in messages {
-        let Ok(beat) = serde_json::from_slice::<Beat>(&message.payload) else {
-            continue;
-        };
-        if beat.seen >= cutoff || beat.info.id == inner.node {
-            list.live.push(beat.info);
+    for (stamped, info) in beats {
+        if stamped >= cutoff || info.id == inner.node {
+            list.live.push(info);
         } else {
-            list.dead.push(beat.info.id);
+            list.dead.push(info.id);
         }
     }
     list.live.sort_by(|a, b| a.id.cmp(&b.id));
