@@ -22,7 +22,7 @@ mod nodes;
 mod store;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,8 @@ pub(crate) struct Inner {
     reconnected: watch::Sender<u64>,
     /// Nodes known to be dead: their members are hidden until they are reaped.
     dead: RwLock<HashSet<String>>,
+    /// Stream sequence of this node's last heartbeat (0: none yet).
+    last_beat: AtomicU64,
     stats: EngineStats,
 }
 
@@ -191,6 +193,7 @@ impl NatsEngine {
             subscriptions: delivery::Registry::default(),
             reconnected,
             dead: RwLock::new(HashSet::new()),
+            last_beat: AtomicU64::new(0),
             stats: EngineStats::default(),
         });
         inner.ensure_fixed_streams().await.map_err(|e| {

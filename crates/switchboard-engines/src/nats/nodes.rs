@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures_util::StreamExt;
@@ -63,14 +64,36 @@ pub(crate) async fn heartbeat(inner: Arc<Inner>) {
 }
 
 /// Records this node's description; the time JetStream stamps on it is the heartbeat.
+///
+/// Each beat replaces the previous one only if that is still there (compare-and-set on its
+/// sequence): when it is not, this node was reaped while alive (a stall longer than
+/// `node_ttl`) or NATS lost its data, and with it this node's presence members and room peers.
 pub(crate) async fn beat(inner: &Inner) -> Result<(), EngineError> {
     let mut info = inner.handler().map(|h| h.node_info()).unwrap_or_default();
     info.id = inner.node.clone();
-    let payload = serde_json::to_vec(&info).map_err(unavailable)?;
-    inner
-        .append(inner.names.node(&inner.node), None, None, payload.into())
-        .await
-        .map(drop)
+    let payload = bytes::Bytes::from(serde_json::to_vec(&info).map_err(unavailable)?);
+    let subject = inner.names.node(&inner.node);
+    let previous = inner.last_beat.load(Ordering::Relaxed);
+    let expected = (previous > 0).then_some(previous);
+    let sequence = match inner
+        .append(subject.clone(), expected, None, payload.clone())
+        .await?
+    {
+        Some(sequence) => sequence,
+        None => {
+            tracing::warn!(
+                "this node's record vanished from NATS (reaped during a stall, or NATS lost \
+                 its data): its presence members and room peers are gone until its clients \
+                 subscribe and join again"
+            );
+            inner
+                .append(subject, None, None, payload)
+                .await?
+                .ok_or_else(|| unavailable("heartbeat refused"))?
+        }
+    };
+    inner.last_beat.store(sequence, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Every node's last heartbeat: live ones (sorted by id) and dead ones.
