@@ -70,8 +70,16 @@ impl Prefix {
         &self,
         handler: Arc<dyn EngineHandler>,
     ) -> (NatsEngine, Arc<dyn EngineHandler>) {
+        self.engine_at(NATS, handler).await
+    }
+
+    async fn engine_at(
+        &self,
+        url: &str,
+        handler: Arc<dyn EngineHandler>,
+    ) -> (NatsEngine, Arc<dyn EngineHandler>) {
         let engine = NatsEngine::connect(NatsOptions {
-            url: NATS.into(),
+            url: url.into(),
             prefix: self.0.clone(),
             node_id: switchboard_core::engine::new_node_id(),
             node_ttl: Duration::from_secs(5),
@@ -289,5 +297,22 @@ async fn a_later_offset_arriving_first_is_filled_in_order_not_skipped() {
     assert_eq!(*recorder.offsets.lock(), [1, 2], "in order, once each");
     assert!(recorder.lost.lock().is_empty(), "a reorder is not a loss");
     drop(engine);
+    prefix.clean().await;
+}
+
+#[tokio::test]
+async fn a_url_may_list_several_servers_of_which_one_answers() {
+    let prefix = Prefix::new("servers");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = format!("nats://{}", silent.local_addr().unwrap());
+    drop(silent);
+    for _ in 0..3 {
+        // async-nats tries the servers in random order: either way one answers.
+        let (engine, _handler) = prefix
+            .engine_at(&format!("{nobody}, {NATS}"), Arc::new(Recorder::default()))
+            .await;
+        let keep = options(10, Duration::from_secs(60));
+        engine.publish("c", Bytes::from("1"), keep).await.unwrap();
+    }
     prefix.clean().await;
 }

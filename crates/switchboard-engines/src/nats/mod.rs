@@ -162,6 +162,8 @@ impl NatsEngine {
     /// streams it needs and starts the node's control subscription and heartbeat.
     pub async fn connect(options: NatsOptions) -> Result<NatsEngine, String> {
         let names = Names::new(&options.prefix)?;
+        // Several servers of one NATS cluster: any of them will do.
+        let servers: Vec<&str> = options.url.split(',').map(str::trim).collect();
         let (events, mut event_stream) = tokio::sync::mpsc::unbounded_channel();
         let client = async_nats::ConnectOptions::new()
             .name(format!("switchboard {}", options.node_id))
@@ -173,7 +175,7 @@ impl NatsEngine {
                     let _ = events.send(event);
                 }
             })
-            .connect(options.url.as_str())
+            .connect(servers.as_slice())
             .await
             .map_err(|e| format!("cannot reach NATS at {}: {e}", options.url))?;
         let js = jetstream::context::ContextBuilder::new()
