@@ -148,7 +148,14 @@ impl Delivery {
         match self.order.arrival(&publication) {
             Arrival::Repeat => return,
             Arrival::Gap(since) => self.fill(since).await,
-            Arrival::Reset => self.lose().await,
+            Arrival::Reset => {
+                self.lose().await;
+                // Checked again from where the channel stands now: a message of an older
+                // epoch is not handed over.
+                if self.order.arrival(&publication) != Arrival::Next {
+                    return;
+                }
+            }
             Arrival::Next => {}
         }
         self.hand_over(&publication);

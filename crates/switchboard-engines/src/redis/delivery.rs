@@ -317,7 +317,18 @@ impl Subscriber {
         match sub.order.arrival(&publication) {
             Arrival::Repeat => return,
             Arrival::Gap(since) => self.fill(name, channel, since).await,
-            Arrival::Reset => self.lose(name, channel).await,
+            Arrival::Reset => {
+                self.lose(name, channel).await;
+                // Checked again from where the channel stands now: a message of an older
+                // epoch is not handed over.
+                let again = self
+                    .subs
+                    .get(name)
+                    .map(|sub| sub.order.arrival(&publication));
+                if again != Some(Arrival::Next) {
+                    return;
+                }
+            }
             Arrival::Next => {}
         }
         self.hand_over(name, channel, &publication);
