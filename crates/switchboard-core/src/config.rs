@@ -103,6 +103,15 @@ impl HubConfig {
         }
     }
 
+    /// How `channel`'s stream is kept (its namespace's history settings).
+    pub fn stream_options(&self, channel: &str) -> crate::engine::StreamOptions {
+        let ns = self.namespace(channel);
+        crate::engine::StreamOptions {
+            history_size: ns.history_size,
+            history_ttl: ns.history_ttl,
+        }
+    }
+
     /// Anonymous clients are admitted at all: server-wide, or by at least one namespace.
     pub fn admits_anonymous(&self) -> bool {
         self.allow_anonymous

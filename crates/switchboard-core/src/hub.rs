@@ -229,11 +229,7 @@ impl Hub {
     }
 
     fn stream_options(&self, channel: &str) -> StreamOptions {
-        let ns = self.config.namespace(channel);
-        StreamOptions {
-            history_size: ns.history_size,
-            history_ttl: ns.history_ttl,
-        }
+        self.config.stream_options(channel)
     }
 
     // ---- clients ----

@@ -1,7 +1,16 @@
 //! Engines behind the hub's `Engine` seam beyond plain RAM: [`durable::RedbStore`], the
 //! crash-safe store that makes the memory engine's history survive restarts (`[engine]
-//! data_dir`), and [`redis::RedisEngine`], which lets several nodes share one Redis.
+//! data_dir`), [`redis::RedisEngine`] and [`nats::NatsEngine`], which let several nodes
+//! share one Redis or one NATS.
 
 pub mod durable;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod liveness;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod order;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod wire;

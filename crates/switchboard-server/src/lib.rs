@@ -46,8 +46,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The engine `[engine]` asks for.
 async fn build_engine(
     config: &config::EngineConfig,
-    idle_ttl: Duration,
+    hub_config: &switchboard_core::HubConfig,
 ) -> Result<Arc<dyn switchboard_core::Engine>, String> {
+    let idle_ttl = hub_config.stream_idle_ttl;
+    let prefix = config
+        .prefix
+        .clone()
+        .unwrap_or_else(|| "switchboard".into());
     match (config.kind, &config.data_dir) {
         (config::EngineKind::Redis, None) => {
             let options = switchboard_engines::redis::RedisOptions {
@@ -55,10 +60,7 @@ async fn build_engine(
                     .redis_url
                     .clone()
                     .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
-                prefix: config
-                    .prefix
-                    .clone()
-                    .unwrap_or_else(|| "switchboard".into()),
+                prefix,
                 node_id: switchboard_core::engine::new_node_id(),
                 node_ttl: Duration::from_secs(config.node_ttl.max(1)),
                 idle_ttl,
@@ -66,6 +68,28 @@ async fn build_engine(
             let engine = switchboard_engines::redis::RedisEngine::connect(options.clone()).await?;
             tracing::info!(
                 "redis engine at {} (prefix {:?}), node {}",
+                options.url,
+                options.prefix,
+                engine.node_id()
+            );
+            Ok(Arc::new(engine))
+        }
+        (config::EngineKind::Nats, None) => {
+            let namespaces = hub_config.clone();
+            let options = switchboard_engines::nats::NatsOptions {
+                url: config
+                    .nats_url
+                    .clone()
+                    .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+                prefix,
+                node_id: switchboard_core::engine::new_node_id(),
+                node_ttl: Duration::from_secs(config.node_ttl.max(1)),
+                idle_ttl,
+                stream_options: Arc::new(move |channel| namespaces.stream_options(channel)),
+            };
+            let engine = switchboard_engines::nats::NatsEngine::connect(options.clone()).await?;
+            tracing::info!(
+                "nats engine at {} (prefix {:?}), node {}",
                 options.url,
                 options.prefix,
                 engine.node_id()
@@ -84,10 +108,6 @@ async fn build_engine(
             tracing::info!("history kept on disk in {}", dir.display());
             Ok(Arc::new(engine))
         }
-        (kind, _) => Err(format!(
-            "[engine] kind = {:?} is not available in this version yet; use \"memory\"",
-            format!("{kind:?}").to_lowercase()
-        )),
     }
 }
 
@@ -114,7 +134,7 @@ impl Server {
     pub async fn bind(resolved: &Resolved) -> Result<Server, String> {
         let config = &resolved.config;
         let hub_config = config.hub_config();
-        let engine = build_engine(&config.engine, hub_config.stream_idle_ttl).await?;
+        let engine = build_engine(&config.engine, &hub_config).await?;
         let hub = Hub::new(hub_config, engine);
         let mut webrtc = config.webrtc.clone();
         let turn = match &webrtc.turn {

@@ -96,14 +96,11 @@ async fn without_data_dir_a_restart_starts_new_epochs() {
 }
 
 #[tokio::test]
-async fn engines_not_built_yet_are_refused_clearly() {
-    let config = format!("{}[engine]\nkind = \"nats\"\n", auth_toml());
-    let resolved = switchboard_server::config::Config::from_toml(&config)
-        .unwrap()
-        .with_listen(Some("127.0.0.1:0".into()))
-        .resolve()
-        .unwrap();
-    let refused = switchboard_server::Server::bind(&resolved).await;
-    let message = refused.err().expect("nats is refused for now");
-    assert!(message.contains("nats"), "{message}");
+async fn a_data_dir_with_a_distributed_engine_is_refused_clearly() {
+    let config = format!(
+        "{}[engine]\nkind = \"nats\"\ndata_dir = \"/tmp/nowhere\"\n",
+        auth_toml()
+    );
+    let message = refused_at_startup(&config).await;
+    assert!(message.contains("data_dir"), "{message}");
 }

@@ -68,6 +68,12 @@ async fn a_publish_on_any_node_reaches_every_node_with_consecutive_offsets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_two_nodes_keep_offsets_and_order() {
+    let (nodes, _keys) = shared_redis_nodes(3).await;
+    concurrent_publishers_keep_order(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_moving_to_another_node_recovers_exactly_what_it_missed() {
     let (nodes, _keys) = shared_redis_nodes(3).await;
     recover_on_another_node(&nodes).await;
@@ -132,17 +138,21 @@ async fn one_redis_subscription_per_channel_per_node() {
 async fn an_unreachable_redis_is_refused_at_startup_with_a_clear_message() {
     let url = format!("redis://127.0.0.1:{}", free_port());
     let config = format!("{}{}", auth_toml(), redis_engine(&url, "nowhere"));
-    let resolved = switchboard_server::config::Config::from_toml(&config)
-        .unwrap()
-        .with_listen(Some("127.0.0.1:0".into()))
-        .resolve()
-        .unwrap();
-    let refused = switchboard_server::Server::bind(&resolved).await;
-    let message = refused.err().expect("no Redis, no server");
+    let message = refused_at_startup(&config).await;
     assert!(
         message.contains("cannot reach Redis") && message.contains(&url),
         "{message}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_members_and_peers_vanish_within_node_ttl() {
+    let prefix = unique_prefix("redis");
+    let _keys = Keys {
+        url: REDIS.into(),
+        prefix: prefix.clone(),
+    };
+    killed_node_vanishes(&redis_engine(REDIS, &prefix)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,94 +223,6 @@ async fn a_node_records_where_it_holds_members_only_while_it_does() {
     .await;
 }
 
-/// A server process (so it can be `kill -9`ed) on `engine`.
-fn spawn_node(dir: &std::path::Path, name: &str, engine: &str) -> (Child, String) {
-    let config = dir.join(format!("{name}.toml"));
-    let toml = format!(
-        "listen = \"127.0.0.1:{}\"\n{}{SHARED}{engine}",
-        free_port(),
-        auth_toml()
-    );
-    std::fs::write(&config, toml).unwrap();
-    spawn_server(&config)
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("sb-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_nodes_members_and_peers_vanish_within_node_ttl() {
-    let prefix = unique_prefix("redis");
-    let _keys = Keys {
-        url: REDIS.into(),
-        prefix: prefix.clone(),
-    };
-    let engine = redis_engine(REDIS, &prefix);
-    let dir = temp_dir("kill9");
-    let (mut doomed, doomed_base) = spawn_node(&dir, "doomed", &engine);
-    let survivor = start_nodes(&engine, 1).await.remove(0);
-
-    let (mut ghost, ghost_id) = {
-        let (client, connected) =
-            switchboard_client::WsClient::connect(&doomed_base, Some(&member_token("ghost")))
-                .await
-                .unwrap();
-        (client, connected["client"].as_str().unwrap().to_owned())
-    };
-    ghost.subscribe("chat:ghosts").await.unwrap();
-    ghost
-        .request(json!({"type": "join_room", "room": "call:ghosts"}))
-        .await
-        .unwrap();
-    let (mut watcher, _) = member(&survivor, "watcher").await;
-    watcher.subscribe("chat:ghosts").await.unwrap();
-    watcher
-        .request(json!({"type": "join_room", "room": "call:ghosts"}))
-        .await
-        .unwrap();
-    let api = survivor.api();
-    let present = api.presence("chat:ghosts").await.unwrap();
-    assert_eq!(present["members"].as_array().unwrap().len(), 2, "{present}");
-
-    doomed.kill().unwrap(); // SIGKILL: no goodbye from the node
-    doomed.wait().unwrap();
-    let killed = Instant::now();
-
-    let leave = watcher
-        .next_where(Duration::from_secs(8), |f| {
-            f["type"] == "leave" && f["member"]["user"] == "ghost"
-        })
-        .await
-        .expect("the dead node's member leaves");
-    assert_eq!(leave["channel"], "chat:ghosts");
-    let left = watcher
-        .next_where(Duration::from_secs(8), |f| f["type"] == "peer_left")
-        .await
-        .expect("the dead node's peer leaves the room");
-    assert_eq!(left["peer"], ghost_id.as_str());
-    let took = killed.elapsed();
-    // node_ttl is 2 s; a live node beats every 0.5 s and reaps what it finds dead.
-    assert!(took < Duration::from_secs(4), "took {took:?}");
-
-    let present = api.presence("chat:ghosts").await.unwrap();
-    let users: Vec<&str> = present["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["user"].as_str().unwrap())
-        .collect();
-    assert_eq!(users, ["watcher"]);
-    let room = api.room("call:ghosts").await.unwrap();
-    assert_eq!(room["peers"].as_array().unwrap().len(), 1, "{room}");
-    let info = api.info().await.unwrap();
-    assert_eq!(info["nodes"].as_array().unwrap().len(), 1, "{info}");
-    let _ = std::fs::remove_dir_all(dir);
-}
-
 /// A Redis of the test's own on a free port, so it can be killed and restarted.
 struct OwnRedis {
     port: u16,
@@ -369,6 +291,16 @@ impl OwnRedis {
     }
 }
 
+impl OwnBroker for OwnRedis {
+    fn kill(&mut self) {
+        OwnRedis::kill(self);
+    }
+
+    fn restart(&mut self) {
+        OwnRedis::restart(self);
+    }
+}
+
 impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.kill();
@@ -380,134 +312,12 @@ impl Drop for OwnRedis {
 async fn a_redis_restart_with_its_data_loses_nothing_and_repeats_nothing() {
     let mut redis = OwnRedis::start(true);
     let engine = redis_engine(&redis.url(), "restart");
-    let nodes = start_nodes(&engine, 2).await;
-    let channel = "chat:restart";
-    let (mut reader, _) = member(&nodes[1], "reader").await;
-    reader.subscribe(channel).await.unwrap();
-
-    // Publish on node 0 through the outage; keep every acknowledged offset.
-    let api = nodes[0].api();
-    let publisher = tokio::spawn(async move {
-        let mut acknowledged = Vec::new();
-        for n in 0..150i64 {
-            if let Ok(reply) = api.publish(channel, &json!({"n": n})).await {
-                acknowledged.push(reply["offset"].as_u64().unwrap());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        acknowledged
-    });
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    redis.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    redis.restart();
-    let acknowledged = publisher.await.unwrap();
-    assert!(
-        acknowledged.len() > 50,
-        "{} acknowledged",
-        acknowledged.len()
-    );
-
-    // Every message in the stream arrives once, in order, without a disconnect.
-    let last = *acknowledged.last().unwrap();
-    let mut offsets = Vec::new();
-    while offsets.last() != Some(&last) {
-        let frame = reader
-            .next_where(Duration::from_secs(10), |f| {
-                f["type"] == "message" || f["type"] == "disconnect"
-            })
-            .await
-            .unwrap_or_else(|e| panic!("after {offsets:?}: {e}"));
-        assert_eq!(frame["type"], "message", "{frame}");
-        offsets.push(frame["offset"].as_u64().unwrap());
-    }
-    assert_eq!(offsets, (1..=last).collect::<Vec<_>>(), "no gap, no repeat");
-    for offset in &acknowledged {
-        assert!(offsets.contains(offset));
-    }
-    assert_no_message(&mut reader, "nothing twice").await;
-    let reconnects = nodes[1].metric("switchboard_engine_reconnects_total").await;
-    assert!(reconnects >= 1.0, "the node counted its reconnect");
+    restart_keeps_everything(&mut redis, &engine).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_lost_its_data_sends_clients_back_to_learn_recovered_false() {
     let mut redis = OwnRedis::start(false);
     let engine = redis_engine(&redis.url(), "wiped");
-    let nodes = start_nodes(&engine, 2).await;
-    let channel = "chat:wiped";
-    let (mut reader, _) = member(&nodes[1], "reader").await;
-    reader.subscribe(channel).await.unwrap();
-    let api = nodes[0].api();
-    for n in 0..5 {
-        api.publish(channel, &json!({"n": n})).await.unwrap();
-    }
-    let got = read_messages(&mut reader, channel, 5).await;
-    let (last, _) = *got.last().unwrap();
-    let history = api.history(channel, Some(0), None).await.unwrap();
-    let epoch = history["epoch"].as_str().unwrap().to_owned();
-
-    redis.kill();
-    redis.restart(); // empty: every stream and its epoch are gone
-
-    // The node notices on reconnect and sends its subscriber back with code 4009.
-    let (code, _) = reader.wait_close(Duration::from_secs(10)).await.unwrap();
-    assert_eq!(code, Some(4009));
-    let lost = nodes[1]
-        .metric("switchboard_engine_streams_lost_total")
-        .await;
-    assert!(lost >= 1.0);
-
-    // Back with `since`, as a client does after 4009 (again if the node, noticing the wipe
-    // at its next heartbeat, sends it back once more: every membership was lost too).
-    let mut lost_again = 0;
-    loop {
-        let (mut reader, _) = member(&nodes[1], "reader").await;
-        let reply = eventually_subscribe_since(&mut reader, channel, last, &epoch).await;
-        assert_eq!(reply["recovered"], false, "{reply}");
-        assert_ne!(reply["epoch"], epoch.as_str(), "a new stream, a new epoch");
-        // Node 0's command connection may answer its first call after the restart with 503.
-        eventually(WAIT, "node 0 publishes again", || async {
-            api.publish(channel, &json!({"n": 100 + lost_again}))
-                .await
-                .is_ok()
-        })
-        .await;
-        match reader.next_message(channel, WAIT).await {
-            Ok(fresh) => {
-                assert_eq!(fresh["epoch"], reply["epoch"], "nothing of the old stream");
-                assert_eq!(
-                    fresh["offset"].as_u64(),
-                    Some(reply["offset"].as_u64().unwrap() + 1)
-                );
-                break;
-            }
-            Err(switchboard_client::Error::Closed {
-                code: Some(4009), ..
-            }) if lost_again < 2 => {
-                lost_again += 1;
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
-}
-
-/// Subscribes with `since`, retrying while the node is still reconnecting to Redis.
-async fn eventually_subscribe_since(
-    client: &mut switchboard_client::WsClient,
-    channel: &str,
-    offset: u64,
-    epoch: &str,
-) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match client.subscribe_since(channel, offset, epoch).await {
-            Ok(reply) => return reply,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("subscribe never succeeded: {e}"),
-        }
-    }
+    restart_without_data_sends_clients_back(&mut redis, &engine).await;
 }

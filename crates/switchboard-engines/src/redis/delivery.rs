@@ -14,8 +14,9 @@ use switchboard_core::engine::{EngineError, HistoryQuery, Publication, StreamOpt
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys::Topic;
-use super::wire::{self, ChannelMessage, ControlReply, ControlRequest};
 use super::{Inner, unavailable};
+use crate::order::{Arrival, CatchUp, ChannelOrder, Position};
+use crate::wire::{self, ChannelMessage, ControlReply, ControlRequest};
 
 pub(crate) enum SubCommand {
     Subscribe {
@@ -48,11 +49,8 @@ struct Subscription {
     refs: usize,
     /// SUBSCRIBE confirmed on the current connection.
     live: bool,
-    /// For a channel, the last position handed to the hub.
-    last: Option<(u64, Arc<str>)>,
-    /// Whether `last` is trustworthy for spotting gaps (false when reading the position
-    /// failed, or after a loss).
-    known: bool,
+    /// For a channel, what was handed to the hub (gaps, repeats).
+    order: ChannelOrder,
 }
 
 pub(crate) struct Subscriber {
@@ -239,8 +237,7 @@ impl Subscriber {
                 if let Some(sub) = self.subs.get_mut(&name) {
                     sub.live = true;
                     if let Some(position) = position {
-                        sub.known = position.is_ok();
-                        sub.last = position.ok().flatten();
+                        sub.order = ChannelOrder::starting_at(position.ok());
                     }
                 }
                 let _ = reply.send(Ok(()));
@@ -318,62 +315,51 @@ impl Subscriber {
         let Some(sub) = self.subs.get(name) else {
             return;
         };
-        match &sub.last {
-            Some((last, epoch)) if *epoch == publication.epoch => {
-                if publication.offset <= *last {
+        match sub.order.arrival(&publication) {
+            Arrival::Repeat => return,
+            Arrival::Gap(since) => self.fill(name, channel, since).await,
+            Arrival::Reset => {
+                self.lose(name, channel).await;
+                // Checked again from where the channel stands now: a message of an older
+                // epoch is not handed over.
+                let again = self
+                    .subs
+                    .get(name)
+                    .map(|sub| sub.order.arrival(&publication));
+                if again != Some(Arrival::Next) {
                     return;
                 }
-                if publication.offset > last + 1 {
-                    let since = (*last, epoch.clone());
-                    self.fill(name, channel, since).await;
-                }
             }
-            Some(_) => self.lose(name, channel).await,
-            // Nothing seen yet on this connection: a live subscription misses nothing, and
-            // what came before it is the hub's history read.
-            None => {}
+            Arrival::Next => {}
         }
-        let Some(sub) = self.subs.get_mut(name) else {
-            return;
-        };
-        if let Some((last, epoch)) = &sub.last
-            && *epoch == publication.epoch
-            && publication.offset <= *last
+        self.hand_over(name, channel, &publication);
+    }
+
+    fn hand_over(&mut self, name: &str, channel: &str, publication: &Publication) {
+        if let Some(sub) = self.subs.get_mut(name)
+            && sub.order.accept(publication)
+            && let Some(handler) = self.inner.handler()
         {
-            return;
-        }
-        sub.last = Some((publication.offset, publication.epoch.clone()));
-        sub.known = true;
-        if let Some(handler) = self.inner.handler() {
-            handler.on_publication(channel, &publication);
+            handler.on_publication(channel, publication);
         }
     }
 
     /// Delivers what history holds after `since`, or reports the channel lost when history
     /// no longer has all of it.
-    async fn fill(&mut self, name: &str, channel: &str, since: (u64, Arc<str>)) {
+    async fn fill(&mut self, name: &str, channel: &str, since: Position) {
         let query = HistoryQuery {
             since: Some((since.0, since.1.to_string())),
             limit: None,
         };
         let result = self.inner.history(channel, &query, FILL_OPTIONS).await;
-        let result = match result {
-            Ok(result) if result.complete => result,
-            Ok(_) | Err(_) => return self.lose(name, channel).await,
-        };
-        let handler = self.inner.handler();
-        let Some(sub) = self.subs.get_mut(name) else {
-            return;
-        };
-        for publication in result.publications {
-            if publication.offset > since.0 {
-                sub.last = Some((publication.offset, publication.epoch.clone()));
-                if let Some(handler) = &handler {
-                    handler.on_publication(channel, &publication);
+        match result {
+            Ok(result) if result.complete => {
+                for publication in &result.publications {
+                    self.hand_over(name, channel, publication);
                 }
             }
+            Ok(_) | Err(_) => self.lose(name, channel).await,
         }
-        sub.known = true;
     }
 
     /// This node missed messages of `channel` for good: the hub's subscribers are told to
@@ -386,8 +372,7 @@ impl Subscriber {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = self.position(channel).await;
         if let Some(sub) = self.subs.get_mut(name) {
-            sub.known = now.is_ok();
-            sub.last = now.ok().flatten();
+            sub.order.restart_at(now.ok());
         }
         if let Some(handler) = self.inner.handler() {
             handler.on_stream_lost(channel);
@@ -405,26 +390,14 @@ impl Subscriber {
             })
             .collect();
         for (name, channel) in channels {
+            let now = self.position(&channel).await;
             let Some(sub) = self.subs.get(&name) else {
                 continue;
             };
-            let (known, last) = (sub.known, sub.last.clone());
-            let now = self.position(&channel).await;
-            match (known, last, now) {
-                (false, _, _) | (_, _, Err(_)) => self.lose(&name, &channel).await,
-                // No stream then and none now: nothing was missed.
-                (true, None, Ok(None)) => {}
-                // The stream began while we were away: all of it is new to us.
-                (true, None, Ok(Some((_, epoch)))) => self.fill(&name, &channel, (0, epoch)).await,
-                // The stream is gone or was reset: what we had cannot be continued.
-                (true, Some(_), Ok(None)) => self.lose(&name, &channel).await,
-                (true, Some((last, epoch)), Ok(Some((top, now_epoch)))) => {
-                    if now_epoch != epoch || top < last {
-                        self.lose(&name, &channel).await;
-                    } else if top > last {
-                        self.fill(&name, &channel, (last, epoch)).await;
-                    }
-                }
+            match sub.order.catch_up(&now) {
+                CatchUp::Nothing => {}
+                CatchUp::Fill(since) => self.fill(&name, &channel, since).await,
+                CatchUp::Lost => self.lose(&name, &channel).await,
             }
         }
     }
@@ -436,8 +409,7 @@ impl Subscription {
             topic,
             refs,
             live: false,
-            last: None,
-            known: true,
+            order: ChannelOrder::starting_at(Some(None)),
         }
     }
 }

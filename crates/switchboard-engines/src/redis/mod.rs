@@ -17,7 +17,6 @@ mod delivery;
 mod keys;
 mod nodes;
 mod scripts;
-mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,9 +36,9 @@ use switchboard_core::engine::{
 use switchboard_core::unix_now;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::wire::{self, Stored};
 use delivery::SubCommand;
 use keys::{Keys, Topic};
-use wire::Stored;
 
 /// How a node connects to Redis and how its cluster behaves.
 #[derive(Debug, Clone)]

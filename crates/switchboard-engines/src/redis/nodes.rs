@@ -10,20 +10,9 @@ use redis::AsyncCommands;
 use switchboard_core::engine::{EngineError, NodeAnswer, NodeInfo, NodeRequest, PresenceEvent};
 
 use super::keys::Topic;
-use super::wire::{self, ControlReply, ControlRequest, Stored};
 use super::{ASK_TIMEOUT, Inner, scripts, split_seq, unavailable};
-
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Beats a few times per `node_ttl`, so one missed beat does not make a node dead.
-fn beat_interval(node_ttl: Duration) -> Duration {
-    (node_ttl / 4).max(Duration::from_millis(100))
-}
+use crate::liveness::{beat_interval, now_millis};
+use crate::wire::{self, ControlReply, ControlRequest, Stored};
 
 /// Forever: publish this node's description and heartbeat, learn which nodes died, and reap
 /// them.

@@ -96,6 +96,29 @@ where
     panic!("{what}: not true within {within:?}");
 }
 
+/// A server process (so it can be `kill -9`ed) on `engine`.
+pub fn spawn_node(
+    dir: &std::path::Path,
+    name: &str,
+    engine: &str,
+) -> (std::process::Child, String) {
+    let config = dir.join(format!("{name}.toml"));
+    let toml = format!(
+        "listen = \"127.0.0.1:{}\"\n{}{SHARED}{engine}",
+        free_port(),
+        auth_toml()
+    );
+    std::fs::write(&config, toml).unwrap();
+    spawn_server(&config)
+}
+
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sb-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 // ---- scenarios ----
 
 /// Publishes through the API of node 0 and a WebSocket client of node 1, interleaved; every
@@ -142,6 +165,55 @@ pub async fn publish_anywhere_deliver_everywhere(nodes: &[TestServer]) {
             .collect();
         assert_eq!(offsets, (first..first + 40).collect::<Vec<_>>());
     }
+}
+
+/// Two nodes publish to one channel at once: offsets stay consecutive, and a subscriber on a
+/// third node gets them all once, in order, though deliveries from two publishers may reach
+/// its node out of order (a reorder is filled from history, never reported as a loss).
+pub async fn concurrent_publishers_keep_order(nodes: &[TestServer]) {
+    let channel = "chat:race";
+    let (mut reader, _) = member(&nodes[2], "reader").await;
+    reader.subscribe(channel).await.unwrap();
+    let mut publishers = Vec::new();
+    for (who, node) in nodes[..2].iter().enumerate() {
+        let api = node.api();
+        publishers.push(tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            for n in 0..40i64 {
+                let reply = api.publish(channel, &json!({"n": n, "who": who})).await;
+                offsets.push(reply.unwrap()["offset"].as_u64().unwrap());
+            }
+            offsets
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for publisher in publishers {
+        acknowledged.extend(publisher.await.unwrap());
+    }
+    acknowledged.sort();
+    let first = acknowledged[0];
+    assert_eq!(
+        acknowledged,
+        (first..first + 80).collect::<Vec<_>>(),
+        "every offset once across both publishers"
+    );
+    let mut received = Vec::new();
+    while received.len() < 80 {
+        let frame = reader
+            .next_where(WAIT, |f| {
+                f["type"] == "message" || f["type"] == "disconnect"
+            })
+            .await
+            .unwrap_or_else(|e| panic!("after {} messages: {e}", received.len()));
+        assert_eq!(frame["type"], "message", "{frame}");
+        received.push(frame["offset"].as_u64().unwrap());
+    }
+    assert_eq!(received, acknowledged, "in order, no gap, no repeat");
+    assert_no_message(&mut reader, "nothing twice").await;
+    let lost = nodes[2]
+        .metric("switchboard_engine_streams_lost_total")
+        .await;
+    assert_eq!(lost, 0.0, "a reorder is not a loss");
 }
 
 /// A client drops from node 0, messages are published on node 2, and it comes back on
@@ -309,5 +381,209 @@ pub async fn server_api_spans_nodes(nodes: &[TestServer]) {
     for client in clients.iter_mut() {
         let (code, _) = client.wait_close(WAIT).await.unwrap();
         assert_eq!(code, Some(4004));
+    }
+}
+
+/// A broker (Redis, NATS) of the test's own that it can kill and start again.
+pub trait OwnBroker {
+    fn kill(&mut self);
+    /// Starts it again on the same port (with its data when it keeps any).
+    fn restart(&mut self);
+}
+
+/// A `kill -9`ed node's presence members and room peers vanish within `node_ttl` (2 s),
+/// with leave events seen on the survivor.
+pub async fn killed_node_vanishes(engine: &str) {
+    let engine = engine.to_owned();
+    let dir = temp_dir("kill9");
+    let (mut doomed, doomed_base) = spawn_node(&dir, "doomed", &engine);
+    let survivor = start_nodes(&engine, 1).await.remove(0);
+
+    let (mut ghost, ghost_id) = {
+        let (client, connected) =
+            switchboard_client::WsClient::connect(&doomed_base, Some(&member_token("ghost")))
+                .await
+                .unwrap();
+        (client, connected["client"].as_str().unwrap().to_owned())
+    };
+    ghost.subscribe("chat:ghosts").await.unwrap();
+    ghost
+        .request(json!({"type": "join_room", "room": "call:ghosts"}))
+        .await
+        .unwrap();
+    let (mut watcher, _) = member(&survivor, "watcher").await;
+    watcher.subscribe("chat:ghosts").await.unwrap();
+    watcher
+        .request(json!({"type": "join_room", "room": "call:ghosts"}))
+        .await
+        .unwrap();
+    let api = survivor.api();
+    let present = api.presence("chat:ghosts").await.unwrap();
+    assert_eq!(present["members"].as_array().unwrap().len(), 2, "{present}");
+
+    doomed.kill().unwrap(); // SIGKILL: no goodbye from the node
+    doomed.wait().unwrap();
+    let killed = Instant::now();
+
+    let leave = watcher
+        .next_where(Duration::from_secs(8), |f| {
+            f["type"] == "leave" && f["member"]["user"] == "ghost"
+        })
+        .await
+        .expect("the dead node's member leaves");
+    assert_eq!(leave["channel"], "chat:ghosts");
+    let left = watcher
+        .next_where(Duration::from_secs(8), |f| f["type"] == "peer_left")
+        .await
+        .expect("the dead node's peer leaves the room");
+    assert_eq!(left["peer"], ghost_id.as_str());
+    let took = killed.elapsed();
+    // node_ttl is 2 s; a live node beats every 0.5 s and reaps what it finds dead.
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+
+    let present = api.presence("chat:ghosts").await.unwrap();
+    let users: Vec<&str> = present["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["watcher"]);
+    let room = api.room("call:ghosts").await.unwrap();
+    assert_eq!(room["peers"].as_array().unwrap().len(), 1, "{room}");
+    let info = api.info().await.unwrap();
+    assert_eq!(info["nodes"].as_array().unwrap().len(), 1, "{info}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The broker restarts with its data while node 0 publishes: node 1's subscriber gets every
+/// message once, in order, without a disconnect.
+pub async fn restart_keeps_everything(broker: &mut dyn OwnBroker, engine: &str) {
+    let engine = engine.to_owned();
+    let nodes = start_nodes(&engine, 2).await;
+    let channel = "chat:restart";
+    let (mut reader, _) = member(&nodes[1], "reader").await;
+    reader.subscribe(channel).await.unwrap();
+
+    // Publish on node 0 through the outage; keep every acknowledged offset.
+    let api = nodes[0].api();
+    let publisher = tokio::spawn(async move {
+        let mut acknowledged = Vec::new();
+        for n in 0..150i64 {
+            if let Ok(reply) = api.publish(channel, &json!({"n": n})).await {
+                acknowledged.push(reply["offset"].as_u64().unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        acknowledged
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    broker.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.restart();
+    let acknowledged = publisher.await.unwrap();
+    assert!(
+        acknowledged.len() > 50,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+
+    // Every message in the stream arrives once, in order, without a disconnect.
+    let last = *acknowledged.last().unwrap();
+    let mut offsets = Vec::new();
+    while offsets.last() != Some(&last) {
+        let frame = reader
+            .next_where(Duration::from_secs(10), |f| {
+                f["type"] == "message" || f["type"] == "disconnect"
+            })
+            .await
+            .unwrap_or_else(|e| panic!("after {offsets:?}: {e}"));
+        assert_eq!(frame["type"], "message", "{frame}");
+        offsets.push(frame["offset"].as_u64().unwrap());
+    }
+    assert_eq!(offsets, (1..=last).collect::<Vec<_>>(), "no gap, no repeat");
+    for offset in &acknowledged {
+        assert!(offsets.contains(offset));
+    }
+    assert_no_message(&mut reader, "nothing twice").await;
+    let reconnects = nodes[1].metric("switchboard_engine_reconnects_total").await;
+    assert!(reconnects >= 1.0, "the node counted its reconnect");
+}
+
+/// The broker restarts empty: subscribers are disconnected with 4009 and learn
+/// `recovered: false` and a new epoch.
+pub async fn restart_without_data_sends_clients_back(broker: &mut dyn OwnBroker, engine: &str) {
+    let engine = engine.to_owned();
+    let nodes = start_nodes(&engine, 2).await;
+    let channel = "chat:wiped";
+    let (mut reader, _) = member(&nodes[1], "reader").await;
+    reader.subscribe(channel).await.unwrap();
+    let api = nodes[0].api();
+    for n in 0..5 {
+        api.publish(channel, &json!({"n": n})).await.unwrap();
+    }
+    let got = read_messages(&mut reader, channel, 5).await;
+    let (last, _) = *got.last().unwrap();
+    let history = api.history(channel, Some(0), None).await.unwrap();
+    let epoch = history["epoch"].as_str().unwrap().to_owned();
+
+    broker.kill();
+    broker.restart(); // empty: every stream and its epoch are gone
+
+    // The node notices on reconnect and sends its subscriber back with code 4009.
+    let (code, _) = reader.wait_close(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(code, Some(4009));
+    let lost = nodes[1]
+        .metric("switchboard_engine_streams_lost_total")
+        .await;
+    assert!(lost >= 1.0);
+
+    // Back with `since`, as a client does after 4009 (again if the node, noticing at its next
+    // heartbeat that its memberships were wiped too, sends it back once more).
+    let mut lost_again = 0;
+    loop {
+        let (mut reader, _) = member(&nodes[1], "reader").await;
+        let reply = eventually_subscribe_since(&mut reader, channel, last, &epoch).await;
+        assert_eq!(reply["recovered"], false, "{reply}");
+        assert_ne!(reply["epoch"], epoch.as_str(), "a new stream, a new epoch");
+        // Node 0's command connection may answer its first call after the restart with 503.
+        eventually(WAIT, "node 0 publishes again", || async {
+            api.publish(channel, &json!({"n": 100 + lost_again}))
+                .await
+                .is_ok()
+        })
+        .await;
+        match reader.next_message(channel, WAIT).await {
+            Ok(fresh) => {
+                assert_eq!(fresh["epoch"], reply["epoch"], "nothing of the old stream");
+                let next = reply["offset"].as_u64().unwrap() + 1;
+                assert_eq!(fresh["offset"].as_u64(), Some(next));
+                break;
+            }
+            Err(switchboard_client::Error::Closed {
+                code: Some(4009), ..
+            }) if lost_again < 2 => lost_again += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Subscribes with `since`, retrying while the node is still reconnecting to the broker.
+pub async fn eventually_subscribe_since(
+    client: &mut switchboard_client::WsClient,
+    channel: &str,
+    offset: u64,
+    epoch: &str,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.subscribe_since(channel, offset, epoch).await {
+            Ok(reply) => return reply,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("subscribe never succeeded: {e}"),
+        }
     }
 }

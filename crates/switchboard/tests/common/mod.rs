@@ -25,6 +25,19 @@ pub fn auth_toml() -> String {
     format!("[auth]\ntoken_secret = \"{SECRET}\"\napi_key = \"{API_KEY}\"\n")
 }
 
+/// The error `Server::bind` gives for `config` (which must be refused).
+pub async fn refused_at_startup(config: &str) -> String {
+    let resolved = Config::from_toml(config)
+        .unwrap()
+        .with_listen(Some("127.0.0.1:0".into()))
+        .resolve()
+        .unwrap();
+    match Server::bind(&resolved).await {
+        Ok(_) => panic!("a server started with {config}"),
+        Err(message) => message,
+    }
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub base: String,

@@ -1,5 +1,6 @@
-//! How the engine's values look inside Redis and on its pub/sub channels. Raw JSON the clients
-//! sent (`info`, `meta`, signal `data`) is carried as it came, never re-serialized.
+//! How the distributed engines' values look inside Redis or NATS and on their pub/sub
+//! subjects (both engines use the same encoding). Raw JSON the clients sent (`info`, `meta`,
+//! signal `data`) is carried as it came, never re-serialized.
 
 use std::sync::Arc;
 
@@ -82,8 +83,16 @@ struct WireMember {
     i: Option<Box<RawValue>>,
 }
 
-/// `j` or `l` then the member as JSON (a publication, `m<offset> <epoch> <data>`, is written
-/// by the publish script).
+/// A publication as it travels: `m<offset> <epoch> <data>` (Redis's publish script writes the
+/// same bytes).
+#[cfg(feature = "nats")]
+pub(crate) fn encode_publication(offset: u64, epoch: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = format!("m{offset} {epoch} ").into_bytes();
+    out.extend_from_slice(data);
+    out
+}
+
+/// `j` or `l` then the member as JSON.
 pub(crate) fn encode_presence(event: PresenceEvent, member: &PresenceMember) -> Vec<u8> {
     let wire = WireMember {
         c: member.client.to_string(),
