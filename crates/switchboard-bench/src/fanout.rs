@@ -65,9 +65,14 @@ pub struct Load {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub published: u64,
+    /// Published but never answered by the server (neither success nor error).
+    pub unanswered: u64,
     pub expected: u64,
     pub delivered: u64,
+    /// Deliveries owed and not received (`expected - delivered`).
     pub lost: u64,
+    /// Messages a subscriber found missing before a later one of its channel arrived.
+    pub gaps: u64,
     pub out_of_order: u64,
     pub publish_errors: u64,
     pub deliveries_per_s: f64,
@@ -106,6 +111,8 @@ struct Counters {
     /// Deliveries owed: messages published times subscribers of their channel.
     owed: AtomicU64,
     published: AtomicU64,
+    /// Publications the server acknowledged (a success answer).
+    acknowledged: AtomicU64,
     publish_errors: AtomicU64,
     /// Latencies are recorded for sends after this time (ns); u64::MAX: not yet.
     record_from: AtomicU64,
@@ -182,9 +189,13 @@ struct Publisher {
     target: Target,
     via: Via,
     server: SocketAddr,
-    stream: TcpStream,
+    /// Taken by the open-loop publisher, which splits it.
+    stream: Option<TcpStream>,
     buf: Vec<u8>,
     next_id: u64,
+    /// Which publisher this is, and how many connections it opened (batch mode).
+    index: usize,
+    connections: u64,
 }
 
 impl Publisher {
@@ -209,14 +220,50 @@ impl Publisher {
             target,
             via,
             server,
-            stream,
+            stream: Some(stream),
             buf: Vec::new(),
             next_id: 1,
+            index: n,
+            connections: 0,
         }
     }
 
     /// Writes one request or frame per message at once, then waits for every answer.
     async fn publish(&mut self, messages: &[(String, String)]) -> std::io::Result<u64> {
+        if self.via == Via::Api
+            && let Some(request) = self.target.http_publish_batch(self.server, messages)
+        {
+            return self.publish_batch(request, messages.len() as u64).await;
+        }
+        let out = self.encode(messages);
+        let stream = self.stream.as_mut().expect("a connection");
+        stream.write_all(&out).await?;
+        let mut errors = 0;
+        let mut answered = 0;
+        while answered < messages.len() {
+            match self.next_answer()? {
+                Some(ok) => {
+                    answered += 1;
+                    if !ok {
+                        errors += 1;
+                    }
+                }
+                None => {
+                    let mut chunk = [0u8; 16384];
+                    let stream = self.stream.as_mut().expect("a connection");
+                    let n = stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+        Ok(errors)
+    }
+
+    /// One request (API) or frame (WebSocket) per message, back to back.
+    fn encode(&mut self, messages: &[(String, String)]) -> Vec<u8> {
         let mut out = Vec::with_capacity(messages.len() * 300);
         for (channel, data) in messages {
             match self.via {
@@ -233,73 +280,172 @@ impl Publisher {
                 }
             }
         }
-        self.stream.write_all(&out).await?;
-        let mut errors = 0;
-        let mut answered = 0;
-        while answered < messages.len() {
-            match self.next_answer()? {
-                Some(ok) => {
-                    answered += 1;
-                    if !ok {
-                        errors += 1;
-                    }
-                }
-                None => {
-                    let mut chunk = [0u8; 16384];
-                    let n = self.stream.read(&mut chunk).await?;
-                    if n == 0 {
-                        return Err(std::io::ErrorKind::UnexpectedEof.into());
-                    }
-                    self.buf.extend_from_slice(&chunk[..n]);
-                }
-            }
-        }
-        Ok(errors)
+        out
     }
 
-    /// Takes one complete answer off the buffer: Some(true) for a success.
-    fn next_answer(&mut self) -> std::io::Result<Option<bool>> {
-        match self.via {
-            Via::Api => {
-                let Some(head_end) = wire::find(&self.buf, b"\r\n\r\n") else {
-                    return Ok(None);
-                };
-                let head = String::from_utf8_lossy(&self.buf[..head_end]).to_ascii_lowercase();
-                if head.contains("transfer-encoding: chunked") {
-                    return Err(std::io::Error::other("chunked API answers are not read"));
-                }
-                let length = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                let total = head_end + 4 + length;
-                if self.buf.len() < total {
-                    return Ok(None);
-                }
-                let ok = head.starts_with("http/1.1 200");
-                if !ok && std::env::var_os("BENCH_DEBUG").is_some() {
-                    eprintln!("{}", String::from_utf8_lossy(&self.buf[..total]));
-                }
-                self.buf.drain(..total);
-                Ok(Some(ok))
+    /// One batch request on a fresh connection (for servers that close after each answer);
+    /// source addresses rotate so closed connections' ports are not needed again soon.
+    async fn publish_batch(&mut self, request: Vec<u8>, count: u64) -> std::io::Result<u64> {
+        self.connections += 1;
+        let source = Ipv4Addr::new(
+            127,
+            1 + (self.connections % 200) as u8,
+            10 + self.index as u8,
+            1,
+        );
+        let mut stream = wire::connect_from(self.server, source, &request).await?;
+        self.buf.clear();
+        loop {
+            if let Some(ok) = self.next_answer()? {
+                return Ok(if ok { 0 } else { count });
             }
-            Via::Ws => loop {
-                let Some((frame, len)) = next_frame(&self.buf) else {
-                    return Ok(None);
-                };
-                let answer = match frame {
-                    Frame::Text(text) if wire::find(text, b"\"reply\"").is_some() => Some(true),
-                    Frame::Text(text) if wire::find(text, b"\"error\"").is_some() => Some(false),
-                    _ => None,
-                };
-                self.buf.drain(..len);
-                if answer.is_some() {
-                    return Ok(answer);
-                }
-            },
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
+
+    fn next_answer(&mut self) -> std::io::Result<Option<bool>> {
+        take_answer(&mut self.buf, self.via)
+    }
+}
+
+/// Takes one complete answer off `buf`: Some(true) for a success, None when none is complete.
+fn take_answer(buf: &mut Vec<u8>, via: Via) -> std::io::Result<Option<bool>> {
+    match via {
+        Via::Api => {
+            let Some(head_end) = wire::find(buf, b"\r\n\r\n") else {
+                return Ok(None);
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            if head.contains("transfer-encoding: chunked") {
+                return Err(std::io::Error::other("chunked API answers are not read"));
+            }
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            let total = head_end + 4 + length;
+            if buf.len() < total {
+                return Ok(None);
+            }
+            let ok = head.starts_with("http/1.1 200");
+            if !ok && std::env::var_os("BENCH_DEBUG").is_some() {
+                eprintln!("{}", String::from_utf8_lossy(&buf[..total]));
+            }
+            buf.drain(..total);
+            Ok(Some(ok))
+        }
+        Via::Ws => loop {
+            let Some((frame, len)) = next_frame(buf) else {
+                return Ok(None);
+            };
+            let answer = match frame {
+                Frame::Text(text) if wire::find(text, b"\"reply\"").is_some() => Some(true),
+                Frame::Text(text) if wire::find(text, b"\"error\"").is_some() => Some(false),
+                _ => None,
+            };
+            buf.drain(..len);
+            if answer.is_some() {
+                return Ok(answer);
+            }
+        },
+    }
+}
+
+/// Publishing at a fixed rate over a keep-alive connection, open loop: requests leave on
+/// schedule whatever the answers do (a task of its own reads those), so a slow answer never
+/// holds back the next publication and what the histogram shows is the server's latency,
+/// not the pacing's.
+async fn publish_open_loop(
+    mut publisher: Publisher,
+    my_channels: Vec<usize>,
+    rate: f64,
+    per_channel: usize,
+    counters: Arc<Counters>,
+) {
+    let via = publisher.via;
+    let (mut read_half, mut write_half) = publisher
+        .stream
+        .take()
+        .expect("a keep-alive connection")
+        .into_split();
+    let sent_total = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let counters = counters.clone();
+        let sent_total = sent_total.clone();
+        let mut buf = std::mem::take(&mut publisher.buf);
+        tokio::spawn(async move {
+            let mut answered = 0u64;
+            let mut chunk = vec![0u8; 65536];
+            let mut stopped_at: Option<Instant> = None;
+            loop {
+                while let Ok(Some(ok)) = take_answer(&mut buf, via) {
+                    answered += 1;
+                    if ok {
+                        counters.acknowledged.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        counters.publish_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if counters.stop.load(Ordering::Relaxed) {
+                    let since = *stopped_at.get_or_insert_with(Instant::now);
+                    if answered >= sent_total.load(Ordering::Relaxed)
+                        || since.elapsed() > Duration::from_secs(10)
+                    {
+                        return;
+                    }
+                }
+                match tokio::time::timeout(Duration::from_millis(50), read_half.read(&mut chunk))
+                    .await
+                {
+                    Ok(Ok(0)) | Ok(Err(_)) => return,
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                    Err(_) => {}
+                }
+            }
+        })
+    };
+    let mut seqs = vec![0u64; my_channels.len()];
+    let mut turn = 0;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while !counters.stop.load(Ordering::Relaxed) {
+        ticker.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+        let count = due.saturating_sub(sent) as usize;
+        if count == 0 {
+            continue;
+        }
+        let messages: Vec<(String, String)> = (0..count)
+            .map(|_| {
+                let at = turn % my_channels.len();
+                turn += 1;
+                seqs[at] += 1;
+                (channel_name(my_channels[at]), payload(seqs[at], now_ns()))
+            })
+            .collect();
+        let out = publisher.encode(&messages);
+        counters
+            .owed
+            .fetch_add((count * per_channel) as u64, Ordering::Relaxed);
+        counters
+            .published
+            .fetch_add(count as u64, Ordering::Relaxed);
+        sent += count as u64;
+        sent_total.store(sent, Ordering::Relaxed);
+        if let Err(e) = write_half.write_all(&out).await {
+            eprintln!("publisher failed: {e}");
+            break;
+        }
+    }
+    let _ = reader.await;
 }
 
 /// One publishing task: its share of the channels, round-robin, closed-loop or at `rate`.
@@ -310,6 +456,11 @@ async fn publish_loop(
     rate: Option<f64>,
     counters: Arc<Counters>,
 ) {
+    if let Some(rate) = rate
+        && publisher.target != Target::Sockudo
+    {
+        return publish_open_loop(publisher, my_channels, rate, load.per_channel, counters).await;
+    }
     let mut seqs = vec![0u64; my_channels.len()];
     let mut turn = 0;
     let started = Instant::now();
@@ -355,6 +506,9 @@ async fn publish_loop(
         match publisher.publish(&messages).await {
             Ok(errors) => {
                 counters.publish_errors.fetch_add(errors, Ordering::Relaxed);
+                counters
+                    .acknowledged
+                    .fetch_add(count as u64 - errors, Ordering::Relaxed);
             }
             Err(e) => {
                 eprintln!("publisher failed: {e}");
@@ -382,6 +536,7 @@ pub async fn run(target: Target, server: SocketAddr, server_pid: u32, load: &Loa
         out_of_order: AtomicU64::new(0),
         owed: AtomicU64::new(0),
         published: AtomicU64::new(0),
+        acknowledged: AtomicU64::new(0),
         publish_errors: AtomicU64::new(0),
         record_from: AtomicU64::new(u64::MAX),
         histograms: (0..HIST_SHARDS)
@@ -454,13 +609,18 @@ pub async fn run(target: Target, server: SocketAddr, server_pid: u32, load: &Loa
             all.max(),
         ]
     });
+    let published = counters.published.load(Ordering::Relaxed);
+    let publish_errors = counters.publish_errors.load(Ordering::Relaxed);
+    let acknowledged = counters.acknowledged.load(Ordering::Relaxed);
     Outcome {
-        published: counters.published.load(Ordering::Relaxed),
+        published,
+        unanswered: published.saturating_sub(acknowledged + publish_errors),
         expected,
         delivered,
         lost: expected.saturating_sub(delivered),
+        gaps: counters.lost.load(Ordering::Relaxed),
         out_of_order: counters.out_of_order.load(Ordering::Relaxed),
-        publish_errors: counters.publish_errors.load(Ordering::Relaxed),
+        publish_errors,
         deliveries_per_s: (delivered1 - delivered0) as f64 / window,
         messages_per_s: (published1 - published0) as f64 / window,
         server_cpu: (cpu1 - cpu0) / window,

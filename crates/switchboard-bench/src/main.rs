@@ -48,7 +48,8 @@ enum Mode {
         /// Servers to measure.
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Target::Switchboard, Target::Sockudo, Target::Raw])]
         targets: Vec<Target>,
-        #[arg(long, default_value_t = 7790)]
+        /// Port for the server (0: any free one).
+        #[arg(long, default_value_t = 0)]
         port: u16,
         /// Seconds of each throughput or latency measurement.
         #[arg(long, default_value_t = 5.0)]
@@ -77,7 +78,8 @@ enum Mode {
         /// Closed loop: undelivered messages allowed per subscriber.
         #[arg(long, default_value_t = 32)]
         window: u64,
-        #[arg(long, default_value_t = 7790)]
+        /// Port for the server (0: any free one).
+        #[arg(long, default_value_t = 0)]
         port: u16,
         /// The server binary (default: next to this one; sockudo: the bench's cache).
         #[arg(long)]
@@ -97,7 +99,8 @@ enum Mode {
         /// Client connections per holding process.
         #[arg(long, default_value_t = 10_000)]
         per_process: usize,
-        #[arg(long, default_value_t = 7790)]
+        /// Port for the server (0: any free one).
+        #[arg(long, default_value_t = 0)]
         port: u16,
         #[arg(long)]
         server: Option<PathBuf>,
@@ -187,6 +190,7 @@ fn main() {
         } => runtime.block_on(async {
             println!("open files limit     {}", wire::raise_open_files());
             let bins = binaries(target, server);
+            let port = target::pick_port(port);
             let process = target::start(target, &bins, port).await;
             let load = fanout::Load {
                 channels,
@@ -217,6 +221,7 @@ fn main() {
         } => runtime.block_on(async {
             let cap = wire::raise_open_files();
             let bins = binaries(target, server);
+            let port = target::pick_port(port);
             let process = target::start(target, &bins, port).await;
             let outcome = idle::measure(
                 target,

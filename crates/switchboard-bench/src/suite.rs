@@ -40,13 +40,13 @@ impl Suite {
     }
 
     async fn fanout(&mut self, target: Target, load: Load, label: &str) -> Outcome {
-        let port = self.options.port;
+        let port = target::pick_port(self.options.port);
         let server = target::start(target, &self.bins, port).await;
         let outcome = fanout::run(target, target::addr_of(port), server.pid(), &load).await;
         let rss = target::rss_bytes(server.pid());
         drop(server);
         eprintln!(
-            "{label:>10} {:<11} {:>3} {:>5}x{:<6} rate {:>9} -> {:>10.0} deliveries/s, {:>7.0} msg/s, lost {}, reordered {}, errors {}, cpu {:.2}, p99 {:?}",
+            "{label:>10} {:<11} {:>3} {:>5}x{:<6} rate {:>9} -> {:>10.0} deliveries/s, {:>7.0} msg/s, lost {} (gaps {}, unanswered publishes {}), reordered {}, errors {}, cpu {:.2}, p99 {:?}",
             target.name(),
             load.via.name(),
             load.channels,
@@ -55,6 +55,8 @@ impl Suite {
             outcome.deliveries_per_s,
             outcome.messages_per_s,
             outcome.lost,
+            outcome.gaps,
+            outcome.unanswered,
             outcome.out_of_order,
             outcome.publish_errors,
             outcome.server_cpu,
@@ -83,6 +85,8 @@ impl Suite {
             "expected": outcome.expected,
             "delivered": outcome.delivered,
             "lost": outcome.lost,
+            "gaps": outcome.gaps,
+            "unanswered": outcome.unanswered,
             "out_of_order": outcome.out_of_order,
             "publish_errors": outcome.publish_errors,
             "deliveries_per_s": outcome.deliveries_per_s,
@@ -95,7 +99,7 @@ impl Suite {
     }
 
     async fn idle(&mut self, target: Target, door: Door, connections: usize, label: &str) {
-        let port = self.options.port;
+        let port = target::pick_port(self.options.port);
         let server = target::start(target, &self.bins, port).await;
         let outcome =
             idle::measure(target, door, port, server.pid(), connections, false, 10_000).await;

@@ -96,6 +96,40 @@ impl Target {
         .into_bytes()
     }
 
+    /// sockudo answers every API request with `connection: close`, so one request per
+    /// connection: the bench sends each burst as one `batch_events` request (its fastest
+    /// path, in order) on a fresh connection. None for servers that keep connections alive.
+    pub fn http_publish_batch(
+        self,
+        server: SocketAddr,
+        messages: &[(String, String)],
+    ) -> Option<Vec<u8>> {
+        if self != Target::Sockudo {
+            return None;
+        }
+        let path = format!("/apps/{}/batch_events", pusher::APP_ID);
+        let events: Vec<String> = messages
+            .iter()
+            .map(|(channel, data)| {
+                format!(r#"{{"name":"m","channel":"{channel}","data":"{data}"}}"#)
+            })
+            .collect();
+        let body = format!(r#"{{"batch":[{}]}}"#, events.join(","));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let query = pusher::signed_query(&path, body.as_bytes(), now);
+        Some(
+            format!(
+                "POST {path}?{query} HTTP/1.1\r\nHost: {server}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    }
+
     /// A client frame publishing `data` to `channel` over WebSocket, where the server has one
     /// that fans out like the API does (Pusher's client events need private channels and are
     /// not delivered to their sender: not comparable, so sockudo has none here).
@@ -176,7 +210,13 @@ pub fn start_switchboard(binary: &PathBuf, port: u16, env: &[(&str, String)]) ->
 
 /// Starts `target` on `port` and waits until it accepts connections.
 pub async fn start(target: Target, bins: &Binaries, port: u16) -> ServerProcess {
-    let process = match target {
+    // A server of an earlier measurement may still be closing: never measure it by mistake.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr_of(port)).await.is_ok() {
+        assert!(Instant::now() < deadline, "port {port} stays taken");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut process = match target {
         Target::Switchboard => start_switchboard(&bins.switchboard, port, &[]),
         Target::Sockudo => {
             let dir = std::env::temp_dir().join(format!("switchboard-bench-sockudo-{port}"));
@@ -210,9 +250,24 @@ pub async fn start(target: Target, bins: &Binaries, port: u16) -> ServerProcess 
         }
     };
     wait_for_port(addr_of(port)).await;
+    if let Ok(Some(status)) = process.0.try_wait() {
+        panic!("{} exited at start: {status}", target.name());
+    }
     // sockudo answers TCP before its app manager is ready; a moment avoids refused upgrades.
     tokio::time::sleep(Duration::from_millis(300)).await;
     process
+}
+
+/// `port`, or with 0 one the kernel has free now: the machine is shared, and a fixed port may
+/// be someone else's server.
+pub fn pick_port(port: u16) -> u16 {
+    if port != 0 {
+        return port;
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 pub fn addr_of(port: u16) -> SocketAddr {
