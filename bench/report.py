@@ -234,7 +234,8 @@ def plots(rows, plotdir):
                 if pts:
                     plt.plot([p[0] for p in pts], [p[1] / 1024 for p in pts], style, color=COLORS[t], label=f"{t} {door}")
         plt.xlabel("idle connections")
-        plt.ylabel("server RSS per connection (KiB)")
+        plt.ylabel("server RSS per connection (KiB, log scale)")
+        plt.yscale("log")
         plt.xscale("log")
         plt.title("Memory per idle connection")
         plt.grid(alpha=0.3, which="both")
