@@ -375,9 +375,12 @@ async fn publish_open_loop(
         .expect("a keep-alive connection")
         .into_split();
     let sent_total = Arc::new(AtomicU64::new(0));
+    // Set once the writer has written its last request: only then is `sent_total` final.
+    let writer_done = Arc::new(AtomicBool::new(false));
     let reader = {
         let counters = counters.clone();
         let sent_total = sent_total.clone();
+        let writer_done = writer_done.clone();
         let mut buf = std::mem::take(&mut publisher.buf);
         tokio::spawn(async move {
             let mut answered = 0u64;
@@ -392,18 +395,31 @@ async fn publish_open_loop(
                         counters.publish_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                if counters.stop.load(Ordering::Relaxed) {
+                if writer_done.load(Ordering::Acquire) {
                     let since = *stopped_at.get_or_insert_with(Instant::now);
-                    if answered >= sent_total.load(Ordering::Relaxed)
-                        || since.elapsed() > Duration::from_secs(10)
-                    {
+                    let sent = sent_total.load(Ordering::Relaxed);
+                    if answered >= sent {
+                        return;
+                    }
+                    if since.elapsed() > Duration::from_secs(10) {
+                        eprintln!(
+                            "publisher: {} of {sent} publications unanswered; {} bytes unread: {:?}",
+                            sent - answered,
+                            buf.len(),
+                            String::from_utf8_lossy(&buf[..buf.len().min(300)])
+                        );
                         return;
                     }
                 }
                 match tokio::time::timeout(Duration::from_millis(50), read_half.read(&mut chunk))
                     .await
                 {
-                    Ok(Ok(0)) | Ok(Err(_)) => return,
+                    Ok(Ok(0)) | Ok(Err(_)) => {
+                        if answered < sent_total.load(Ordering::Relaxed) {
+                            eprintln!("publisher: the server closed with publications unanswered");
+                        }
+                        return;
+                    }
                     Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
                     Err(_) => {}
                 }
@@ -445,6 +461,7 @@ async fn publish_open_loop(
             break;
         }
     }
+    writer_done.store(true, Ordering::Release);
     let _ = reader.await;
 }
 
