@@ -12,7 +12,7 @@ use tokio::net::UdpSocket;
 use turn::client::{Client, ClientConfig};
 use webrtc_util::Conn;
 
-use super::{start_server_with, wait_for_port};
+use crate::target::{start_switchboard as start_server_with, wait_for_port};
 
 /// A typical media packet.
 const DATAGRAM: usize = 1200;

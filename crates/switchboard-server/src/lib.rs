@@ -158,8 +158,7 @@ impl Server {
             Some(t) => Some(tls::server_config(&t.cert, &t.key)?),
             None => None,
         };
-        let listener = TcpListener::bind(resolved.listen)
-            .await
+        let listener = listen(resolved.listen)
             .map_err(|e| format!("cannot listen on {}: {e}", resolved.listen))?;
         let stats = Arc::new(ServerStats::default());
         let pusher = pusher::Pusher::new(&config.pusher, &stats);
@@ -350,4 +349,20 @@ async fn tick(state: Arc<AppState>) {
             state.hub.heartbeat();
         }
     }
+}
+
+/// Pending connections the kernel queues for `accept`. The usual 128 overflows in a burst of
+/// handshakes (reconnect storms, the bench's 256 in flight): the kernel then drops SYNs and
+/// clients retry only after a second. The kernel caps it at `net.core.somaxconn`.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Binds like `TcpListener::bind` (with `SO_REUSEADDR`, as std does), with a deep backlog.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
