@@ -60,6 +60,9 @@ pub struct Load {
     pub pipeline: usize,
     /// Closed loop: undelivered messages allowed per subscriber.
     pub window: u64,
+    /// Switchboard over the API: each burst of `pipeline` messages as one `POST /api/batch`
+    /// (as sockudo's always go as one `batch_events`); the raw limit has no batch call.
+    pub batch: bool,
 }
 
 #[derive(Debug, Default)]
@@ -196,10 +199,12 @@ struct Publisher {
     /// Which publisher this is, and how many connections it opened (batch mode).
     index: usize,
     connections: u64,
+    /// Bursts go as one `POST /api/batch` on the keep-alive connection.
+    batch: bool,
 }
 
 impl Publisher {
-    async fn connect(target: Target, via: Via, server: SocketAddr, n: usize) -> Self {
+    async fn connect(target: Target, via: Via, server: SocketAddr, n: usize, batch: bool) -> Self {
         let source = Ipv4Addr::new(127, 0, 9, 1 + n as u8);
         let stream = match via {
             Via::Api => wire::connect_from(server, source, b"").await,
@@ -225,6 +230,7 @@ impl Publisher {
             next_id: 1,
             index: n,
             connections: 0,
+            batch: batch && via == Via::Api && target == Target::Switchboard,
         }
     }
 
@@ -235,17 +241,21 @@ impl Publisher {
         {
             return self.publish_batch(request, messages.len() as u64).await;
         }
-        let out = self.encode(messages);
+        let (out, answers) = if self.batch {
+            (self.target.http_publish_many(self.server, messages), 1)
+        } else {
+            (self.encode(messages), messages.len())
+        };
         let stream = self.stream.as_mut().expect("a connection");
         stream.write_all(&out).await?;
         let mut errors = 0;
         let mut answered = 0;
-        while answered < messages.len() {
+        while answered < answers {
             match self.next_answer()? {
                 Some(ok) => {
                     answered += 1;
                     if !ok {
-                        errors += 1;
+                        errors += (messages.len() / answers) as u64;
                     }
                 }
                 None => {
@@ -570,7 +580,7 @@ pub async fn run(target: Target, server: SocketAddr, server_pid: u32, load: &Loa
     let mut publishing = tokio::task::JoinSet::new();
     for p in 0..publishers {
         let mine: Vec<usize> = (p..load.channels).step_by(publishers).collect();
-        let publisher = Publisher::connect(target, load.via, server, p).await;
+        let publisher = Publisher::connect(target, load.via, server, p, load.batch).await;
         let rate = load.rate.map(|r| r / publishers as f64);
         publishing.spawn(publish_loop(
             publisher,

@@ -78,6 +78,10 @@ enum Mode {
         /// Closed loop: undelivered messages allowed per subscriber.
         #[arg(long, default_value_t = 32)]
         window: u64,
+        /// Switchboard via the API: each burst of `--pipeline` messages as one
+        /// `POST /api/batch` (sockudo's bursts are always one `batch_events`).
+        #[arg(long)]
+        batch: bool,
         /// Port for the server (0: any free one).
         #[arg(long, default_value_t = 0)]
         port: u16,
@@ -185,6 +189,7 @@ fn main() {
             publishers,
             pipeline,
             window,
+            batch,
             port,
             server,
         } => runtime.block_on(async {
@@ -201,6 +206,7 @@ fn main() {
                 publishers,
                 pipeline,
                 window,
+                batch,
             };
             let outcome = fanout::run(target, target::addr_of(port), process.pid(), &load).await;
             println!("server               {}", target.name());

@@ -138,6 +138,7 @@ fn load(channels: usize, per_channel: usize, via: Via, rate: Option<f64>, second
         publishers: 8,
         pipeline: 16,
         window: 32,
+        batch: false,
     }
 }
 

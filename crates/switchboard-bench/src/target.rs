@@ -96,6 +96,22 @@ impl Target {
         .into_bytes()
     }
 
+    /// One `POST /api/batch` publishing every `(channel, data)` in order (Switchboard's API
+    /// extension for many small messages).
+    pub fn http_publish_many(self, server: SocketAddr, messages: &[(String, String)]) -> Vec<u8> {
+        let items: Vec<String> = messages
+            .iter()
+            .map(|(channel, data)| format!(r#"{{"channel":"{channel}","data":"{data}"}}"#))
+            .collect();
+        let body = format!(r#"{{"publications":[{}]}}"#, items.join(","));
+        format!(
+            "POST /api/batch HTTP/1.1\r\nHost: {server}\r\nAuthorization: Bearer bench\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
     /// sockudo answers every API request with `connection: close`, so one request per
     /// connection: the bench sends each burst as one `batch_events` request (its fastest
     /// path, in order) on a fresh connection. None for servers that keep connections alive.

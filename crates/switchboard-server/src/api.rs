@@ -31,6 +31,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/publish", post(publish))
         .route("/broadcast", post(broadcast))
+        .route("/batch", post(batch))
         .route("/channels", get(channels))
         .route("/presence/{*channel}", get(presence))
         .route("/history/{*channel}", get(history))
@@ -210,6 +211,47 @@ async fn broadcast(State(state): State<Arc<AppState>>, body: Body) -> ApiResult 
                     json!({"channel": channel, "error": {"code": "unavailable", "message": e.to_string()}})
                 }
             },
+        };
+        results.push(result);
+    }
+    Ok(Json(json!({ "results": results })).into_response())
+}
+
+/// Most publications in one `POST /api/batch`.
+const MAX_BATCH: usize = 100;
+
+#[derive(Deserialize)]
+struct BatchBody {
+    publications: Vec<PublishBody>,
+}
+
+/// `POST /api/batch` (an extension of the contract's API): many `{channel, data}` in one
+/// request, published in the order given, each answered like `/api/publish` (or with its
+/// error), so a backend with many small messages pays for one request, not one each.
+async fn batch(State(state): State<Arc<AppState>>, body: Body) -> ApiResult {
+    let body: BatchBody = read_json(&state, body).await?;
+    if body.publications.is_empty() || body.publications.len() > MAX_BATCH {
+        return Err(fail(
+            ErrorCode::BadRequest,
+            format!("`publications` must hold 1 to {MAX_BATCH} items"),
+        ));
+    }
+    let mut results = Vec::with_capacity(body.publications.len());
+    for publication in body.publications {
+        let channel = publication.channel;
+        let result = match check_channel(&channel) {
+            Err(_) => {
+                json!({"channel": channel, "error": {"code": "bad_request", "message": "invalid channel name"}})
+            }
+            Ok(()) => {
+                let data = Bytes::from(publication.data.get().to_owned());
+                match state.hub.publish(&channel, data).await {
+                    Ok(p) => json!({"channel": channel, "offset": p.offset, "epoch": &*p.epoch}),
+                    Err(e) => {
+                        json!({"channel": channel, "error": {"code": "unavailable", "message": e.to_string()}})
+                    }
+                }
+            }
         };
         results.push(result);
     }

@@ -182,6 +182,61 @@ async fn publish_delivers_any_json_with_consecutive_offsets() {
 }
 
 #[tokio::test]
+async fn batch_publishes_each_pair_in_order_and_reports_bad_ones() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    let mut reader = server.connect_as("reader").await;
+    reader.subscribe("bt:a").await.unwrap();
+    reader.subscribe("bt:b").await.unwrap();
+    let body = json!({"publications": [
+        {"channel": "bt:a", "data": {"n": 1}},
+        {"channel": "bt:b", "data": {"n": 2}},
+        {"channel": "", "data": {"n": 3}},
+        {"channel": "bt:a", "data": {"n": 4}},
+    ]});
+    let (status, answer) = api
+        .call(reqwest::Method::POST, "/api/batch", Some(&body))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(
+        (results[0]["channel"].clone(), results[0]["offset"].clone()),
+        (json!("bt:a"), json!(1))
+    );
+    assert_eq!(results[1]["offset"], 1);
+    assert_eq!(results[2]["error"]["code"], "bad_request");
+    assert_eq!(results[3]["offset"], 2);
+    let a1 = reader.next_message("bt:a", WAIT).await.unwrap();
+    let a2 = reader.next_message("bt:a", WAIT).await.unwrap();
+    assert_eq!(
+        (a1["data"]["n"].clone(), a2["data"]["n"].clone()),
+        (json!(1), json!(4))
+    );
+    assert_eq!(
+        reader.next_message("bt:b", WAIT).await.unwrap()["data"]["n"],
+        2
+    );
+
+    let too_many: Vec<Value> = (0..101)
+        .map(|n| json!({"channel": "bt:a", "data": n}))
+        .collect();
+    for body in [
+        json!({"publications": []}),
+        json!({"publications": too_many}),
+    ] {
+        let (status, answer) = api
+            .call(reqwest::Method::POST, "/api/batch", Some(&body))
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["code"], "bad_request");
+    }
+    assert_no_message(&mut reader, "a refused batch publishes nothing").await;
+}
+
+#[tokio::test]
 async fn broadcast_publishes_to_each_channel_and_reports_bad_names() {
     let server = TestServer::start().await;
     let api = server.api();
