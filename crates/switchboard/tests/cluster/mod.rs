@@ -29,14 +29,11 @@ pub fn unique_prefix(engine: &str) -> String {
     format!("sbtest-{engine}-{}-{nanos:08x}", std::process::id())
 }
 
-/// `n` servers in this process sharing the engine `engine_toml` describes.
+/// `n` server processes (the real binary, each on its own port) sharing the engine
+/// `engine_toml` describes.
 pub async fn start_nodes(engine_toml: &str, n: usize) -> Vec<TestServer> {
-    let mut nodes = Vec::new();
-    for _ in 0..n {
-        let config = format!("{}{SHARED}{engine_toml}", auth_toml());
-        nodes.push(TestServer::with_config(&config).await);
-    }
-    nodes
+    let config = format!("{}{SHARED}{engine_toml}", auth_toml());
+    (0..n).map(|_| TestServer::process(&config)).collect()
 }
 
 /// A token that may subscribe, publish and join rooms everywhere.

@@ -43,6 +43,9 @@ pub struct TestServer {
     pub base: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// The binary in a process of its own (see [`TestServer::process`]), and its config's
+    /// folder.
+    process: Option<(std::process::Child, std::path::PathBuf)>,
 }
 
 impl TestServer {
@@ -73,6 +76,27 @@ impl TestServer {
             base: format!("http://{addr}"),
             stop: Some(stop),
             task: Some(task),
+            process: None,
+        }
+    }
+
+    /// The real binary in a process of its own, from a complete TOML config (`listen` is
+    /// set to a free port): what a deployment of several nodes runs. Killed when dropped.
+    pub fn process(toml: &str) -> TestServer {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sb-node-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("switchboard.toml");
+        let port = free_port();
+        std::fs::write(&config, format!("listen = \"127.0.0.1:{port}\"\n{toml}")).unwrap();
+        let (child, base) = spawn_server(&config);
+        TestServer {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            base,
+            stop: None,
+            task: None,
+            process: Some((child, dir)),
         }
     }
 
@@ -130,6 +154,11 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+        }
+        if let Some((mut child, dir)) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
