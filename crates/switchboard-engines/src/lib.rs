@@ -10,6 +10,8 @@ mod liveness;
 pub mod nats;
 #[cfg(any(feature = "redis", feature = "nats"))]
 mod order;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod patience;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(any(feature = "redis", feature = "nats"))]

@@ -15,11 +15,11 @@ use tokio::task::AbortHandle;
 use super::Inner;
 use super::names::Topic;
 use crate::order::{Arrival, CatchUp, ChannelOrder, Position};
+use crate::patience::patiently;
 use crate::wire::{self, ChannelMessage};
 
 /// After a reconnect JetStream may answer a moment late: a position read is retried this
 /// long before the channel is declared lost.
-const CATCH_UP_PATIENCE: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 pub(crate) struct Registry {
@@ -182,7 +182,8 @@ impl Delivery {
             since: Some((since.0, since.1.to_string())),
             limit: None,
         };
-        match self.inner.history(&channel, &query, options).await {
+        let inner = &self.inner;
+        match patiently(|| inner.history(&channel, &query, options)).await {
             Ok(result) if result.complete => {
                 for publication in &result.publications {
                     self.hand_over(publication);
@@ -214,14 +215,7 @@ impl Delivery {
             return;
         };
         let channel = channel.clone();
-        let deadline = tokio::time::Instant::now() + CATCH_UP_PATIENCE;
-        let now = loop {
-            match self.inner.position(&channel).await {
-                Ok(now) => break Ok(now),
-                Err(e) if tokio::time::Instant::now() >= deadline => break Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        };
+        let now = patiently(|| self.inner.position(&channel)).await;
         match self.order.catch_up(&now) {
             CatchUp::Nothing => {}
             CatchUp::Fill(since) => self.fill(since).await,

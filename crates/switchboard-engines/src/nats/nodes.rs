@@ -81,18 +81,25 @@ pub(crate) async fn beat(inner: &Inner) -> Result<(), EngineError> {
     {
         Some(sequence) => sequence,
         None => {
-            tracing::warn!(
-                "this node's record vanished from NATS (reaped during a stall, or NATS lost \
-                 its data): its presence members and room peers are gone; reconnecting its \
-                 clients so they are recorded again"
-            );
-            if let Some(handler) = inner.handler() {
-                handler.on_memberships_lost();
+            // Not the beat we expected. If the record is there, it is ours: a beat whose
+            // acknowledgement was lost (NATS went down meanwhile). Only a missing record means
+            // this node was reaped, or NATS lost its data.
+            let current = inner.last(&inner.names.nodes_stream(), &subject).await?;
+            if current.is_none() {
+                tracing::warn!(
+                    "this node's record vanished from NATS (reaped during a stall, or NATS lost \
+                     its data): its presence members and room peers are gone; reconnecting its \
+                     clients so they are recorded again"
+                );
+                if let Some(handler) = inner.handler() {
+                    handler.on_memberships_lost();
+                }
             }
+            let expected = current.map(|message| message.sequence).unwrap_or(0);
             inner
-                .append(subject, None, None, payload)
+                .append(subject, Some(expected), None, payload)
                 .await?
-                .ok_or_else(|| unavailable("heartbeat refused"))?
+                .ok_or_else(|| unavailable("heartbeat raced itself"))?
         }
     };
     inner.last_beat.store(sequence, Ordering::Relaxed);

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::keys::Topic;
 use super::{Inner, unavailable};
 use crate::order::{Arrival, CatchUp, ChannelOrder, Position};
+use crate::patience::patiently;
 use crate::wire::{self, ChannelMessage, ControlReply, ControlRequest};
 
 pub(crate) enum SubCommand {
@@ -351,7 +352,8 @@ impl Subscriber {
             since: Some((since.0, since.1.to_string())),
             limit: None,
         };
-        let result = self.inner.history(channel, &query, FILL_OPTIONS).await;
+        let inner = &self.inner;
+        let result = patiently(|| inner.history(channel, &query, FILL_OPTIONS)).await;
         match result {
             Ok(result) if result.complete => {
                 for publication in &result.publications {
@@ -390,7 +392,7 @@ impl Subscriber {
             })
             .collect();
         for (name, channel) in channels {
-            let now = self.position(&channel).await;
+            let now = patiently(|| self.position(&channel)).await;
             let Some(sub) = self.subs.get(&name) else {
                 continue;
             };

@@ -6,6 +6,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use redis::AsyncCommands;
 use switchboard_core::engine::{EngineError, NodeAnswer, NodeInfo, NodeRequest, PresenceEvent};
 
@@ -21,6 +23,10 @@ pub(crate) async fn heartbeat(inner: Arc<Inner>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
     let mut failed = false;
+    // Others are judged only after this node has beaten for `node_ttl` without a failure: a
+    // node back from an outage (or just started) sees every beat that others could not send
+    // meanwhile as missing, and must give them one `node_ttl` to beat again.
+    let mut judge_from = Instant::now() + inner.node_ttl;
     loop {
         if failed {
             // Redis is back soon after a failure, more often than not: look again quickly,
@@ -34,6 +40,9 @@ pub(crate) async fn heartbeat(inner: Arc<Inner>) {
         }
         let result = beat(&inner).await;
         failed = result.is_err();
+        if failed {
+            judge_from = Instant::now() + inner.node_ttl;
+        }
         match result {
             Ok((known, dead)) => {
                 if !known && !first {
@@ -47,6 +56,9 @@ pub(crate) async fn heartbeat(inner: Arc<Inner>) {
                     }
                 }
                 first = false;
+                if Instant::now() < judge_from {
+                    continue;
+                }
                 let dead: HashSet<String> = dead.into_iter().collect();
                 for node in &dead {
                     if let Err(e) = reap(&inner, node).await {

@@ -240,8 +240,13 @@ pub fn spawn_server(config: &std::path::Path) -> (std::process::Child, String) {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        // Reads to the end, so the server never blocks on a full pipe.
+        // Reads to the end, so the server never blocks on a full pipe. With
+        // SB_TEST_SERVER_LOGS set, the server's log shows in the test's output.
+        let show = std::env::var_os("SB_TEST_SERVER_LOGS").is_some();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if show {
+                eprintln!("[server] {line}");
+            }
             let _ = tx.send(line);
         }
     });
