@@ -201,20 +201,23 @@ async fn broadcast(State(state): State<Arc<AppState>>, body: Body) -> ApiResult 
     let data = Bytes::from(body.data.get().to_owned());
     let mut results = Vec::with_capacity(body.channels.len());
     for channel in &body.channels {
-        let result = match check_channel(channel) {
-            Err(_) => {
-                json!({"channel": channel, "error": {"code": "bad_request", "message": "invalid channel name"}})
-            }
-            Ok(()) => match state.hub.publish(channel, data.clone()).await {
-                Ok(p) => json!({"channel": channel, "offset": p.offset, "epoch": &*p.epoch}),
-                Err(e) => {
-                    json!({"channel": channel, "error": {"code": "unavailable", "message": e.to_string()}})
-                }
-            },
-        };
-        results.push(result);
+        results.push(publish_one(&state, channel, data.clone()).await);
     }
     Ok(Json(json!({ "results": results })).into_response())
+}
+
+/// Publishes to one channel of a many-channel call; its entry in `results`: the position,
+/// or the error (a bad name or an unavailable engine) without failing the others.
+async fn publish_one(state: &AppState, channel: &str, data: Bytes) -> Value {
+    if check_channel(channel).is_err() {
+        return json!({"channel": channel, "error": {"code": "bad_request", "message": "invalid channel name"}});
+    }
+    match state.hub.publish(channel, data).await {
+        Ok(p) => json!({"channel": channel, "offset": p.offset, "epoch": &*p.epoch}),
+        Err(e) => {
+            json!({"channel": channel, "error": {"code": "unavailable", "message": e.to_string()}})
+        }
+    }
 }
 
 /// Most publications in one `POST /api/batch`.
@@ -238,22 +241,8 @@ async fn batch(State(state): State<Arc<AppState>>, body: Body) -> ApiResult {
     }
     let mut results = Vec::with_capacity(body.publications.len());
     for publication in body.publications {
-        let channel = publication.channel;
-        let result = match check_channel(&channel) {
-            Err(_) => {
-                json!({"channel": channel, "error": {"code": "bad_request", "message": "invalid channel name"}})
-            }
-            Ok(()) => {
-                let data = Bytes::from(publication.data.get().to_owned());
-                match state.hub.publish(&channel, data).await {
-                    Ok(p) => json!({"channel": channel, "offset": p.offset, "epoch": &*p.epoch}),
-                    Err(e) => {
-                        json!({"channel": channel, "error": {"code": "unavailable", "message": e.to_string()}})
-                    }
-                }
-            }
-        };
-        results.push(result);
+        let data = Bytes::from(publication.data.get().to_owned());
+        results.push(publish_one(&state, &publication.channel, data).await);
     }
     Ok(Json(json!({ "results": results })).into_response())
 }
