@@ -65,6 +65,14 @@ impl Stream {
         }
     }
 
+    /// Hands out the next offset to a publish at `now` with its namespace's `options`.
+    fn assign(&mut self, now: u64, options: StreamOptions) -> u64 {
+        self.assigned += 1;
+        self.last_publish = now;
+        self.options = options;
+        self.assigned
+    }
+
     fn position(&self) -> StreamPosition {
         StreamPosition {
             offset: self.top,
@@ -186,11 +194,8 @@ impl MemoryEngine {
             .streams
             .entry(channel.to_owned())
             .or_insert_with(|| Stream::new(now, options));
-        stream.assigned += 1;
-        stream.last_publish = now;
-        stream.options = options;
         let publication = Publication {
-            offset: stream.assigned,
+            offset: stream.assign(now, options),
             epoch: stream.epoch.clone(),
             data,
         };
@@ -219,10 +224,7 @@ impl MemoryEngine {
                 .streams
                 .entry(channel.to_owned())
                 .or_insert_with(|| Stream::new(now, options));
-            stream.assigned += 1;
-            stream.last_publish = now;
-            stream.options = options;
-            let offset = stream.assigned;
+            let offset = stream.assign(now, options);
             let kept_by_size = (offset + 1).saturating_sub(options.history_size as u64);
             let durable = committer.write(StoreChange::Append {
                 channel: channel.to_owned(),
