@@ -103,6 +103,38 @@ fn payload(seq: u64, sent_ns: u64) -> String {
     text
 }
 
+/// A publisher's channels taken in turn, each with its own sequence numbers.
+struct Rotation {
+    channels: Vec<usize>,
+    seqs: Vec<u64>,
+    turn: usize,
+}
+
+impl Rotation {
+    fn new(channels: &[usize]) -> Self {
+        Rotation {
+            channels: channels.to_vec(),
+            seqs: vec![0; channels.len()],
+            turn: 0,
+        }
+    }
+
+    /// The next `count` messages: `(channel, payload)`, round robin over the channels.
+    fn next(&mut self, count: usize) -> Vec<(String, String)> {
+        (0..count)
+            .map(|_| {
+                let at = self.turn % self.channels.len();
+                self.turn += 1;
+                self.seqs[at] += 1;
+                (
+                    channel_name(self.channels[at]),
+                    payload(self.seqs[at], now_ns()),
+                )
+            })
+            .collect()
+    }
+}
+
 pub fn channel_name(c: usize) -> String {
     format!("f{c}")
 }
@@ -436,8 +468,7 @@ async fn publish_open_loop(
             }
         })
     };
-    let mut seqs = vec![0u64; my_channels.len()];
-    let mut turn = 0;
+    let mut rotation = Rotation::new(&my_channels);
     let started = Instant::now();
     let mut sent = 0u64;
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
@@ -449,14 +480,7 @@ async fn publish_open_loop(
         if count == 0 {
             continue;
         }
-        let messages: Vec<(String, String)> = (0..count)
-            .map(|_| {
-                let at = turn % my_channels.len();
-                turn += 1;
-                seqs[at] += 1;
-                (channel_name(my_channels[at]), payload(seqs[at], now_ns()))
-            })
-            .collect();
+        let messages = rotation.next(count);
         let out = publisher.encode(&messages);
         counters
             .owed
@@ -488,8 +512,7 @@ async fn publish_loop(
     {
         return publish_open_loop(publisher, my_channels, rate, load.per_channel, counters).await;
     }
-    let mut seqs = vec![0u64; my_channels.len()];
-    let mut turn = 0;
+    let mut rotation = Rotation::new(&my_channels);
     let started = Instant::now();
     let mut sent = 0u64;
     let in_flight_cap = load.window * (load.channels * load.per_channel) as u64;
@@ -515,14 +538,7 @@ async fn publish_loop(
         if count == 0 {
             continue;
         }
-        let messages: Vec<(String, String)> = (0..count)
-            .map(|_| {
-                let at = turn % my_channels.len();
-                turn += 1;
-                seqs[at] += 1;
-                (channel_name(my_channels[at]), payload(seqs[at], now_ns()))
-            })
-            .collect();
+        let messages = rotation.next(count);
         counters
             .owed
             .fetch_add((count * load.per_channel) as u64, Ordering::Relaxed);
