@@ -2,10 +2,11 @@
 // configured, the unmodified pusher-js client (its Node build, WebSocket transport only) and
 // the official `pusher` server SDK pointed at it, plus a plain WebSocket for the native door.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -282,11 +283,38 @@ export async function rawPusher(server, path) {
   };
 }
 
-/** A webhook receiver: an http server collecting `{headers, rawBody}` of each request. */
-export async function webhookReceiver({ failFirst = 0 } = {}) {
+/**
+ * A test CA and a certificate it signed for 127.0.0.1 and localhost, made with openssl in a
+ * temporary folder. Returns the PEM paths and a `remove()`.
+ */
+export function makeCertificate() {
+  const dir = mkdtempSync(join(tmpdir(), 'sb-pusher-tls-'));
+  const path = (name) => join(dir, name);
+  const openssl = (...args) => execFileSync('openssl', args, { stdio: 'pipe' });
+  const curve = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
+  openssl('req', '-x509', ...curve, '-days', '1', '-subj', '/CN=switchboard test CA',
+    '-keyout', path('ca.key'), '-out', path('ca.pem'));
+  openssl('req', '-new', ...curve, '-subj', '/CN=127.0.0.1', '-keyout', path('server.key'),
+    '-out', path('server.csr'));
+  writeFileSync(path('server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n');
+  openssl('x509', '-req', '-in', path('server.csr'), '-CA', path('ca.pem'), '-CAkey', path('ca.key'),
+    '-CAcreateserial', '-days', '1', '-extfile', path('server.ext'), '-out', path('server.pem'));
+  return {
+    ca: path('ca.pem'),
+    cert: path('server.pem'),
+    key: path('server.key'),
+    remove: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}
+
+/**
+ * A webhook receiver: an http server (https with `tls`, from `makeCertificate()`) collecting
+ * `{headers, rawBody}` of each request.
+ */
+export async function webhookReceiver({ failFirst = 0, tls = null } = {}) {
   const requests = [];
   let failures = 0;
-  const server = createServer((req, res) => {
+  const handle = (req, res) => {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
     req.on('end', () => {
@@ -300,11 +328,14 @@ export async function webhookReceiver({ failFirst = 0 } = {}) {
       res.writeHead(200);
       res.end('ok');
     });
-  });
+  };
+  const server = tls
+    ? createHttpsServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) }, handle)
+    : createServer(handle);
   await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
   const { port } = server.address();
   return {
-    url: `http://127.0.0.1:${port}/hook`,
+    url: `${tls ? 'https' : 'http'}://127.0.0.1:${port}/hook`,
     requests,
     failures: () => failures,
     /** Every event received so far, flattened. */

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod cors;
 pub mod demo;
+pub mod http_client;
 pub mod metrics;
 pub mod outbox;
 pub mod pusher;
@@ -161,7 +162,7 @@ impl Server {
         let listener = listen(resolved.listen)
             .map_err(|e| format!("cannot listen on {}: {e}", resolved.listen))?;
         let stats = Arc::new(ServerStats::default());
-        let pusher = pusher::Pusher::new(&config.pusher, &stats);
+        let pusher = pusher::Pusher::new(&config.pusher, &stats, &hub)?;
         pusher.observe(&hub);
         let state = Arc::new(AppState {
             pusher,

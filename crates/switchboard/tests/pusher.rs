@@ -467,6 +467,156 @@ async fn a_pusher_app_on_two_redis_nodes_acts_as_one_server() {
     let (closed, _) = ws.wait_close(WAIT).await.unwrap();
     assert_eq!(closed, Some(4009));
 
+    clear_redis(&prefix);
+}
+
+/// A webhook endpoint: a plain HTTP/1.1 listener that answers 200 and keeps the events of
+/// every request body.
+struct WebhookReceiver {
+    url: String,
+    events: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl WebhookReceiver {
+    async fn start() -> WebhookReceiver {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = events.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = socket.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&request).into_owned();
+                        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                            continue;
+                        };
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (name, value) = l.split_once(':')?;
+                                name.eq_ignore_ascii_case("content-length")
+                                    .then(|| value.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        if body.len() < length {
+                            continue;
+                        }
+                        let body: Value = serde_json::from_str(body).unwrap();
+                        let events = body["events"].as_array().cloned().unwrap_or_default();
+                        kept.lock().unwrap().extend(events);
+                        let answer =
+                            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                        let _ = socket.write_all(answer.as_bytes()).await;
+                        return;
+                    }
+                });
+            }
+        });
+        WebhookReceiver { url, events }
+    }
+
+    /// The names of the events received for `channel`, in order.
+    fn of(&self, channel: &str) -> Vec<String> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["channel"] == channel)
+            .map(|e| e["name"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+}
+
+async fn subscribe(ws: &mut WsClient, channel: &str) {
+    ws.send_text(&json!({"event": "pusher:subscribe", "data": {"channel": channel}}).to_string())
+        .await
+        .unwrap();
+    ws.next_where(WAIT, |f| {
+        f["event"] == "pusher_internal:subscription_succeeded" && f["channel"] == channel
+    })
+    .await
+    .unwrap();
+}
+
+/// Two nodes on one Redis report each channel's occupancy once, as one server would: the
+/// node that held it first reports `channel_occupied`, and `channel_vacated` waits for the
+/// last node to let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn occupancy_webhooks_of_two_redis_nodes_are_reported_once() {
+    let receiver = WebhookReceiver::start().await;
+    let prefix = format!("sbtest-pusher-hooks-{}", std::process::id());
+    let config = format!(
+        "{}\n[engine]\nkind = \"redis\"\nprefix = \"{prefix}\"\nnode_ttl = 2\n\
+         [[pusher.apps]]\nid = \"{APP_ID}\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n\
+         [[pusher.apps.webhooks]]\nurl = \"{}\"\nevents = [\"channel_occupied\", \"channel_vacated\"]\n",
+        auth_toml(),
+        receiver.url
+    );
+    let (a, b) = (
+        TestServer::with_config(&config).await,
+        TestServer::with_config(&config).await,
+    );
+    let settle = webhooks_delay() + Duration::from_secs(1);
+
+    // A holds "relay" first, then B joins; A leaves while B still holds it, then B leaves.
+    let (mut on_a, _) = pusher_client(&a).await;
+    subscribe(&mut on_a, "relay").await;
+    wait_for(|| receiver.of("relay").len() == 1, "occupied").await;
+    let (mut on_b, _) = pusher_client(&b).await;
+    subscribe(&mut on_b, "relay").await;
+    let _ = on_a.close().await;
+    tokio::time::sleep(settle).await;
+    assert_eq!(
+        receiver.of("relay"),
+        ["channel_occupied"],
+        "B joining and A leaving"
+    );
+    let _ = on_b.close().await;
+    wait_for(|| receiver.of("relay").len() == 2, "vacated").await;
+    assert_eq!(
+        receiver.of("relay"),
+        ["channel_occupied", "channel_vacated"]
+    );
+
+    // Both nodes occupy "race" at once: one of them reports it.
+    let (mut first, _) = pusher_client(&a).await;
+    let (mut second, _) = pusher_client(&b).await;
+    tokio::join!(
+        subscribe(&mut first, "race"),
+        subscribe(&mut second, "race")
+    );
+    wait_for(|| !receiver.of("race").is_empty(), "occupied").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(receiver.of("race"), ["channel_occupied"]);
+
+    a.stop().await;
+    b.stop().await;
+    clear_redis(&prefix);
+}
+
+fn webhooks_delay() -> Duration {
+    switchboard_server::pusher::webhooks::LEAVE_DELAY
+}
+
+async fn wait_for(check: impl Fn() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + webhooks_delay() + Duration::from_secs(5);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "no {what} webhook");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn clear_redis(prefix: &str) {
     if let Ok(mut redis) =
         redis::Client::open("redis://127.0.0.1:6379").and_then(|c| c.get_connection())
     {

@@ -68,7 +68,12 @@ pub struct PusherAppConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
+    /// `http://` or `https://`.
     pub url: String,
+    /// A PEM file of CA certificates to trust for this https endpoint, besides the system's
+    /// (for endpoints with a private CA or a self-signed certificate).
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
     /// Any of `channel_occupied`, `channel_vacated`, `member_added`, `member_removed`,
     /// `client_event`, `cache_miss`; empty: all of them.
     #[serde(default)]
@@ -147,11 +152,9 @@ impl PusherConfig {
                 ));
             }
             for hook in &app.webhooks {
-                if !hook.url.starts_with("http://") {
-                    // The server is built without an outgoing TLS client for now.
+                if !hook.url.starts_with("http://") && !hook.url.starts_with("https://") {
                     return Err(format!(
-                        "pusher app `{}`: webhook url `{}` must be http:// (https:// webhooks \
-                         are not supported yet; use a local TLS-terminating proxy)",
+                        "pusher app `{}`: webhook url `{}` must start with http:// or https://",
                         app.id, hook.url
                     ));
                 }

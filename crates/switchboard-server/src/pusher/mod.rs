@@ -7,7 +7,8 @@
 //!   hub frames into Pusher events, and a command handler in place of the native parser, on
 //!   the shared connection loop (`ws/conn.rs`).
 //! - `api.rs`: the HTTP API under `/apps/{app_id}` with request signing.
-//! - `webhooks.rs`: batched, signed, retried webhooks.
+//! - `webhooks.rs`: batched, signed, retried webhooks, checked across nodes.
+//! - `occupancy.rs`: which node reports a channel occupied when several hold it.
 //!
 //! How Pusher maps onto the hub (channel names, event envelopes) is in
 //! `switchboard_proto::pusher`.
@@ -17,6 +18,7 @@
 pub mod api;
 pub mod config;
 pub mod http;
+pub mod occupancy;
 pub mod signing;
 pub mod webhooks;
 pub mod ws;
@@ -31,6 +33,7 @@ use switchboard_core::hub::{Hub, NodeExtension, OccupancyObserver};
 use switchboard_proto::{Disconnect, pusher as proto};
 
 use self::config::{PusherAppConfig, PusherConfig};
+use self::occupancy::{OCCUPIED_BEFORE, Occupancy};
 use self::webhooks::Webhooks;
 use crate::metrics::ServerStats;
 
@@ -57,14 +60,24 @@ impl Drop for ConnectionSlot {
 }
 
 impl App {
-    fn new(config: PusherAppConfig, stats: &Arc<ServerStats>) -> App {
-        let webhooks = (!config.webhooks.is_empty()).then(|| Webhooks::start(&config, stats));
-        App {
+    fn new(
+        config: PusherAppConfig,
+        stats: &Arc<ServerStats>,
+        hub: &Arc<Hub>,
+        occupancy: &Arc<Occupancy>,
+    ) -> Result<App, String> {
+        let webhooks = if config.webhooks.is_empty() {
+            None
+        } else {
+            let (hub, occupancy) = (Arc::downgrade(hub), occupancy.clone());
+            Some(Webhooks::start(&config, stats, hub, occupancy)?)
+        };
+        Ok(App {
             config,
             users: Mutex::new(HashMap::new()),
             webhooks,
             connections: AtomicUsize::new(0),
-        }
+        })
     }
 
     /// Takes a connection slot, unless the app holds `max_connections` already.
@@ -125,18 +138,29 @@ pub struct Pusher {
     apps: Vec<Arc<App>>,
     /// Connections over pusher-js's HTTP fallback transports.
     pub http_sessions: http::HttpSessions,
+    /// Since when this node holds each channel, for `channel_occupied` across nodes.
+    occupancy: Arc<Occupancy>,
 }
 
 impl Pusher {
-    pub fn new(config: &PusherConfig, stats: &Arc<ServerStats>) -> Arc<Pusher> {
-        Arc::new(Pusher {
-            apps: config
-                .apps
-                .iter()
-                .map(|a| Arc::new(App::new(a.clone(), stats)))
-                .collect(),
+    /// The apps of `config`, their webhooks sending from within the running Tokio runtime.
+    /// Fails on a webhook that cannot work (a bad URL or CA file).
+    pub fn new(
+        config: &PusherConfig,
+        stats: &Arc<ServerStats>,
+        hub: &Arc<Hub>,
+    ) -> Result<Arc<Pusher>, String> {
+        let occupancy = Arc::new(Occupancy::default());
+        let apps = config
+            .apps
+            .iter()
+            .map(|a| App::new(a.clone(), stats, hub, &occupancy).map(Arc::new))
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Arc::new(Pusher {
+            apps,
             http_sessions: http::HttpSessions::default(),
-        })
+            occupancy,
+        }))
     }
 
     pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
@@ -159,7 +183,7 @@ impl Pusher {
     /// node answers.
     pub fn observe(self: &Arc<Self>, hub: &Hub) {
         if self.apps.iter().any(|a| a.webhooks.is_some()) {
-            hub.set_occupancy_observer(Arc::new(Occupancy(Arc::downgrade(self))));
+            hub.set_occupancy_observer(Arc::new(OccupancyHooks(Arc::downgrade(self))));
         }
         hub.set_node_extension(Arc::new(Extension(Arc::downgrade(self))));
     }
@@ -185,6 +209,7 @@ impl NodeExtension for Extension {
             (TERMINATE_REQUEST, Some((app, user))) => {
                 pusher.by_id(app).map_or(0, |app| app.terminate_user(user))
             }
+            (OCCUPIED_BEFORE, _) => pusher.occupancy.answer(argument),
             _ => 0,
         }
     }
@@ -192,15 +217,15 @@ impl NodeExtension for Extension {
 
 /// Reports `channel_occupied` / `channel_vacated` of Pusher channels, whoever (native or
 /// Pusher client) occupied them.
-struct Occupancy(Weak<Pusher>);
+struct OccupancyHooks(Weak<Pusher>);
 
-impl OccupancyObserver for Occupancy {
+impl OccupancyObserver for OccupancyHooks {
     fn occupied(&self, channel: &str) {
         if let Some(pusher) = self.0.upgrade()
             && let Some((app, name)) = pusher.app_of(channel)
             && let Some(hooks) = &app.webhooks
         {
-            hooks.channel_occupied(&name);
+            hooks.channel_occupied(&name, pusher.occupancy.occupied(channel));
         }
     }
 
@@ -209,7 +234,7 @@ impl OccupancyObserver for Occupancy {
             && let Some((app, name)) = pusher.app_of(channel)
             && let Some(hooks) = &app.webhooks
         {
-            hooks.channel_vacated(&name);
+            hooks.channel_vacated(&name, channel);
         }
     }
 }

@@ -9,18 +9,27 @@
 //! occupied again (or the member back) meanwhile, neither event is sent, so a page reload
 //! does not flap the application's state. The queue is bounded; past it, events are dropped
 //! and logged rather than held without bound.
+//!
+//! With several nodes, what one node sees is checked against the cluster before it is sent:
+//! `channel_occupied` goes out from the node that held the channel first (`occupancy.rs`),
+//! `channel_vacated` only when no node holds the channel any more, and `member_removed` only
+//! when the user has no connection left in the channel on any node. A check that cannot be
+//! made (the engine unreachable) lets the event through: a repeat is better than a loss.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+use switchboard_core::hub::Hub;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::config::{PusherAppConfig, WebhookConfig};
+use super::config::PusherAppConfig;
+use super::occupancy::{OCCUPIED_BEFORE, Occupancy};
 use super::signing;
+use crate::http_client::Endpoint;
 use crate::metrics::ServerStats;
 
 /// How long events gather before a request goes out.
@@ -41,52 +50,112 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The sending side of one app's webhooks.
 pub struct Webhooks {
-    tx: mpsc::Sender<Value>,
+    tx: mpsc::Sender<Pending>,
+}
+
+/// An event on its way, with what must still hold across the cluster when it is sent.
+struct Pending {
+    event: Value,
+    check: Check,
+}
+
+enum Check {
+    /// Sent as it is.
+    Nothing,
+    /// `channel_occupied`: only if no node held the channel before this one did (the
+    /// argument of an [`OCCUPIED_BEFORE`] request).
+    FirstHolder { question: String },
+    /// `channel_vacated`: only if no node holds the channel.
+    NoSubscribers { hub_channel: String },
+    /// `member_removed`: only if the user has no connection in the channel on any node.
+    MemberGone { hub_channel: String, user: String },
+}
+
+/// One endpoint and the events it wants (empty: all).
+struct Hook {
+    endpoint: Endpoint,
+    events: Vec<String>,
 }
 
 impl Webhooks {
-    /// Starts the app's webhook task (within the running Tokio runtime).
-    pub fn start(app: &PusherAppConfig, stats: &Arc<ServerStats>) -> Webhooks {
+    /// Starts the app's webhook task (within the running Tokio runtime). Fails on a webhook
+    /// URL or CA file that cannot work.
+    pub fn start(
+        app: &PusherAppConfig,
+        stats: &Arc<ServerStats>,
+        hub: Weak<Hub>,
+        occupancy: Arc<Occupancy>,
+    ) -> Result<Webhooks, String> {
+        let hooks = app
+            .webhooks
+            .iter()
+            .map(|h| {
+                Ok(Hook {
+                    endpoint: Endpoint::new(&h.url, h.ca.as_deref())
+                        .map_err(|e| format!("pusher app `{}`: webhook {e}", app.id))?,
+                    events: h.events.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let sender = Sender {
             key: app.key.clone(),
             secret: app.secret.clone(),
-            hooks: app.webhooks.clone(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("a plain HTTP client builds"),
+            hooks,
+            hub,
+            occupancy,
             in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
             stats: stats.clone(),
         };
         tokio::spawn(run(rx, sender));
-        Webhooks { tx }
+        Ok(Webhooks { tx })
     }
 
-    fn send(&self, event: Value) {
-        if self.tx.try_send(event).is_err() {
+    fn send(&self, event: Value, check: Check) {
+        if self.tx.try_send(Pending { event, check }).is_err() {
             tracing::warn!("pusher webhook queue full: an event was dropped");
         }
     }
 
-    pub fn channel_occupied(&self, channel: &str) {
-        self.send(json!({"name": "channel_occupied", "channel": channel}));
+    /// `question`: what [`super::occupancy::Occupancy::occupied`] returned.
+    pub fn channel_occupied(&self, channel: &str, question: String) {
+        self.send(
+            json!({"name": "channel_occupied", "channel": channel}),
+            Check::FirstHolder { question },
+        );
     }
 
-    pub fn channel_vacated(&self, channel: &str) {
-        self.send(json!({"name": "channel_vacated", "channel": channel}));
+    pub fn channel_vacated(&self, channel: &str, hub_channel: &str) {
+        self.send(
+            json!({"name": "channel_vacated", "channel": channel}),
+            Check::NoSubscribers {
+                hub_channel: hub_channel.to_owned(),
+            },
+        );
     }
 
     pub fn member_added(&self, channel: &str, user_id: &str) {
-        self.send(json!({"name": "member_added", "channel": channel, "user_id": user_id}));
+        self.send(
+            json!({"name": "member_added", "channel": channel, "user_id": user_id}),
+            Check::Nothing,
+        );
     }
 
-    pub fn member_removed(&self, channel: &str, user_id: &str) {
-        self.send(json!({"name": "member_removed", "channel": channel, "user_id": user_id}));
+    pub fn member_removed(&self, channel: &str, hub_channel: &str, user_id: &str) {
+        self.send(
+            json!({"name": "member_removed", "channel": channel, "user_id": user_id}),
+            Check::MemberGone {
+                hub_channel: hub_channel.to_owned(),
+                user: user_id.to_owned(),
+            },
+        );
     }
 
     pub fn cache_miss(&self, channel: &str) {
-        self.send(json!({"name": "cache_miss", "channel": channel}));
+        self.send(
+            json!({"name": "cache_miss", "channel": channel}),
+            Check::Nothing,
+        );
     }
 
     /// `data` is the client's data as JSON text; Pusher reports it as a string.
@@ -112,38 +181,40 @@ impl Webhooks {
         if let Some(user) = user_id {
             e["user_id"] = json!(user);
         }
-        self.send(e);
+        self.send(e, Check::Nothing);
     }
 }
 
 struct Sender {
     key: String,
     secret: String,
-    hooks: Vec<WebhookConfig>,
-    http: reqwest::Client,
+    hooks: Vec<Hook>,
+    /// For the cluster-wide checks; weak, as the hub holds the Pusher door that holds this.
+    hub: Weak<Hub>,
+    occupancy: Arc<Occupancy>,
     in_flight: Arc<tokio::sync::Semaphore>,
     stats: Arc<ServerStats>,
 }
 
-/// The identity of an event that a later one may cancel: (channel, user) for members,
-/// (channel, "") for occupancy.
-fn leave_key(event: &Value) -> Option<(String, String, &'static str)> {
-    let channel = event.get("channel")?.as_str()?.to_owned();
-    let user = event
-        .get("user_id")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    match event.get("name")?.as_str()? {
-        "channel_vacated" => Some((channel, user, "channel_occupied")),
-        "member_removed" => Some((channel, user, "member_added")),
-        _ => None,
-    }
+/// The (channel, user) of an event: "" for occupancy events.
+fn identity(event: &Value) -> (String, String) {
+    let field = |name: &str| {
+        event
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    (field("channel"), field("user_id"))
 }
 
-async fn run(mut rx: mpsc::Receiver<Value>, sender: Sender) {
+fn name(event: &Value) -> &str {
+    event.get("name").and_then(Value::as_str).unwrap_or("")
+}
+
+async fn run(mut rx: mpsc::Receiver<Pending>, sender: Sender) {
     // Delayed leaves, by (channel, user), with when they are due.
-    let mut delayed: HashMap<(String, String), (Instant, Value)> = HashMap::new();
+    let mut delayed: HashMap<(String, String), (Instant, Pending)> = HashMap::new();
     loop {
         let next_due = delayed.values().map(|(due, _)| *due).min();
         let first = tokio::select! {
@@ -166,25 +237,19 @@ async fn run(mut rx: mpsc::Receiver<Value>, sender: Sender) {
             }
         }
         let mut ready = Vec::new();
-        for event in batch {
-            if let Some((channel, user, _)) = leave_key(&event) {
-                delayed.insert((channel, user), (Instant::now() + LEAVE_DELAY, event));
-                continue;
-            }
-            let name = event.get("name").and_then(Value::as_str).unwrap_or("");
-            if name == "channel_occupied" || name == "member_added" {
-                let channel = event["channel"].as_str().unwrap_or("").to_owned();
-                let user = event
-                    .get("user_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned();
-                if delayed.remove(&(channel, user)).is_some() {
-                    // Back before its leave was reported: neither is.
-                    continue;
+        for pending in batch {
+            match name(&pending.event) {
+                "channel_vacated" | "member_removed" => {
+                    let key = identity(&pending.event);
+                    delayed.insert(key, (Instant::now() + LEAVE_DELAY, pending));
                 }
+                "channel_occupied" | "member_added"
+                    if delayed.remove(&identity(&pending.event)).is_some() =>
+                {
+                    // Back before its leave was reported: neither is.
+                }
+                _ => ready.push(pending),
             }
-            ready.push(event);
         }
         let now = Instant::now();
         let due: Vec<_> = delayed
@@ -193,12 +258,18 @@ async fn run(mut rx: mpsc::Receiver<Value>, sender: Sender) {
             .map(|(k, _)| k.clone())
             .collect();
         for key in due {
-            if let Some((_, event)) = delayed.remove(&key) {
-                ready.push(event);
+            if let Some((_, pending)) = delayed.remove(&key) {
+                ready.push(pending);
             }
         }
-        if !ready.is_empty() {
-            sender.deliver(ready).await;
+        let mut events = Vec::with_capacity(ready.len());
+        for pending in ready {
+            if sender.still_holds(&pending.check).await {
+                events.push(pending.event);
+            }
+        }
+        if !events.is_empty() {
+            sender.deliver(events).await;
         }
     }
 }
@@ -211,17 +282,42 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 impl Sender {
+    /// Whether what `check` asks of the cluster holds (or cannot be asked).
+    async fn still_holds(&self, check: &Check) -> bool {
+        let Some(hub) = self.hub.upgrade() else {
+            return true;
+        };
+        let answer = match check {
+            Check::Nothing => return true,
+            Check::FirstHolder { question } => hub
+                .ask_extension(OCCUPIED_BEFORE, question)
+                .await
+                .map(|earlier| earlier == 0),
+            Check::NoSubscribers { hub_channel } => {
+                let answer = hub.cluster_subscriber_count(hub_channel).await;
+                // Settled: unless subscribers came back here meanwhile, this node let go.
+                if hub.subscriber_count(hub_channel) == 0 {
+                    self.occupancy.released(hub_channel);
+                }
+                answer.map(|count| count == 0)
+            }
+            Check::MemberGone { hub_channel, user } => hub
+                .presence(hub_channel)
+                .await
+                .map(|members| !members.iter().any(|m| *m.user == **user)),
+        };
+        answer.unwrap_or_else(|e| {
+            tracing::warn!("webhook check across nodes failed ({e}): the event goes out");
+            true
+        })
+    }
+
     /// Sends `events` to every endpoint that wants some of them, each request retried.
     async fn deliver(&self, events: Vec<Value>) {
         for hook in &self.hooks {
             let wanted: Vec<&Value> = events
                 .iter()
-                .filter(|e| {
-                    hook.events.is_empty()
-                        || e.get("name")
-                            .and_then(Value::as_str)
-                            .is_some_and(|n| hook.events.iter().any(|w| w == n))
-                })
+                .filter(|e| hook.events.is_empty() || hook.events.iter().any(|w| w == name(e)))
                 .collect();
             if wanted.is_empty() {
                 continue;
@@ -233,48 +329,59 @@ impl Sender {
             let body = serde_json::to_string(&json!({"time_ms": time_ms, "events": wanted}))
                 .expect("webhook body serializes");
             let signature = signing::sign(&self.secret, &body);
-            // One endpoint's retries must not hold up the next: each request runs apart.
-            let request = self
-                .http
-                .post(&hook.url)
-                .header("content-type", "application/json")
-                .header("x-pusher-key", &self.key)
-                .header("x-pusher-signature", signature)
-                .body(body);
-            let url = hook.url.clone();
+            let request = Request {
+                endpoint: hook.endpoint.clone(),
+                key: self.key.clone(),
+                signature,
+                body,
+            };
             let stats = self.stats.clone();
             let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
                 return;
             };
+            // One endpoint's retries must not hold up the next: each request runs apart.
             tokio::spawn(async move {
-                send_with_retries(request, &url, &stats).await;
+                request.send_with_retries(&stats).await;
                 drop(permit);
             });
         }
     }
 }
 
-async fn send_with_retries(request: reqwest::RequestBuilder, url: &str, stats: &ServerStats) {
-    let give_up = Instant::now() + RETRY_FOR;
-    let mut wait = Duration::from_secs(1);
-    for attempt in 1.. {
-        let Some(this) = request.try_clone() else {
-            return;
-        };
-        match this.send().await {
-            Ok(r) if r.status().is_success() => {
-                stats.webhooks_sent.fetch_add(1, Ordering::Relaxed);
+/// One signed webhook request.
+struct Request {
+    endpoint: Endpoint,
+    key: String,
+    signature: String,
+    body: String,
+}
+
+impl Request {
+    async fn send_with_retries(&self, stats: &ServerStats) {
+        let url = self.endpoint.url();
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-pusher-key", self.key.as_str()),
+            ("x-pusher-signature", self.signature.as_str()),
+        ];
+        let give_up = Instant::now() + RETRY_FOR;
+        let mut wait = Duration::from_secs(1);
+        for attempt in 1.. {
+            match self.endpoint.post(&headers, self.body.clone()).await {
+                Ok(status) if status.is_success() => {
+                    stats.webhooks_sent.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Ok(status) => tracing::warn!("webhook {url} answered {status} (attempt {attempt})"),
+                Err(e) => tracing::warn!("webhook {url} failed: {e} (attempt {attempt})"),
+            }
+            stats.webhooks_failed.fetch_add(1, Ordering::Relaxed);
+            if Instant::now() + wait > give_up {
+                tracing::error!("webhook {url}: giving up after {attempt} attempts");
                 return;
             }
-            Ok(r) => tracing::warn!("webhook {url} answered {} (attempt {attempt})", r.status()),
-            Err(e) => tracing::warn!("webhook {url} failed: {e} (attempt {attempt})"),
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(MAX_BACKOFF);
         }
-        stats.webhooks_failed.fetch_add(1, Ordering::Relaxed);
-        if Instant::now() + wait > give_up {
-            tracing::error!("webhook {url}: giving up after {attempt} attempts");
-            return;
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(MAX_BACKOFF);
     }
 }

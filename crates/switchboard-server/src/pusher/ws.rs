@@ -847,7 +847,7 @@ impl Live {
                 .map(|m| m.iter().any(|m| *m.user == *user))
                 .unwrap_or(true);
             if !still_there && let Some(hooks) = &self.app.webhooks {
-                hooks.member_removed(&proto::pusher_channel(&sub.hub), &user);
+                hooks.member_removed(&proto::pusher_channel(&sub.hub), &sub.hub, &user);
             }
         }
     }
