@@ -164,7 +164,7 @@ def targets_check(rows, out):
             f"{so['latency_us'][2] / 1000:.2f} ms ({r:.2f}x) | {'yes' if r <= 1 / 3 else 'no'} |"
         )
     idle = [r for r in rows if r["kind"] == "idle" and r["label"] == "idle"]
-    for door in ["ws", "sse"]:
+    for door in ["ws", "sse", "sse-shared"]:
         sbs = [r for r in idle if r["target"] == "switchboard" and r["door"] == door and r["connections"] == 10000]
         so = find(idle, target="sockudo", door="ws", connections=10000)
         if sbs:
@@ -229,7 +229,7 @@ def plots(rows, plotdir):
     if idle:
         plt.figure(figsize=(7, 4.5))
         for t in TARGETS:
-            for door, style in [("ws", "o-"), ("sse", "s--")]:
+            for door, style in [("ws", "o-"), ("sse", "s--"), ("sse-shared", "^:")]:
                 pts = sorted((r["connections"], r["per_connection"]) for r in idle if r["target"] == t and r["door"] == door)
                 if pts:
                     plt.plot([p[0] for p in pts], [p[1] / 1024 for p in pts], style, color=COLORS[t], label=f"{t} {door}")

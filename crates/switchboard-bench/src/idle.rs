@@ -20,6 +20,9 @@ pub enum Door {
     Ws,
     /// Server-Sent Events (`/sse`), each stream on its own channel (Switchboard only).
     Sse,
+    /// Server-Sent Events, every stream on one channel: the door's own cost, without a
+    /// channel's state per stream (Switchboard only).
+    SseShared,
 }
 
 impl Door {
@@ -27,6 +30,7 @@ impl Door {
         match self {
             Door::Ws => "ws",
             Door::Sse => "sse",
+            Door::SseShared => "sse-shared",
         }
     }
 }
@@ -40,7 +44,7 @@ pub struct IdleOutcome {
     pub handshakes_per_s: f64,
 }
 
-/// Opens one SSE stream of its own channel and waits for its `subscribed` frame.
+/// Opens one SSE stream of `channel` and waits for its `subscribed` frame.
 async fn open_sse(server: SocketAddr, index: usize, channel: String) -> std::io::Result<TcpStream> {
     let request = format!("GET /sse?channel={channel} HTTP/1.1\r\nHost: {server}\r\n\r\n");
     let mut stream = connect_from(server, source_for(index), request.as_bytes()).await?;
@@ -66,13 +70,17 @@ pub async fn open_idle(
             .unwrap_or_else(|e| panic!("{} connections: {e}", target.name()));
             (sockets, took.as_secs_f64())
         }
-        Door::Sse => {
+        Door::Sse | Door::SseShared => {
             assert_eq!(target, Target::Switchboard, "only Switchboard has SSE");
             let started = Instant::now();
             let mut sockets = Vec::with_capacity(count);
             let mut batch = tokio::task::JoinSet::new();
             for i in first..first + count {
-                batch.spawn(open_sse(server, i, format!("c{i}")));
+                let channel = match door {
+                    Door::SseShared => "shared".to_owned(),
+                    _ => format!("c{i}"),
+                };
+                batch.spawn(open_sse(server, i, channel));
                 if batch.len() >= 256
                     && let Some(done) = batch.join_next().await
                 {

@@ -237,10 +237,12 @@ pub async fn run(options: Options) -> bool {
             suite.idle(t, Door::Ws, connections, "idle").await;
         }
     }
-    for connections in [1_000, 10_000, max_connections] {
-        suite
-            .idle(Target::Switchboard, Door::Sse, connections, "idle")
-            .await;
+    for door in [Door::Sse, Door::SseShared] {
+        for connections in [1_000, 10_000, max_connections] {
+            suite
+                .idle(Target::Switchboard, door, connections, "idle")
+                .await;
+        }
     }
 
     // 4. The most subscribers one server process can hold, every message delivered.
