@@ -42,11 +42,18 @@ pub struct ClientEntry {
     channels: Mutex<HashSet<Arc<str>>>,
     /// An observer (one long-poll request) shows in no presence and triggers no join/leave.
     observer: bool,
+    /// Rooms and per-channel identities. Most clients have neither, so they are allocated on
+    /// first use: an idle connection does not carry two empty collections and their locks.
+    extras: Mutex<Option<Box<ClientExtras>>>,
+}
+
+#[derive(Default)]
+struct ClientExtras {
     /// Rooms this client joined.
-    pub(crate) rooms: Mutex<HashSet<Arc<str>>>,
+    rooms: HashSet<Arc<str>>,
     /// Channels where this client shows in presence under another identity than its own
     /// (a Pusher presence subscription names its user per channel): channel, user, info.
-    channel_members: Mutex<Vec<ChannelMember>>,
+    channel_members: Vec<ChannelMember>,
 }
 
 /// A channel, and the user and info this client shows as there.
@@ -72,14 +79,23 @@ impl ClientEntry {
     /// Shows this client in `channel`'s presence (and its join and leave) as `user` with
     /// `info` instead of its own identity. Set before subscribing; dropped on unsubscribe.
     pub fn set_channel_member(&self, channel: &str, user: &str, info: Option<Bytes>) {
-        let mut members = self.channel_members.lock();
+        let mut extras = self.extras.lock();
+        let members = &mut extras.get_or_insert_with(Box::default).channel_members;
         members.retain(|(c, _, _)| &**c != channel);
         members.push((channel.into(), user.into(), info));
     }
 
+    /// Drops the identity set for `channel`, if any.
+    fn forget_channel_member(&self, channel: &str) {
+        if let Some(extras) = self.extras.lock().as_mut() {
+            extras.channel_members.retain(|(c, _, _)| &**c != channel);
+        }
+    }
+
     /// How this client shows in `channel`'s presence.
     pub fn member_in(&self, channel: &str) -> PresenceMember {
-        let members = self.channel_members.lock();
+        let extras = self.extras.lock();
+        let members = extras.as_ref().map_or(&[][..], |e| &e.channel_members[..]);
         match members.iter().find(|(c, _, _)| &**c == channel) {
             Some((_, user, info)) => PresenceMember {
                 client: self.id_str.clone(),
@@ -88,6 +104,35 @@ impl ClientEntry {
             },
             None => self.member(),
         }
+    }
+
+    /// Records that this client joined `room`; false when it was in it already.
+    pub(crate) fn enter_room(&self, room: &str) -> bool {
+        let mut extras = self.extras.lock();
+        extras
+            .get_or_insert_with(Box::default)
+            .rooms
+            .insert(room.into())
+    }
+
+    pub(crate) fn exit_room(&self, room: &str) {
+        if let Some(extras) = self.extras.lock().as_mut() {
+            extras.rooms.remove(room);
+        }
+    }
+
+    pub(crate) fn in_room(&self, room: &str) -> bool {
+        self.extras
+            .lock()
+            .as_ref()
+            .is_some_and(|e| e.rooms.contains(room))
+    }
+
+    fn rooms(&self) -> Vec<Arc<str>> {
+        self.extras
+            .lock()
+            .as_ref()
+            .map_or_else(Vec::new, |e| e.rooms.iter().cloned().collect())
     }
 }
 
@@ -274,8 +319,7 @@ impl Hub {
             exp: AtomicU64::new(exp.unwrap_or(0)),
             channels: Mutex::new(HashSet::new()),
             observer,
-            rooms: Mutex::new(HashSet::new()),
-            channel_members: Mutex::new(Vec::new()),
+            extras: Mutex::new(None),
         });
         self.clients[(id as usize) % SHARDS]
             .lock()
@@ -298,8 +342,7 @@ impl Hub {
         for channel in channels {
             self.unsubscribe(client, &channel).await;
         }
-        let rooms: Vec<Arc<str>> = client.rooms.lock().iter().cloned().collect();
-        for room in rooms {
+        for room in client.rooms() {
             self.leave_room(client, &room).await;
         }
         self.clients[(client.id as usize) % SHARDS]
@@ -541,10 +584,7 @@ impl Hub {
         };
         self.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
         let member = client.member_in(channel);
-        client
-            .channel_members
-            .lock()
-            .retain(|(c, _, _)| &**c != channel);
+        client.forget_channel_member(channel);
         // Engine failures here only delay cleanup (presence entries expire with the engine).
         if now_empty {
             let _ = self.engine.unsubscribe(channel).await;

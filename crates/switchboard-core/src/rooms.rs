@@ -81,7 +81,7 @@ impl Hub {
         room: &str,
         meta: Option<Bytes>,
     ) -> Result<(RoomPeer, Vec<RoomPeer>), RoomError> {
-        if !client.rooms.lock().insert(room.into()) {
+        if !client.enter_room(room) {
             return Err(RoomError::AlreadyJoined(room.into()));
         }
         let me = RoomPeer {
@@ -114,7 +114,7 @@ impl Hub {
     }
 
     fn forget_local(&self, client: &ClientEntry, room: &str) {
-        client.rooms.lock().remove(room);
+        client.exit_room(room);
         let mut shard = self.shard_of(&self.rooms, room).lock();
         if let Some(members) = shard.get_mut(room) {
             members.remove(&client.id_str);
@@ -126,7 +126,7 @@ impl Hub {
 
     /// Leaves `room`; returns whether `client` was in it. The others get `peer_left`.
     pub async fn leave_room(&self, client: &Arc<ClientEntry>, room: &str) -> bool {
-        if !client.rooms.lock().contains(room) {
+        if !client.in_room(room) {
             return false;
         }
         self.forget_local(client, room);
@@ -146,7 +146,7 @@ impl Hub {
         room: &str,
         meta: Bytes,
     ) -> Result<(), RoomError> {
-        if !client.rooms.lock().contains(room) {
+        if !client.in_room(room) {
             return Err(RoomError::NotInRoom(room.into()));
         }
         let updated = self
@@ -168,7 +168,7 @@ impl Hub {
         to: Option<&str>,
         data: Bytes,
     ) -> Result<(), RoomError> {
-        if !client.rooms.lock().contains(room) {
+        if !client.in_room(room) {
             return Err(RoomError::NotInRoom(room.into()));
         }
         if let Some(to) = to {
