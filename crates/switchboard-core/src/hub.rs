@@ -19,6 +19,7 @@ use crate::engine::{
     StreamPosition,
 };
 use crate::sink::ClientSink;
+use crate::small_map::SmallMap;
 
 pub type ClientId = u64;
 
@@ -158,7 +159,7 @@ struct Subscriber {
 
 #[derive(Default)]
 struct Channel {
-    subscribers: HashMap<ClientId, Subscriber>,
+    subscribers: SmallMap<ClientId, Subscriber>,
     /// Last position delivered on this node: repeats are dropped.
     last: Option<(u64, Arc<str>)>,
 }

@@ -11,6 +11,7 @@ pub mod pattern;
 pub mod rooms;
 pub mod session;
 pub mod sink;
+mod small_map;
 
 pub use auth::{AuthError, Authenticator, Claims};
 pub use config::{HubConfig, NamespaceConfig};
