@@ -4,21 +4,23 @@
 //
 // Nothing here knows how a door works: the page side lives in page/doors.js.
 
-import { spawn } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { createSocket } from 'node:dgram';
 import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { chromium } from 'playwright-core';
 
+import { spawnCaptured, startSwitchboard, uniq } from '../switchboard-process.mjs';
+
+export { uniq };
+
 const here = dirname(fileURLToPath(import.meta.url));
-const repoRoot = resolve(here, '..', '..');
 
 export const TOKEN_SECRET = 'browser-secret';
 export const API_KEY = 'browser-key';
@@ -46,29 +48,6 @@ export const WEBRTC_ARGS = [
   '--allow-loopback-in-peer-connection',
   '--disable-features=WebRtcHideLocalIpsWithMdns',
 ];
-
-/** The server binary: `target/debug/switchboard` unless SWITCHBOARD_BIN says otherwise. */
-export function serverBinary() {
-  if (process.env.SWITCHBOARD_BIN) return process.env.SWITCHBOARD_BIN;
-  const target = process.env.CARGO_TARGET_DIR
-    ? resolve(repoRoot, process.env.CARGO_TARGET_DIR)
-    : join(repoRoot, 'target');
-  return join(target, 'debug', 'switchboard');
-}
-
-/** A unique suffix for channel and user names, so every test starts at offset 1. */
-export function uniq(prefix) {
-  return `${prefix}-${randomBytes(4).toString('hex')}`;
-}
-
-/** A TCP port nobody listens on right now (the OS picks it). */
-export async function freePort() {
-  const srv = createNetServer();
-  await new Promise((ok, fail) => srv.once('error', fail).listen(0, '127.0.0.1', ok));
-  const { port } = srv.address();
-  await new Promise((ok) => srv.close(ok));
-  return port;
-}
 
 /** A UDP port nobody is bound to on 127.0.0.1 right now (the OS picks it). */
 export async function freeUdpPort() {
@@ -166,100 +145,23 @@ function configToml({ port, origins, extraToml }) {
 }
 
 /**
- * Starts `switchboard serve --config <tmp toml>` on a free port, allowing `origins` for CORS,
- * and waits until `GET /health` answers. Tries a few ports in case another process takes the
- * one picked in between. `extraToml` is appended to the config (tables after `[auth]`, such as
- * `[webrtc]`); a function gets a fresh `{ udpPort }` on each attempt.
+ * Starts the server allowing `origins` for CORS (see `startSwitchboard`). `extraToml` is
+ * appended to the config (tables after `[auth]`, such as `[webrtc]`); a function gets a fresh
+ * `{ udpPort }` on each attempt.
  */
 export async function startServer({ origins = [], extraToml = '' } = {}) {
-  const bin = serverBinary();
-  let lastError;
-  for (let attempt = 0; attempt < 3; attempt++) {
-    const port = await freePort();
-    const extra = typeof extraToml === 'function' ? extraToml({ udpPort: await freeUdpPort() }) : extraToml;
-    try {
-      return await launchServer(bin, port, origins, extra);
-    } catch (e) {
-      lastError = e;
-      if (!/address|in use|bind/i.test(String(e.message))) break;
-    }
-  }
-  throw lastError;
-}
-
-/**
- * Spawns a child process that keeps the tail of its output, is killed if the test process
- * exits first, and stops with SIGTERM, then SIGKILL after a grace period.
- */
-function spawnCaptured(command, args, options = {}) {
-  const output = [];
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
-  const keep = (chunk) => {
-    output.push(chunk.toString());
-    if (output.length > 400) output.splice(0, output.length - 400);
-  };
-  child.stdout.on('data', keep);
-  child.stderr.on('data', keep);
-  const proc = { child, output, exited: null };
-  proc.exitPromise = new Promise((ok) => child.once('exit', (code, signal) => {
-    proc.exited = { code, signal };
-    ok(proc.exited);
-  }));
-  child.once('error', (e) => {
-    output.push(`spawn error: ${e.message}\n`);
-    proc.exited = proc.exited || { code: -1, signal: null };
+  const server = await startSwitchboard({
+    tmpPrefix: 'switchboard-browser-',
+    configFor: async (port) => {
+      const extra = typeof extraToml === 'function' ? extraToml({ udpPort: await freeUdpPort() }) : extraToml;
+      return configToml({ port, origins, extraToml: extra });
+    },
   });
-  proc.kill = () => { try { child.kill('SIGKILL'); } catch { /* gone */ } };
-  process.once('exit', proc.kill);
-  proc.stop = async (graceMs) => {
-    process.removeListener('exit', proc.kill);
-    if (!proc.exited) {
-      child.kill('SIGTERM');
-      const done = await Promise.race([proc.exitPromise, sleep(graceMs, null, { ref: false })]);
-      if (!done) { child.kill('SIGKILL'); await proc.exitPromise; }
-    }
-  };
-  return proc;
-}
-
-async function launchServer(bin, port, origins, extraToml) {
-  const dir = mkdtempSync(join(tmpdir(), 'switchboard-browser-'));
-  const configPath = join(dir, 'switchboard.toml');
-  const config = configToml({ port, origins, extraToml });
-  writeFileSync(configPath, config);
-  const proc = spawnCaptured(bin, ['serve', '--config', configPath], {
-    env: { ...process.env, RUST_BACKTRACE: '1' },
-  });
-  const { output } = proc;
-
-  const base = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 15_000;
-  let ready = false;
-  while (Date.now() < deadline && !proc.exited) {
-    try {
-      const res = await fetch(`${base}/health`, { signal: AbortSignal.timeout(1000) });
-      if (res.ok && (await res.json()).status === 'ok') { ready = true; break; }
-    } catch { /* not listening yet */ }
-    await sleep(50);
-  }
-  if (!ready) {
-    proc.kill();
-    await Promise.race([proc.exitPromise, sleep(2000, null, { ref: false })]);
-    rmSync(dir, { recursive: true, force: true });
-    const { exited } = proc;
-    throw new Error(
-      `switchboard did not become ready on ${base} (${exited ? `exited ${JSON.stringify(exited)}` : 'timed out'})\n` +
-      `${bin} serve --config ${configPath}\n--- its output ---\n${output.join('')}`,
-    );
-  }
-
+  const base = server.url;
   return {
-    port,
-    url: base,
-    wsUrl: `ws://127.0.0.1:${port}`,
+    ...server,
+    wsUrl: `ws://127.0.0.1:${server.port}`,
     origins,
-    config,
-    output: () => output.join(''),
     token: (user, opts) => mintToken(user, opts),
     async api(method, path, body) {
       const res = await fetch(`${base}${path}`, {
@@ -279,10 +181,6 @@ async function launchServer(bin, port, origins, extraToml) {
     /** POST /api/disconnect; answers `{disconnected: N}`. */
     disconnect(user) {
       return this.api('POST', '/api/disconnect', { user });
-    },
-    async stop() {
-      await proc.stop(7000);
-      rmSync(dir, { recursive: true, force: true });
     },
   };
 }

@@ -2,23 +2,19 @@
 // configured, the unmodified pusher-js client (its Node build, WebSocket transport only) and
 // the official `pusher` server SDK pointed at it, plus a plain WebSocket for the native door.
 
-import { execFileSync, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import PusherJs from 'pusher-js';
 import WebSocket from 'ws';
 import PusherServer from 'pusher';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const repoRoot = resolve(here, '..', '..');
+import { startSwitchboard, uniq } from '../switchboard-process.mjs';
 
 export const APP = { id: '1001', key: 'app-key', secret: 'app-secret' };
 export const API_KEY = 'pusher-tests-api-key';
@@ -27,110 +23,39 @@ export const TOKEN_SECRET = 'pusher-tests-token-secret';
 /** How long a test waits for something that should happen at once. */
 export const WAIT = 5000;
 
-export { sleep };
-
-export function serverBinary() {
-  if (process.env.SWITCHBOARD_BIN) return process.env.SWITCHBOARD_BIN;
-  const target = process.env.CARGO_TARGET_DIR
-    ? resolve(repoRoot, process.env.CARGO_TARGET_DIR)
-    : join(repoRoot, 'target');
-  return join(target, 'debug', 'switchboard');
-}
-
-/** A unique suffix, so every test has channels of its own. */
-export function uniq(prefix) {
-  return `${prefix}-${randomBytes(4).toString('hex')}`;
-}
-
-export async function freePort() {
-  const srv = createNetServer();
-  await new Promise((ok, fail) => srv.once('error', fail).listen(0, '127.0.0.1', ok));
-  const { port } = srv.address();
-  await new Promise((ok) => srv.close(ok));
-  return port;
-}
+export { sleep, uniq };
 
 /**
- * Starts `switchboard serve --config <tmp toml>` with the test app (and `appToml` appended to
- * its `[[pusher.apps]]` table, e.g. webhooks), and waits for `/health`.
+ * Starts the server (see `startSwitchboard`) with the test app, `appToml` appended to its
+ * `[[pusher.apps]]` table (e.g. webhooks) and `extraToml` before it.
  */
 export async function startServer({ appToml = '', extraToml = '' } = {}) {
-  let lastError;
-  for (let attempt = 0; attempt < 3; attempt++) {
-    const port = await freePort();
-    try {
-      return await launch(port, appToml, extraToml);
-    } catch (e) {
-      lastError = e;
-      if (!/address|in use|bind/i.test(String(e.message))) break;
-    }
-  }
-  throw lastError;
-}
-
-async function launch(port, appToml, extraToml) {
-  const dir = mkdtempSync(join(tmpdir(), 'switchboard-pusher-'));
-  const configPath = join(dir, 'switchboard.toml');
-  const config = [
-    `listen = "127.0.0.1:${port}"`,
-    '',
-    '[auth]',
-    `token_secret = "${TOKEN_SECRET}"`,
-    `api_key = "${API_KEY}"`,
-    'allow_anonymous = true',
-    '',
-    extraToml,
-    '',
-    '[[pusher.apps]]',
-    `id = "${APP.id}"`,
-    `key = "${APP.key}"`,
-    `secret = "${APP.secret}"`,
-    'enable_client_events = true',
-    'max_client_events_per_second = 20',
-    appToml,
-    '',
-  ].join('\n');
-  writeFileSync(configPath, config);
-  const output = [];
-  const child = spawn(serverBinary(), ['serve', '--config', configPath], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, RUST_BACKTRACE: '1' },
+  const server = await startSwitchboard({
+    tmpPrefix: 'switchboard-pusher-',
+    configFor: (port) => [
+      `listen = "127.0.0.1:${port}"`,
+      '',
+      '[auth]',
+      `token_secret = "${TOKEN_SECRET}"`,
+      `api_key = "${API_KEY}"`,
+      'allow_anonymous = true',
+      '',
+      extraToml,
+      '',
+      '[[pusher.apps]]',
+      `id = "${APP.id}"`,
+      `key = "${APP.key}"`,
+      `secret = "${APP.secret}"`,
+      'enable_client_events = true',
+      'max_client_events_per_second = 20',
+      appToml,
+      '',
+    ].join('\n'),
   });
-  const keep = (chunk) => {
-    output.push(chunk.toString());
-    if (output.length > 400) output.splice(0, output.length - 400);
-  };
-  child.stdout.on('data', keep);
-  child.stderr.on('data', keep);
-  let exited = null;
-  const exitPromise = new Promise((ok) => child.once('exit', (code, signal) => {
-    exited = { code, signal };
-    ok(exited);
-  }));
-  const kill = () => { try { child.kill('SIGKILL'); } catch { /* gone */ } };
-  process.once('exit', kill);
-
-  const url = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 15_000;
-  let ready = false;
-  while (Date.now() < deadline && !exited) {
-    try {
-      const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1000) });
-      if (res.ok) { ready = true; break; }
-    } catch { /* not yet */ }
-    await sleep(50);
-  }
-  if (!ready) {
-    kill();
-    rmSync(dir, { recursive: true, force: true });
-    throw new Error(`switchboard did not start on ${url}: ${JSON.stringify(exited)}\n${output.join('')}`);
-  }
-
+  const { port } = server;
   const clients = [];
   return {
-    port,
-    url,
-    output: () => output.join(''),
+    ...server,
     /** The official server SDK, configured for this server. */
     sdk(app = APP) {
       return new PusherServer({
@@ -188,13 +113,7 @@ async function launch(port, appToml, extraToml) {
       for (const c of clients) {
         try { c.disconnect(); } catch { /* already */ }
       }
-      process.removeListener('exit', kill);
-      if (!exited) {
-        child.kill('SIGTERM');
-        const done = await Promise.race([exitPromise, sleep(6000, null, { ref: false })]);
-        if (!done) { kill(); await exitPromise; }
-      }
-      rmSync(dir, { recursive: true, force: true });
+      await server.stop();
     },
   };
 }
