@@ -282,7 +282,9 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 impl Sender {
-    /// Whether what `check` asks of the cluster holds (or cannot be asked).
+    /// Whether what `check` asks of the cluster holds (or cannot be asked). Checking a
+    /// `channel_vacated` settles it, which also ends this node's claim on the channel (see
+    /// `occupancy.rs`).
     async fn still_holds(&self, check: &Check) -> bool {
         let Some(hub) = self.hub.upgrade() else {
             return true;
