@@ -9,8 +9,8 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use switchboard_proto::encode::{self, Member};
-use switchboard_proto::{Disconnect, MessageMeta, Outgoing, Position};
+use switchboard_proto::encode;
+use switchboard_proto::{Disconnect, Outgoing, Position};
 
 use crate::config::HubConfig;
 use crate::engine::{
@@ -401,7 +401,7 @@ impl Hub {
         for client in self.clients_of(user) {
             if self.unsubscribe(&client, channel).await {
                 let frame = encode::unsubscribed(channel, "unsubscribed by the server");
-                client.sink.send(&Outgoing::new(frame));
+                client.sink.send(&Arc::new(Outgoing::new(frame)));
                 count += 1;
             }
         }
@@ -550,10 +550,8 @@ impl Hub {
                 continue;
             }
             last = publication.offset;
-            if client
-                .sink
-                .send_recovered(&message_outgoing(channel, publication))
-            {
+            let frame = Arc::new(Outgoing::message(channel, publication));
+            if client.sink.send_recovered(&frame) {
                 delivered += 1;
             }
         }
@@ -674,38 +672,6 @@ impl Hub {
     }
 }
 
-/// The `message` push of a publication.
-pub fn message_frame(channel: &str, publication: &Publication) -> Bytes {
-    encode::message_raw(
-        channel,
-        publication.offset,
-        &publication.epoch,
-        &publication.data,
-    )
-}
-
-/// The `message` push of a publication, with its position for the doors that track it.
-fn message_outgoing(channel: &str, publication: &Publication) -> Outgoing {
-    Outgoing::message(
-        message_frame(channel, publication),
-        MessageMeta {
-            channel: channel.into(),
-            offset: publication.offset,
-            epoch: publication.epoch.clone(),
-        },
-    )
-}
-
-/// A presence member as JSON on the wire.
-pub fn member_json(member: &PresenceMember) -> serde_json::Value {
-    let info = member
-        .info
-        .as_ref()
-        .and_then(|raw| serde_json::from_slice(raw).ok())
-        .unwrap_or(serde_json::Value::Null);
-    serde_json::json!({"client": &*member.client, "user": &*member.user, "info": info})
-}
-
 impl EngineHandler for Hub {
     fn on_publication(&self, channel: &str, publication: &Publication) {
         let mut shard = self.shard_of(&self.channels, channel).lock();
@@ -719,7 +685,7 @@ impl EngineHandler for Hub {
             return;
         }
         entry.last = Some((publication.offset, publication.epoch.clone()));
-        let frame = message_outgoing(channel, publication);
+        let frame = Arc::new(Outgoing::message(channel, publication));
         let mut delivered = 0u64;
         for subscriber in entry.subscribers.values_mut() {
             match &mut subscriber.pending {
@@ -815,20 +781,7 @@ impl EngineHandler for Hub {
         let Some(entry) = shard.get(channel) else {
             return;
         };
-        let kind = match event {
-            PresenceEvent::Join => "join",
-            PresenceEvent::Leave => "leave",
-        };
-        let info = member
-            .info
-            .as_ref()
-            .and_then(|raw| serde_json::from_slice::<&serde_json::value::RawValue>(raw).ok());
-        let wire = Member {
-            client: &member.client,
-            user: &member.user,
-            info,
-        };
-        let frame = Outgoing::new(encode::presence_event(kind, channel, &wire));
+        let frame = Arc::new(Outgoing::presence(event, channel, member));
         for subscriber in entry.subscribers.values() {
             if subscriber.pending.is_none() {
                 subscriber.sink.send(&frame);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use switchboard_proto::Outgoing;
-use switchboard_proto::encode::{self, Peer};
+use switchboard_proto::encode::{self, PeerEvent};
 
 use crate::engine::{EngineError, RoomEvent, RoomPeer};
 use crate::hub::{ClientEntry, Hub};
@@ -36,28 +36,6 @@ impl From<EngineError> for RoomError {
     fn from(e: EngineError) -> Self {
         RoomError::Engine(e)
     }
-}
-
-/// Parses JSON known to be valid (it came through the parser or the config).
-fn raw_json(bytes: &Option<Bytes>) -> Option<&RawValue> {
-    bytes
-        .as_ref()
-        .and_then(|b| serde_json::from_slice::<&RawValue>(b).ok())
-}
-
-/// A peer as the wire shows it.
-pub fn peer_json(peer: &RoomPeer) -> serde_json::Value {
-    let parse = |b: &Option<Bytes>| {
-        b.as_ref()
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or(serde_json::Value::Null)
-    };
-    serde_json::json!({
-        "peer": &*peer.peer,
-        "user": &*peer.user,
-        "info": parse(&peer.info),
-        "meta": parse(&peer.meta),
-    })
 }
 
 impl Hub {
@@ -203,20 +181,16 @@ impl Hub {
             return;
         };
         let (author, target, frame) = match event {
-            RoomEvent::Joined(p) | RoomEvent::Updated(p) => {
-                let kind = if matches!(event, RoomEvent::Joined(_)) {
-                    "peer_joined"
-                } else {
-                    "peer_updated"
-                };
-                let peer = Peer {
-                    peer: &p.peer,
-                    user: &p.user,
-                    info: raw_json(&p.info),
-                    meta: raw_json(&p.meta),
-                };
-                (&p.peer, None, encode::peer_event(kind, room, &peer))
-            }
+            RoomEvent::Joined(p) => (
+                &p.peer,
+                None,
+                encode::peer_event(PeerEvent::Joined, room, p),
+            ),
+            RoomEvent::Updated(p) => (
+                &p.peer,
+                None,
+                encode::peer_event(PeerEvent::Updated, room, p),
+            ),
             RoomEvent::Left { peer } => (peer, None, encode::peer_left(room, peer)),
             RoomEvent::Signal { from, to, data } => {
                 let Ok(data) = serde_json::from_slice::<&RawValue>(data) else {
@@ -225,7 +199,7 @@ impl Hub {
                 (from, to.as_ref(), encode::signal(room, from, data))
             }
         };
-        let frame = Outgoing::new(frame);
+        let frame = Arc::new(Outgoing::new(frame));
         for (peer, sink) in members {
             let wanted = match target {
                 Some(target) => peer == target,

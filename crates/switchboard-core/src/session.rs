@@ -6,15 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use serde_json::json;
 use serde_json::value::RawValue;
 use switchboard_proto::encode;
 use switchboard_proto::{Command, CommandError, ErrorCode, Outgoing, Position, Request};
 
 use crate::auth::{AuthError, Authenticator, Claims};
 use crate::engine::HistoryQuery;
-use crate::hub::{ClientEntry, Hub, HubError, SubscribeReply, member_json, message_frame};
-use crate::rooms::{RoomError, peer_json};
+use crate::hub::{ClientEntry, Hub, HubError, SubscribeReply};
+use crate::rooms::RoomError;
 use crate::sink::ClientSink;
 
 /// When a door's own subscription announces itself with a `subscribed` push.
@@ -40,7 +39,38 @@ pub struct Session {
     replies_via_sink: bool,
 }
 
-type Answer = Result<Bytes, CommandError>;
+/// What a command answers with: its reply, or an error frame (doors count errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Reply(Bytes),
+    Error(Bytes),
+}
+
+impl Answer {
+    pub fn is_error(&self) -> bool {
+        matches!(self, Answer::Error(_))
+    }
+
+    pub fn frame(&self) -> &Bytes {
+        match self {
+            Answer::Reply(frame) | Answer::Error(frame) => frame,
+        }
+    }
+
+    pub fn into_frame(self) -> Bytes {
+        match self {
+            Answer::Reply(frame) | Answer::Error(frame) => frame,
+        }
+    }
+}
+
+impl From<CommandError> for Answer {
+    fn from(e: CommandError) -> Self {
+        Answer::Error(error_frame(&e))
+    }
+}
+
+type Result<T = Bytes> = std::result::Result<T, CommandError>;
 
 impl Session {
     /// Registers a client with `claims` (already verified) whose frames go to `sink`.
@@ -122,23 +152,23 @@ impl Session {
 
     /// Runs one raw frame. Returns the frame to answer with, or `None` when the answer was
     /// already queued to the client's sink (a subscribe reply must precede its messages).
-    pub async fn handle_frame(&mut self, frame: &[u8]) -> Option<Bytes> {
+    pub async fn handle_frame(&mut self, frame: &[u8]) -> Option<Answer> {
         match switchboard_proto::parse_request(frame) {
             Ok(request) => self.handle(request).await,
-            Err(e) => Some(error_frame(&e)),
+            Err(e) => Some(e.into()),
         }
     }
 
-    pub async fn handle(&mut self, request: Request) -> Option<Bytes> {
+    pub async fn handle(&mut self, request: Request) -> Option<Answer> {
         let id = request.id;
         let answer = match request.command {
             Command::Subscribe { channel, since } => {
                 return match self.subscribe_command(id, &channel, since).await {
-                    Ok(reply) => reply,
-                    Err(e) => Some(error_frame(&e)),
+                    Ok(reply) => reply.map(Answer::Reply),
+                    Err(e) => Some(e.into()),
                 };
             }
-            Command::Ping => return Some(encode::pong(id)),
+            Command::Ping => return Some(Answer::Reply(encode::pong(id))),
             Command::Connect { .. } => Err(err(id, ErrorCode::BadRequest, "already connected")),
             Command::Unsubscribe { channel } => self.unsubscribe(id, &channel).await,
             Command::Publish { channel, data } => {
@@ -155,14 +185,14 @@ impl Session {
             Command::JoinRoom { room, meta } => self.join_room(id, &room, meta).await,
             Command::LeaveRoom { room } => {
                 self.hub.leave_room(&self.client, &room).await;
-                Ok(encode::reply(id, &json!({})))
+                Ok(encode::empty_reply(id))
             }
             Command::UpdateMeta { room, meta } => {
                 let meta = Bytes::from(meta.get().to_owned());
                 self.hub
                     .update_room_meta(&self.client, &room, meta)
                     .await
-                    .map(|()| encode::reply(id, &json!({})))
+                    .map(|()| encode::empty_reply(id))
                     .map_err(|e| room_error(id, e))
             }
             Command::Signal { room, to, data } => {
@@ -170,11 +200,14 @@ impl Session {
                 self.hub
                     .signal(&self.client, &room, to.as_deref(), data)
                     .await
-                    .map(|()| encode::reply(id, &json!({})))
+                    .map(|()| encode::empty_reply(id))
                     .map_err(|e| room_error(id, e))
             }
         };
-        Some(answer.unwrap_or_else(|e| error_frame(&e)))
+        Some(match answer {
+            Ok(reply) => Answer::Reply(reply),
+            Err(e) => e.into(),
+        })
     }
 
     /// The `subscribe` command: `Ok(None)` when the reply went through the sink.
@@ -183,22 +216,16 @@ impl Session {
         id: Option<u64>,
         channel: &str,
         since: Option<Position>,
-    ) -> Result<Option<Bytes>, CommandError> {
+    ) -> Result<Option<Bytes>> {
         let sink = self.client.sink.clone();
         let via_sink = self.replies_via_sink;
         let mut returned = None;
         let mut send_reply = |r: &SubscribeReply| {
-            let mut fields = json!({
-                "channel": channel,
-                "offset": r.position.offset,
-                "epoch": &*r.position.epoch,
-            });
-            if let Some(recovered) = r.recovered {
-                fields["recovered"] = json!(recovered);
-            }
-            let frame = encode::reply(id, &fields);
+            let position = &r.position;
+            let frame =
+                encode::subscribe_reply(id, channel, position.offset, &position.epoch, r.recovered);
             if via_sink {
-                sink.send(&Outgoing::new(frame));
+                sink.send(&Arc::new(Outgoing::new(frame)));
             } else {
                 returned = Some(frame);
             }
@@ -214,7 +241,7 @@ impl Session {
         channel: &str,
         since: Option<Position>,
         announce: Announce,
-    ) -> Result<(), CommandError> {
+    ) -> Result<()> {
         let sink = self.client.sink.clone();
         let mut send = |r: &SubscribeReply| {
             let recovered = match announce {
@@ -225,7 +252,7 @@ impl Session {
             };
             let frame =
                 encode::subscribed(channel, r.position.offset, &r.position.epoch, recovered);
-            sink.send(&Outgoing::new(frame));
+            sink.send(&Arc::new(Outgoing::new(frame)));
         };
         self.subscribe(None, channel, since, &mut send).await
     }
@@ -236,7 +263,7 @@ impl Session {
         channel: &str,
         since: Option<Position>,
         reply: &mut (dyn FnMut(&SubscribeReply) + Send),
-    ) -> Result<(), CommandError> {
+    ) -> Result<()> {
         self.check_subscribe(id, channel)?;
         if self.client.is_subscribed(channel) {
             return Err(err(
@@ -260,25 +287,22 @@ impl Session {
             .map_err(|e| hub_error(id, e))
     }
 
-    async fn unsubscribe(&mut self, id: Option<u64>, channel: &str) -> Answer {
+    async fn unsubscribe(&mut self, id: Option<u64>, channel: &str) -> Result {
         self.hub.unsubscribe(&self.client, channel).await;
-        Ok(encode::reply(id, &json!({})))
+        Ok(encode::empty_reply(id))
     }
 
-    async fn publish(&mut self, id: Option<u64>, channel: &str, data: Bytes) -> Answer {
+    async fn publish(&mut self, id: Option<u64>, channel: &str, data: Bytes) -> Result {
         self.check_publish(id, channel)?;
         let position = self
             .hub
             .publish(channel, data)
             .await
             .map_err(|e| hub_error(id, e))?;
-        Ok(encode::reply(
-            id,
-            &json!({"offset": position.offset, "epoch": &*position.epoch}),
-        ))
+        Ok(encode::publish_reply(id, position.offset, &position.epoch))
     }
 
-    async fn presence(&mut self, id: Option<u64>, channel: &str) -> Answer {
+    async fn presence(&mut self, id: Option<u64>, channel: &str) -> Result {
         self.check_subscribe(id, channel)?;
         if !self.hub.config.namespace(channel).presence {
             return Err(err(
@@ -292,8 +316,7 @@ impl Session {
             .presence(channel)
             .await
             .map_err(|e| hub_error(id, e))?;
-        let members: Vec<_> = members.iter().map(member_json).collect();
-        Ok(encode::reply(id, &json!({ "members": members })))
+        Ok(encode::presence_reply(id, &members))
     }
 
     async fn history(
@@ -302,7 +325,7 @@ impl Session {
         channel: &str,
         since: Option<Position>,
         limit: Option<usize>,
-    ) -> Answer {
+    ) -> Result {
         self.check_subscribe(id, channel)?;
         let query = HistoryQuery {
             since: since.map(|p| (p.offset, p.epoch)),
@@ -313,7 +336,7 @@ impl Session {
             .history(channel, query)
             .await
             .map_err(|e| hub_error(id, e))?;
-        Ok(history_reply(id, channel, &history))
+        Ok(encode::history_reply(id, &history_page(channel, &history)))
     }
 
     async fn join_room(
@@ -321,7 +344,7 @@ impl Session {
         id: Option<u64>,
         room: &str,
         meta: Option<Box<RawValue>>,
-    ) -> Answer {
+    ) -> Result {
         if !may_join_room(&self.hub, &self.claims, room) {
             return Err(err(
                 id,
@@ -335,19 +358,17 @@ impl Session {
             .join_room(&self.client, room, meta)
             .await
             .map_err(|e| room_error(id, e))?;
-        let peers: Vec<_> = others.iter().map(peer_json).collect();
-        Ok(encode::reply(
+        let ice_servers = self.hub.ice_servers(&self.claims.user);
+        Ok(encode::join_room_reply(
             id,
-            &json!({
-                "room": room,
-                "peer": &*me.peer,
-                "peers": peers,
-                "ice_servers": self.hub.ice_servers(&self.claims.user),
-            }),
+            room,
+            &me.peer,
+            &others,
+            &ice_servers,
         ))
     }
 
-    fn refresh(&mut self, id: Option<u64>, token: &str) -> Answer {
+    fn refresh(&mut self, id: Option<u64>, token: &str) -> Result {
         let claims = self.auth.verify(token).map_err(|e| match e {
             AuthError::Expired => err(id, ErrorCode::TokenExpired, "token expired"),
             AuthError::Invalid(why) => err(id, ErrorCode::Unauthorized, why),
@@ -363,12 +384,12 @@ impl Session {
             .exp
             .store(claims.exp.unwrap_or(0), Ordering::Relaxed);
         self.claims = claims;
-        Ok(encode::reply(id, &json!({ "exp": self.claims.exp })))
+        Ok(encode::refresh_reply(id, self.claims.exp))
     }
 
     // ---- permissions (spec §2, §7) ----
 
-    fn check_subscribe(&self, id: Option<u64>, channel: &str) -> Result<(), CommandError> {
+    fn check_subscribe(&self, id: Option<u64>, channel: &str) -> Result<()> {
         if may_subscribe(&self.hub, &self.claims, channel) {
             Ok(())
         } else {
@@ -380,7 +401,7 @@ impl Session {
         }
     }
 
-    fn check_publish(&self, id: Option<u64>, channel: &str) -> Result<(), CommandError> {
+    fn check_publish(&self, id: Option<u64>, channel: &str) -> Result<()> {
         if may_publish(&self.hub, &self.claims, channel) {
             Ok(())
         } else {
@@ -430,39 +451,17 @@ pub fn may_publish(hub: &Hub, claims: &Claims, channel: &str) -> bool {
     }
 }
 
-/// The `history` reply: the messages as pushed, and the stream's position.
-pub fn history_reply(
-    id: Option<u64>,
-    channel: &str,
-    history: &crate::engine::HistoryResult,
-) -> Bytes {
-    encode::reply(id, &history_fields(channel, history))
-}
-
-/// `{"messages":[...],"offset","epoch"}` (also the server API's history answer), with each
-/// message exactly as it is pushed.
-pub fn history_fields(channel: &str, history: &crate::engine::HistoryResult) -> HistoryFields {
-    let messages = history
-        .publications
-        .iter()
-        .map(|p| {
-            let frame = String::from_utf8(message_frame(channel, p).to_vec())
-                .expect("message frames are UTF-8");
-            RawValue::from_string(frame).expect("message frames are valid JSON")
-        })
-        .collect();
-    HistoryFields {
-        messages,
+/// A page of `channel`'s history as the wire shows it.
+pub fn history_page<'a>(
+    channel: &'a str,
+    history: &'a crate::engine::HistoryResult,
+) -> encode::History<'a> {
+    encode::History {
+        channel,
+        publications: &history.publications,
         offset: history.position.offset,
-        epoch: history.position.epoch.to_string(),
+        epoch: &history.position.epoch,
     }
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct HistoryFields {
-    pub messages: Vec<Box<RawValue>>,
-    pub offset: u64,
-    pub epoch: String,
 }
 
 fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> CommandError {

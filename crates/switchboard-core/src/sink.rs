@@ -1,17 +1,19 @@
 //! How the hub reaches a client, whatever door it came through.
 
+use std::sync::Arc;
+
 use switchboard_proto::{Disconnect, Outgoing};
 
 /// A client's outbound side. `send` must not block: a door queues the frame (bounded in bytes)
 /// and its writer sends it; a client whose queue overflows is disconnected by the door.
 pub trait ClientSink: Send + Sync {
-    /// Queues one frame. Returns `false` when the client is gone or was just disconnected
-    /// as a slow consumer.
-    fn send(&self, frame: &Outgoing) -> bool;
+    /// Queues one frame, shared with every other recipient. Returns `false` when the client
+    /// is gone or was just disconnected as a slow consumer.
+    fn send(&self, frame: &Arc<Outgoing>) -> bool;
 
     /// Queues a message replayed by a recovery (`since`): a door may give such a burst more
     /// room than its bound, so a client far behind is not taken for a slow consumer.
-    fn send_recovered(&self, frame: &Outgoing) -> bool {
+    fn send_recovered(&self, frame: &Arc<Outgoing>) -> bool {
         self.send(frame)
     }
 

@@ -108,7 +108,8 @@ pub fn envelope(
         user_id,
         socket_id,
     };
-    Bytes::from(serde_json::to_vec(&out).expect("envelope serialization"))
+    // Plain structs of strings and raw JSON always serialize.
+    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
 }
 
 /// A Pusher event frame: `{"event","channel","data"}` (+ `user_id`). `data` is already
@@ -134,7 +135,7 @@ pub fn event_frame(
         data,
         user_id,
     };
-    Bytes::from(serde_json::to_vec(&out).expect("event serialization"))
+    Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
 }
 
 /// An event whose data is the JSON text of `data`, as a string (how Pusher sends the data of
@@ -161,6 +162,132 @@ pub fn error_frame(code: Option<u16>, message: &str) -> Bytes {
         message: &'a str,
     }
     event_with_json("pusher:error", None, &Data { code, message })
+}
+
+/// `pusher:connection_established`: the socket id and the activity timeout (seconds).
+pub fn connection_established(socket_id: &str, activity_timeout: u64) -> Bytes {
+    #[derive(Serialize)]
+    struct Data<'a> {
+        activity_timeout: u64,
+        socket_id: &'a str,
+    }
+    let data = Data {
+        activity_timeout,
+        socket_id,
+    };
+    event_with_json_string("pusher:connection_established", None, &data)
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+/// `pusher:pong`.
+pub fn pong() -> Bytes {
+    event_with_json("pusher:pong", None, &Empty {})
+}
+
+/// `pusher_internal:subscription_succeeded` of a channel that is not a presence channel.
+pub fn subscription_succeeded(channel: &str) -> Bytes {
+    event_with_json_string(
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        &Empty {},
+    )
+}
+
+/// `pusher_internal:subscription_succeeded` of a presence channel, with its members: each
+/// user id once, with its `user_info` (raw JSON).
+pub fn presence_subscription_succeeded(channel: &str, users: &[(&str, Option<&Bytes>)]) -> Bytes {
+    #[derive(Serialize)]
+    struct Presence<'a> {
+        count: usize,
+        hash: Hash<'a>,
+        ids: Vec<&'a str>,
+    }
+    struct Hash<'a>(&'a [(&'a str, Option<&'a Bytes>)]);
+    impl Serialize for Hash<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.iter().map(|(id, info)| (id, raw_json(*info))))
+        }
+    }
+    #[derive(Serialize)]
+    struct Data<'a> {
+        presence: Presence<'a>,
+    }
+    let data = Data {
+        presence: Presence {
+            count: users.len(),
+            hash: Hash(users),
+            ids: users.iter().map(|(id, _)| *id).collect(),
+        },
+    };
+    event_with_json_string(
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        &data,
+    )
+}
+
+/// `pusher:subscription_error`, with Pusher's error type and an HTTP-like status.
+pub fn subscription_error(channel: &str, kind: &str, message: &str, status: u16) -> Bytes {
+    #[derive(Serialize)]
+    struct Data<'a> {
+        error: &'a str,
+        status: u16,
+        #[serde(rename = "type")]
+        kind: &'a str,
+    }
+    let data = Data {
+        error: message,
+        status,
+        kind,
+    };
+    event_with_json("pusher:subscription_error", Some(channel), &data)
+}
+
+/// `pusher:cache_miss`: a cache channel had no event to replay.
+pub fn cache_miss(channel: &str) -> Bytes {
+    event_with_json("pusher:cache_miss", Some(channel), &Empty {})
+}
+
+/// `pusher:signin_success`, echoing the signed `user_data`.
+pub fn signin_success(user_data: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Data<'a> {
+        user_data: &'a str,
+    }
+    event_with_json_string("pusher:signin_success", None, &Data { user_data })
+}
+
+/// `pusher_internal:member_added`: a user's first connection joined a presence channel.
+pub fn member_added(channel: &str, user_id: &str, user_info: Option<&Bytes>) -> Bytes {
+    #[derive(Serialize)]
+    struct Data<'a> {
+        user_id: &'a str,
+        user_info: Option<&'a RawValue>,
+    }
+    let data = Data {
+        user_id,
+        user_info: raw_json(user_info),
+    };
+    event_with_json_string("pusher_internal:member_added", Some(channel), &data)
+}
+
+/// `pusher_internal:member_removed`: a user's last connection left a presence channel.
+pub fn member_removed(channel: &str, user_id: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Data<'a> {
+        user_id: &'a str,
+    }
+    event_with_json_string(
+        "pusher_internal:member_removed",
+        Some(channel),
+        &Data { user_id },
+    )
+}
+
+fn raw_json(bytes: Option<&Bytes>) -> Option<&RawValue> {
+    crate::model::raw_json(bytes)
 }
 
 /// What a native `message` frame becomes for Pusher clients: one WebSocket frame shared by

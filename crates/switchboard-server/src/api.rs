@@ -19,8 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use switchboard_core::engine::{HistoryQuery, NodeAnswer, NodeRequest};
-use switchboard_core::hub::member_json;
-use switchboard_core::session::history_fields;
+use switchboard_core::session::history_page;
 use switchboard_proto::ErrorCode;
 use switchboard_proto::command::MAX_CHANNEL_LEN;
 
@@ -282,7 +281,6 @@ async fn presence(State(state): State<Arc<AppState>>, Path(channel): Path<String
         ));
     }
     let members = state.hub.presence(&channel).await.map_err(engine_failure)?;
-    let members: Vec<Value> = members.iter().map(member_json).collect();
     Ok(Json(json!({ "members": members })).into_response())
 }
 
@@ -321,7 +319,7 @@ async fn history(
         .history(&channel, HistoryQuery { since, limit })
         .await
         .map_err(engine_failure)?;
-    Ok(Json(history_fields(&channel, &result)).into_response())
+    Ok(Json(history_page(&channel, &result)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -356,10 +354,6 @@ async fn unsubscribe(State(state): State<Arc<AppState>>, body: Body) -> ApiResul
 async fn room(State(state): State<Arc<AppState>>, Path(room): Path<String>) -> ApiResult {
     check_channel(&room)?;
     let peers = state.hub.room_peers(&room).await.map_err(engine_failure)?;
-    let peers: Vec<Value> = peers
-        .iter()
-        .map(switchboard_core::rooms::peer_json)
-        .collect();
     Ok(Json(json!({ "peers": peers })).into_response())
 }
 

@@ -273,11 +273,11 @@ impl<C: DoorCodec> Outbox<C> {
 }
 
 impl<C: DoorCodec> ClientSink for Outbox<C> {
-    fn send(&self, frame: &Outgoing) -> bool {
+    fn send(&self, frame: &Arc<Outgoing>) -> bool {
         self.send_frame(frame, false)
     }
 
-    fn send_recovered(&self, frame: &Outgoing) -> bool {
+    fn send_recovered(&self, frame: &Arc<Outgoing>) -> bool {
         self.send_frame(frame, true)
     }
 
@@ -339,7 +339,8 @@ mod tests {
     #[test]
     fn recovered_messages_may_exceed_the_bound_while_live_ones_keep_it() {
         let outbox = Outbox::new(Plain, 10, Arc::new(ServerStats::default()));
-        let frame = |text: &'static str| Outgoing::new(Bytes::from_static(text.as_bytes()));
+        let frame =
+            |text: &'static str| Arc::new(Outgoing::new(Bytes::from_static(text.as_bytes())));
         for _ in 0..5 {
             assert!(
                 outbox.send_recovered(&frame("12345678")),
@@ -362,7 +363,7 @@ mod tests {
     #[test]
     fn a_replay_beyond_the_allowance_is_still_a_slow_consumer() {
         let outbox = Outbox::new(Plain, 10, Arc::new(ServerStats::default()));
-        let frame = Outgoing::new(Bytes::from_static(b"1234567890"));
+        let frame = Arc::new(Outgoing::new(Bytes::from_static(b"1234567890")));
         for _ in 0..RECOVERY_ALLOWANCE {
             assert!(outbox.send_recovered(&frame));
         }

@@ -26,13 +26,7 @@ pub struct StreamPosition {
     pub epoch: Arc<str>,
 }
 
-/// One message of a channel's stream. `data` is the raw JSON the publisher sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Publication {
-    pub offset: u64,
-    pub epoch: Arc<str>,
-    pub data: Bytes,
-}
+pub use switchboard_proto::{PresenceEvent, PresenceMember, Publication, RoomPeer};
 
 /// How a channel's stream is kept (from its namespace).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,21 +53,6 @@ pub struct HistoryResult {
     pub complete: bool,
 }
 
-/// A member of a channel's presence.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PresenceMember {
-    pub client: Arc<str>,
-    pub user: Arc<str>,
-    /// Raw JSON of the client's `info` claim.
-    pub info: Option<Bytes>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PresenceEvent {
-    Join,
-    Leave,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
     #[error("engine unavailable: {0}")]
@@ -81,18 +60,6 @@ pub enum EngineError {
     /// The room already has its maximum number of peers.
     #[error("room is full")]
     RoomFull,
-}
-
-/// A peer of a WebRTC signaling room: one client's membership.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoomPeer {
-    /// The peer id (the client's id: one membership per client and room).
-    pub peer: Arc<str>,
-    pub user: Arc<str>,
-    /// Raw JSON of the client's `info` claim.
-    pub info: Option<Bytes>,
-    /// Raw JSON the peer set with `join_room`/`update_meta`.
-    pub meta: Option<Bytes>,
 }
 
 /// What happens in a room, delivered to every node with members in it.

@@ -150,7 +150,6 @@ impl DoorCodec for StreamCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_proto::MessageMeta;
 
     fn state() -> CursorState {
         CursorState {
@@ -175,15 +174,12 @@ mod tests {
         let key = Arc::new(CursorKey::new(b"k"));
         let codec = StreamCodec::new(StreamKind::Sse, key.clone(), None);
         let mut state = state();
-        let json = encode::message_raw("a", 1, "e1", b"{\"x\":1}");
-        let frame = Outgoing::message(
-            json,
-            MessageMeta {
-                channel: "a".into(),
-                offset: 1,
-                epoch: "e1".into(),
-            },
-        );
+        let publication = switchboard_core::Publication {
+            offset: 1,
+            epoch: "e1".into(),
+            data: Bytes::from_static(b"{\"x\":1}"),
+        };
+        let frame = Outgoing::message("a", &publication);
         let text = concat(codec.frame(&mut state, &frame));
         let cursor = key.encode(&["a", "b"], &[(1, "e1"), (7, "e2")]);
         assert_eq!(

@@ -226,7 +226,7 @@ async fn open_stream(state: Arc<AppState>, request: Request, kind: StreamKind) -
     }
     let heartbeat = state.limits.ping_interval.as_secs();
     let connected = session.connected_frame(None, heartbeat, Some(&session_id));
-    outbox.send(&Outgoing::new(connected));
+    outbox.send(&Arc::new(Outgoing::new(connected)));
     let announce = if door.cursor.is_some() {
         Announce::Resumed
     } else {
@@ -239,7 +239,7 @@ async fn open_stream(state: Arc<AppState>, request: Request, kind: StreamKind) -
         starts,
         announce,
         |frame| {
-            outbox.send(&Outgoing::new(frame));
+            outbox.send(&Arc::new(Outgoing::new(frame)));
         },
     )
     .await;

@@ -68,7 +68,7 @@ impl PollSink {
 }
 
 impl ClientSink for PollSink {
-    fn send(&self, frame: &Outgoing) -> bool {
+    fn send(&self, frame: &Arc<Outgoing>) -> bool {
         let mut c = self.inner.lock();
         if c.full || c.closed {
             return false;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
-use switchboard_core::session::error_frame;
+use switchboard_core::session::Answer;
 use switchboard_core::{ClientSink, Session};
 use switchboard_proto::{Disconnect, ErrorCode, Outgoing, encode, parse_request};
 use tokio::sync::Notify;
@@ -96,7 +96,7 @@ impl SessionBuffer {
 }
 
 impl ClientSink for SessionBuffer {
-    fn send(&self, frame: &Outgoing) -> bool {
+    fn send(&self, frame: &Arc<Outgoing>) -> bool {
         let mut inner = self.inner.lock();
         if inner.closed {
             return false;
@@ -255,13 +255,12 @@ pub async fn post_session(
     for frame in &frames {
         let reply = match parse_request(frame.get().as_bytes()) {
             Ok(request) => Box::pin(session.handle(request)).await,
-            Err(e) => Some(error_frame(&e)),
+            Err(e) => Some(e.into()),
         };
-        let reply = reply.unwrap_or_else(|| Bytes::from_static(b"null"));
-        if reply.starts_with(br#"{"type":"error""#) {
+        if reply.as_ref().is_some_and(Answer::is_error) {
             state.count_error();
         }
-        replies.push(reply);
+        replies.push(reply.map_or(Bytes::from_static(b"null"), Answer::into_frame));
     }
     drop(guard);
     let mut out = Vec::with_capacity(replies.iter().map(|r| r.len() + 1).sum::<usize>() + 2);

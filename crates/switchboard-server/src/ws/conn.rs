@@ -419,11 +419,11 @@ impl Protocol for Native {
             let Some(session) = self.session.as_mut() else {
                 return self.on_first_frame(state, outbox, payload);
             };
-            if let Some(reply) = session.handle_frame(payload).await {
-                if reply.starts_with(br#"{"type":"error""#) {
+            if let Some(answer) = session.handle_frame(payload).await {
+                if answer.is_error() {
                     state.count_error();
                 }
-                outbox.push(ws::encode_text(&reply));
+                outbox.push(ws::encode_text(answer.frame()));
             }
         })
     }
