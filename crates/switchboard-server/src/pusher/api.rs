@@ -201,7 +201,7 @@ fn check_event(app: &App, event: &Event) -> Result<Vec<String>, (StatusCode, Str
             ),
         ));
     }
-    if event.name.is_empty() || event.name.len() > super::ws::MAX_EVENT_NAME {
+    if event.name.is_empty() || event.name.len() > super::conn::MAX_EVENT_NAME {
         return Err(fail(
             StatusCode::BAD_REQUEST,
             "event names are 1 to 200 characters",

@@ -5,32 +5,31 @@
 //! a heartbeat and `c[code,"reason"]` closes; one per line.
 //!
 //! A session is one Pusher connection (the same [`PusherConn`] and [`PusherCodec`] as the
-//! WebSocket door, with raw framing): its outbox fills from the hub whether or not a request
-//! is open, and the latest receiving request drains it. A session with no receiving request
-//! for [`IDLE_TIMEOUT`] is closed.
+//! WebSocket door, with SockJS framing): its outbox fills from the hub whether or not a
+//! request is open, and the latest receiving request drives its machine, so these are two
+//! more drivers of the one door core. A session with no receiving request for
+//! [`IDLE_TIMEOUT`] is closed.
 
-use std::collections::{HashMap, VecDeque};
-use std::future::Future;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body::Frame;
 use parking_lot::Mutex;
-use switchboard_core::unix_now;
-use switchboard_proto::Disconnect;
+use switchboard_core::{ClientSink, unix_now};
 
-use super::close_code;
-use super::ws::{Framing, PusherCodec, PusherConn};
+use super::codec::{Framing, PusherCodec};
+use super::conn::{PusherConn, PusherOutbox, new_socket_id};
 use crate::app::AppState;
-use crate::outbox::Outbox;
+use crate::door::{Deadline, Framing as Transfer, Machine, Outbox, Output, Overflow};
 
 /// A session without a receiving request for this long is closed. pusher-js opens the next
 /// request as soon as one ends and tells the server nothing when it disconnects, so this is
@@ -52,7 +51,9 @@ const REPLACE_WAIT: Duration = Duration::from_secs(10);
 
 /// One HTTP-transport connection.
 pub struct HttpSession {
-    outbox: Arc<Outbox<PusherCodec>>,
+    outbox: Arc<PusherOutbox>,
+    /// Driven by the latest receiving request only.
+    machine: Mutex<Machine<PusherCodec>>,
     /// `None` once the session has left the hub.
     conn: tokio::sync::Mutex<Option<PusherConn>>,
     /// Bumped by every receiving request: only the latest one drains the outbox.
@@ -171,14 +172,16 @@ pub async fn handle(
 }
 
 fn open(state: &Arc<AppState>, app: Arc<super::App>, id: &str) -> Arc<HttpSession> {
-    let socket_id = super::ws::new_socket_id();
+    let socket_id = new_socket_id();
     let outbox = Arc::new(Outbox::new(
-        PusherCodec::new(socket_id.clone(), Framing::Raw),
         state.limits.client_queue_bytes,
+        Overflow::Disconnect,
         state.stats.clone(),
     ));
-    let conn = PusherConn::open(state, app, socket_id, &outbox);
+    let conn = PusherConn::open(state, app, socket_id.clone(), &outbox);
+    let codec = PusherCodec::new(socket_id, Framing::Sockjs);
     let session = Arc::new(HttpSession {
+        machine: Mutex::new(Machine::new(codec, outbox.clone(), Transfer::Plain)),
         outbox,
         conn: tokio::sync::Mutex::new(Some(conn)),
         generation: AtomicU64::new(0),
@@ -213,7 +216,7 @@ async fn send(state: &AppState, session: &HttpSession, request: Request) -> Resp
                 None,
                 &format!("message larger than {} bytes", state.limits.max_frame_size),
             );
-            session.outbox.push(too_large);
+            session.outbox.push_own(too_large);
             continue;
         }
         conn.handle(&session.outbox, message.as_bytes()).await;
@@ -221,57 +224,34 @@ async fn send(state: &AppState, session: &HttpSession, request: Request) -> Resp
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// Appends `a[...]\n` holding `messages` (each a frame's JSON, sent as a JSON string).
-fn write_messages(
-    out: &mut BytesMut,
-    messages: &mut VecDeque<Bytes>,
-    outbox: &Outbox<PusherCodec>,
-) {
-    out.put_slice(b"a[");
-    let mut first = true;
-    let mut raw = 0;
-    for message in messages.drain(..) {
-        raw += message.len();
-        if message.is_empty() {
-            continue;
-        }
-        if !first {
-            out.put_u8(b',');
-        }
-        first = false;
-        put_ascii_json_string(out, &String::from_utf8_lossy(&message));
-    }
-    out.put_slice(b"]\n");
-    outbox.written(raw);
+/// What driving a session's machine came to.
+enum Drained {
+    /// Nothing more to send for now.
+    Waiting(Option<Instant>),
+    /// The session is over (its goodbye is in what was drained).
+    Closed,
 }
 
-/// Writes `text` as a JSON string in ASCII only (`\uXXXX` beyond it), so the bytes sent are
-/// the characters pusher-js counts in `responseText` (see [`STREAM_LIMIT`]).
-fn put_ascii_json_string(out: &mut BytesMut, text: &str) {
-    out.put_u8(b'"');
-    for c in text.chars() {
-        match c {
-            '"' => out.put_slice(b"\\\""),
-            '\\' => out.put_slice(b"\\\\"),
-            '\n' => out.put_slice(b"\\n"),
-            '\r' => out.put_slice(b"\\r"),
-            '\t' => out.put_slice(b"\\t"),
-            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
-                let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    out.put_slice(format!("\\u{unit:04x}").as_bytes());
+impl HttpSession {
+    /// Drives the machine, appending what it writes to `out`, until it waits or closes (or
+    /// `out` holds `max` bytes).
+    fn drain(&self, out: &mut BytesMut, max: usize) -> Drained {
+        let mut machine = self.machine.lock();
+        loop {
+            match machine.poll_output(Instant::now()) {
+                Output::Write => {
+                    while let Some(chunk) = machine.take_chunk() {
+                        out.extend_from_slice(&chunk);
+                    }
+                    if out.len() >= max {
+                        return Drained::Waiting(None);
+                    }
                 }
+                Output::Wait(at) => return Drained::Waiting(at),
+                Output::Close(_) => return Drained::Closed,
             }
-            c => out.put_u8(c as u8),
         }
     }
-    out.put_u8(b'"');
-}
-
-fn close_line(reason: &Disconnect) -> Bytes {
-    let line = serde_json::to_string(&(close_code(reason), reason.message))
-        .expect("close frame serializes");
-    Bytes::from(format!("c{line}\n"))
 }
 
 /// `xhr`: answers `o` to a new session, else what is queued, waiting up to [`POLL_WAIT`].
@@ -283,27 +263,26 @@ async fn poll(state: &AppState, id: &str, session: &Arc<HttpSession>, new: bool)
     // and the request is dropped midway.
     let receiver = Receiver::start(session);
     let deadline = tokio::time::Instant::now() + POLL_WAIT;
-    let mut pending = VecDeque::new();
     let mut out = BytesMut::new();
     loop {
-        let closing = session.outbox.drain_into(&mut pending, false);
-        if pending.iter().any(|b| !b.is_empty()) {
-            write_messages(&mut out, &mut pending, &session.outbox);
-            break;
-        }
-        if let Some(reason) = closing {
-            out.put_slice(&close_line(&reason));
-            state.pusher.http_sessions.close(id);
-            break;
+        match session.drain(&mut out, STREAM_LIMIT) {
+            Drained::Closed => {
+                state.pusher.http_sessions.close(id);
+                break;
+            }
+            Drained::Waiting(_) if !out.is_empty() => break,
+            Drained::Waiting(_) => {}
         }
         if !receiver.is_current() {
             // A newer poll took over.
-            out.put_slice(b"h\n");
+            out.extend_from_slice(b"h\n");
             break;
         }
-        let woken = std::future::poll_fn(|cx| session.outbox.poll_woken(cx));
-        if tokio::time::timeout_at(deadline, woken).await.is_err() {
-            out.put_slice(b"h\n");
+        if tokio::time::timeout_at(deadline, session.outbox.woken())
+            .await
+            .is_err()
+        {
+            out.extend_from_slice(b"h\n");
             break;
         }
     }
@@ -346,13 +325,13 @@ fn stream(state: &Arc<AppState>, id: String, session: Arc<HttpSession>, new: boo
     let receiver = Receiver::start(&session);
     // Wake the stream this one replaces (if it is still polled), so it notices and ends; the
     // new one starts with a heartbeat.
-    switchboard_core::ClientSink::heartbeat(&*session.outbox);
+    session.outbox.heartbeat();
     let body = XhrStream {
         state: state.clone(),
         id,
         session,
         receiver,
-        pending: VecDeque::new(),
+        deadline: Deadline::default(),
         opening: new,
         sent: 0,
         full_since: None,
@@ -367,7 +346,7 @@ struct XhrStream {
     session: Arc<HttpSession>,
     /// Dropped with the body: the session is then no longer received from.
     receiver: Receiver,
-    pending: VecDeque<Bytes>,
+    deadline: Deadline,
     /// `o` still to be sent (a new session).
     opening: bool,
     /// Bytes sent on this stream.
@@ -405,7 +384,6 @@ impl http_body::Body for XhrStream {
             return this.emit(Bytes::from_static(b"o\n"));
         }
         let session = this.session.clone();
-        let outbox = &session.outbox;
         loop {
             if !this.receiver.is_current() {
                 // A newer stream took over this session.
@@ -419,44 +397,27 @@ impl http_body::Body for XhrStream {
                     return Poll::Ready(None);
                 }
                 // Still woken by the outbox, to notice a replacement.
-                if outbox.poll_woken(cx).is_pending() {
+                if session.outbox.poll_woken(cx).is_pending() {
                     return Poll::Pending;
                 }
                 continue;
             }
-            let closing = outbox.drain_into(&mut this.pending, false);
-            if this.pending.iter().any(|b| !b.is_empty()) {
-                let mut out = BytesMut::new();
-                write_messages(&mut out, &mut this.pending, outbox);
-                return this.emit(out.freeze());
-            }
-            this.pending.clear();
-            if let Some(reason) = closing {
-                this.ended = true;
-                this.state.pusher.http_sessions.close(&this.id);
-                return this.emit(close_line(&reason));
-            }
-            if outbox.take_ping_due() {
-                return this.emit(Bytes::from_static(b"h\n"));
-            }
-            if outbox.poll_woken(cx).is_pending() {
-                return Poll::Pending;
+            let mut chunk = BytesMut::new();
+            match session.drain(&mut chunk, 0) {
+                _ if !chunk.is_empty() => return this.emit(chunk.freeze()),
+                Drained::Closed => {
+                    this.ended = true;
+                    this.state.pusher.http_sessions.close(&this.id);
+                    return Poll::Ready(None);
+                }
+                Drained::Waiting(at) => {
+                    this.deadline.set(at);
+                    let woken = session.outbox.poll_woken(cx).is_ready();
+                    if !woken && this.deadline.poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_are_framed_as_ascii_json_strings() {
-        let text = "{\"a\":\"é \\\" \u{1F600}\n\t\u{1}\"}";
-        let mut out = BytesMut::new();
-        put_ascii_json_string(&mut out, text);
-        assert!(out.is_ascii(), "{out:?}");
-        let back: String = serde_json::from_slice(&out).unwrap();
-        assert_eq!(back, text);
     }
 }

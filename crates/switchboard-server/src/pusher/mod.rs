@@ -3,9 +3,13 @@
 //!
 //! - `config.rs`: `[[pusher.apps]]`.
 //! - `signing.rs`: channel, user, API request and webhook signatures.
-//! - `ws.rs`: the WebSocket door `/app/{key}` (Pusher protocol 7): a [`DoorCodec`] that turns
-//!   hub frames into Pusher events, and a command handler in place of the native parser, on
-//!   the shared connection loop (`ws/conn.rs`).
+//! - `codec.rs`: the door's wire form, a [`DoorCodec`] that turns hub frames into Pusher
+//!   events (WebSocket frames or SockJS lines), with each presence channel's members.
+//! - `conn.rs`: one connection's commands (subscribe with signatures, presence, sign-in,
+//!   client events), whatever carries them.
+//! - `ws.rs`: the WebSocket door `/app/{key}` (Pusher protocol 7) on the shared WebSocket
+//!   driver (`ws/conn.rs`).
+//! - `http.rs`: pusher-js's HTTP fallbacks (`xhr_streaming`, `xhr` polling).
 //! - `api.rs`: the HTTP API under `/apps/{app_id}` with request signing.
 //! - `webhooks.rs`: batched, signed, retried webhooks, checked across nodes.
 //! - `occupancy.rs`: which node reports a channel occupied when several hold it.
@@ -13,10 +17,12 @@
 //! How Pusher maps onto the hub (channel names, event envelopes) is in
 //! `switchboard_proto::pusher`.
 //!
-//! [`DoorCodec`]: crate::outbox::DoorCodec
+//! [`DoorCodec`]: crate::door::DoorCodec
 
 pub mod api;
+mod codec;
 pub mod config;
+mod conn;
 pub mod http;
 pub mod occupancy;
 pub mod signing;
@@ -125,7 +131,7 @@ impl App {
         let mut count = 0;
         for (_, sink) in list {
             if let Some(sink) = sink.upgrade() {
-                sink.disconnect(ws::TERMINATED);
+                sink.disconnect(conn::TERMINATED);
                 count += 1;
             }
         }
@@ -264,14 +270,14 @@ mod tests {
         assert_eq!(close_code(&Disconnect::NO_PONG), 4201);
         assert_eq!(close_code(&Disconnect::SLOW_CONSUMER), 4100);
         assert_eq!(close_code(&Disconnect::BY_SERVER), 4009);
-        assert_eq!(close_code(&ws::TERMINATED), 4009);
+        assert_eq!(close_code(&conn::TERMINATED), 4009);
         assert_eq!(close_code(&Disconnect::CLIENT_CLOSED), 1000);
         for refusal in [
-            ws::APP_NOT_FOUND,
-            ws::APP_DISABLED,
-            ws::BAD_VERSION,
-            ws::UNSUPPORTED_PROTOCOL,
-            ws::NO_PROTOCOL,
+            conn::APP_NOT_FOUND,
+            conn::APP_DISABLED,
+            conn::BAD_VERSION,
+            conn::UNSUPPORTED_PROTOCOL,
+            conn::NO_PROTOCOL,
         ] {
             assert_eq!(close_code(&refusal), refusal.ws_close);
         }

@@ -1,48 +1,28 @@
-//! The response body of a streaming door: it hands hyper what the stream's outbox holds, one
-//! chunk at a time, only as fast as hyper can write. When the stream ends, however it ends,
-//! the session leaves the hub.
+//! The hyper-served driver of a stream (`/sse`, `/stream` over TLS, or a later request of a
+//! kept-alive connection): a response body that hands hyper what the stream's machine offers,
+//! only as fast as hyper writes. When the body is dropped, however the stream ended, the
+//! stream's registration goes with it and its session leaves the hub.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use super::codec::StreamCodec;
-use super::sessions::SessionCell;
-use crate::app::AppState;
-use crate::outbox::Outbox;
+use super::OpenStream;
+use crate::door::{Deadline, Output};
 
-pub struct StreamBody {
-    state: Arc<AppState>,
-    outbox: Arc<Outbox<StreamCodec>>,
-    pending: VecDeque<Bytes>,
-    session_id: String,
-    cell: Arc<SessionCell>,
-    /// Set when the body is gone, so a pending kill leaves a reused connection alone.
-    finished: Arc<AtomicBool>,
-    ended: bool,
+pub(crate) struct StreamBody {
+    stream: OpenStream,
+    deadline: Deadline,
 }
 
 impl StreamBody {
-    pub fn new(
-        state: Arc<AppState>,
-        outbox: Arc<Outbox<StreamCodec>>,
-        session_id: String,
-        cell: Arc<SessionCell>,
-    ) -> Self {
-        let finished = outbox.codec().finished.clone();
+    pub(crate) fn new(stream: OpenStream) -> Self {
         StreamBody {
-            state,
-            outbox,
-            pending: VecDeque::new(),
-            session_id,
-            cell,
-            finished,
-            ended: false,
+            stream,
+            deadline: Deadline::default(),
         }
     }
 }
@@ -56,38 +36,22 @@ impl Body for StreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        let machine = &mut this.stream.machine;
         loop {
-            if let Some(chunk) = this.pending.pop_front() {
-                this.outbox.written(chunk.len());
-                this.state
-                    .stats
-                    .bytes_written
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                if chunk.is_empty() {
-                    continue;
+            match machine.poll_output(Instant::now()) {
+                Output::Write => {
+                    if let Some(chunk) = machine.take_chunk() {
+                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                    }
                 }
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
-            }
-            if this.ended {
-                return Poll::Ready(None);
-            }
-            let closing = this.outbox.drain_into(&mut this.pending, false);
-            if closing.is_some() {
-                // Send what is left (the goodbye included), then end.
-                this.ended = true;
-                continue;
-            }
-            if !this.pending.is_empty() {
-                continue;
-            }
-            if this.outbox.take_ping_due() {
-                this.pending.push_back(this.outbox.codec().heartbeat());
-                continue;
-            }
-            if this.outbox.poll_woken(cx).is_pending() {
-                // Nothing to send: give the queue's memory back while idle.
-                this.pending = VecDeque::new();
-                return Poll::Pending;
+                Output::Close(_) => return Poll::Ready(None),
+                Output::Wait(at) => {
+                    this.deadline.set(at);
+                    let woken = machine.outbox().poll_woken(cx).is_ready();
+                    if !woken && this.deadline.poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
             }
         }
     }
@@ -98,15 +62,5 @@ impl Body for StreamBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
-    }
-}
-
-impl Drop for StreamBody {
-    fn drop(&mut self) {
-        self.finished.store(true, Ordering::Release);
-        self.state.sessions.remove(&self.session_id);
-        let cell = self.cell.clone();
-        // Leaving the hub is async (the engine may be remote): do it in the background.
-        tokio::spawn(async move { cell.close().await });
     }
 }

@@ -1,39 +1,68 @@
-//! Wire bytes of the streaming doors. SSE: one event per frame with `data:` only, and the
-//! stream's cursor as the event `id:` of every message. NDJSON: one frame per line. A message
-//! also carries `cursor` in its JSON: the shared JSON is sent as is, minus its closing brace,
-//! between two small per-client parts, so fan-out still copies no payload.
+//! Wire bytes of the one-way doors. SSE: one event per frame with `data:` only, and the
+//! stream's cursor as the event `id:` of every message. NDJSON: one frame per line. Long
+//! polling: the elements of the answer's `messages` array. A message also carries `cursor` in
+//! its JSON: the shared JSON is sent as is, minus its closing brace, between two small
+//! per-client parts made when the connection drains, so fan-out copies no payload and takes
+//! no lock for them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use switchboard_core::StreamPosition;
 use switchboard_proto::{Disconnect, Outgoing, encode};
 
-use super::cursor::CursorKey;
-use crate::ConnectionKill;
-use crate::outbox::{DoorCodec, Wire};
+use super::cursor::{ChannelsTag, CursorKey};
+use crate::door::{DoorCodec, Heartbeat, NoControl, Out};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamKind {
+pub(crate) enum StreamKind {
     /// `text/event-stream`.
     Sse,
     /// `application/x-ndjson`.
     Ndjson,
+    /// The `messages` of a long poll's answer, comma-separated.
+    Poll,
 }
 
 /// The positions behind a stream's cursor: the channels named in its URL, in URL order.
-#[derive(Default)]
-pub struct CursorState {
-    pub channels: Vec<Arc<str>>,
-    pub positions: Vec<(u64, Arc<str>)>,
+pub(crate) struct Cursor {
+    key: Arc<CursorKey>,
+    channels: Vec<Arc<str>>,
+    positions: Vec<(u64, Arc<str>)>,
+    /// The channel list's part of every tag, made once.
+    tag: ChannelsTag,
 }
 
-impl CursorState {
-    pub fn cursor(&self, key: &CursorKey) -> String {
-        let positions: Vec<(u64, &str)> = self.positions.iter().map(|(o, e)| (*o, &**e)).collect();
-        key.encode(&self.channels, &positions)
+impl Cursor {
+    pub(crate) fn new(
+        key: Arc<CursorKey>,
+        channels: &[String],
+        positions: Vec<(u64, Arc<str>)>,
+    ) -> Self {
+        let tag = key.channels_tag(channels);
+        Cursor {
+            key,
+            channels: channels.iter().map(|c| Arc::from(c.as_str())).collect(),
+            positions,
+            tag,
+        }
+    }
+
+    /// A cursor of no channels (a session's frames carry none).
+    pub(crate) fn none(key: Arc<CursorKey>) -> Self {
+        Cursor::new(key, &[], Vec::new())
+    }
+
+    /// The cursor as text.
+    pub(crate) fn text(&self) -> String {
+        let mut out = bytes::BytesMut::new();
+        self.write(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn write(&self, out: &mut bytes::BytesMut) {
+        let positions = self.positions.iter().map(|(o, e)| (*o, &**e));
+        self.key.write(&self.tag, positions, out);
     }
 
     fn index(&self, channel: &str) -> Option<usize> {
@@ -41,146 +70,158 @@ impl CursorState {
     }
 }
 
-pub struct StreamCodec {
-    pub kind: StreamKind,
-    pub key: Arc<CursorKey>,
-    /// Drops the HTTP connection of a stream whose close did not complete in time.
-    pub kill: Option<ConnectionKill>,
-    /// Set by the body when the response is over (the connection may serve another request).
-    pub finished: Arc<AtomicBool>,
+pub(crate) struct StreamCodec {
+    kind: StreamKind,
+    cursor: Cursor,
+    /// Long polling: an element was written (the next needs a comma).
+    started: bool,
 }
 
-/// How long a closing stream may take to hand over its last frames before its connection is
-/// dropped (a client that reads nothing at all: hyper then stops polling the body, so only a
-/// timer can end it).
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
-
 impl StreamCodec {
-    pub fn new(kind: StreamKind, key: Arc<CursorKey>, kill: Option<ConnectionKill>) -> Self {
+    pub(crate) fn new(kind: StreamKind, cursor: Cursor) -> Self {
         StreamCodec {
             kind,
-            key,
-            kill,
-            finished: Arc::default(),
+            cursor,
+            started: false,
         }
+    }
+
+    pub(crate) fn cursor(&self) -> &Cursor {
+        &self.cursor
+    }
+
+    /// Long polling: the next frame starts a new answer (no comma before it).
+    pub(crate) fn begin_answer(&mut self) {
+        self.started = false;
     }
 
     /// A frame without a cursor.
-    pub fn plain(&self, json: Bytes) -> Wire {
+    fn plain(&mut self, json: Bytes, out: &mut Out<'_>) {
         match self.kind {
-            StreamKind::Sse => Wire::Three(
-                Bytes::from_static(b"data: "),
-                json,
-                Bytes::from_static(b"\n\n"),
-            ),
-            StreamKind::Ndjson => Wire::Three(Bytes::new(), json, Bytes::from_static(b"\n")),
+            StreamKind::Sse => {
+                out.push(Bytes::from_static(b"data: "));
+                out.push(json);
+                out.push(Bytes::from_static(b"\n\n"));
+            }
+            StreamKind::Ndjson => {
+                out.push(json);
+                out.push(Bytes::from_static(b"\n"));
+            }
+            StreamKind::Poll => {
+                self.separate(out);
+                out.push(json);
+            }
         }
     }
 
-    /// What keeps an idle stream open through proxies.
-    pub fn heartbeat(&self) -> Bytes {
-        match self.kind {
-            StreamKind::Sse => Bytes::from_static(b": heartbeat\n\n"),
-            StreamKind::Ndjson => Bytes::from_static(b"\n"),
+    fn separate(&mut self, out: &mut Out<'_>) {
+        if std::mem::replace(&mut self.started, true) {
+            out.push(Bytes::from_static(b","));
         }
     }
 }
 
 impl DoorCodec for StreamCodec {
-    type State = CursorState;
+    type Control = NoControl;
 
-    fn frame(&self, state: &mut CursorState, frame: &Outgoing) -> Wire {
+    fn shared(&mut self, frame: &Outgoing, out: &mut Out<'_>) {
         let json = frame.json();
-        let Some(meta) = frame.message_meta() else {
-            return self.plain(json.clone());
-        };
         // Messages of channels outside the URL (subscribed through the session) carry no
         // cursor: the cursor stands for the URL's channels only.
-        let Some(i) = state.index(&meta.channel) else {
-            return self.plain(json.clone());
+        let Some((meta, i)) = frame
+            .message_meta()
+            .and_then(|meta| Some((meta, self.cursor.index(&meta.channel)?)))
+        else {
+            return self.plain(json.clone(), out);
         };
-        state.positions[i] = (meta.offset, meta.epoch.clone());
-        let cursor = state.cursor(&self.key);
+        self.cursor.positions[i] = (meta.offset, meta.epoch.clone());
+        let cursor = out.make(|b| self.cursor.write(b));
         // `{"type":"message",...,"data":X}` becomes `{... ,"data":X,"cursor":"C"}`.
-        let body = json.slice(..json.len() - 1);
-        let (head, tail) = match self.kind {
-            StreamKind::Sse => (
-                format!("id: {cursor}\ndata: "),
-                format!(",\"cursor\":\"{cursor}\"}}\n\n"),
-            ),
-            StreamKind::Ndjson => (String::new(), format!(",\"cursor\":\"{cursor}\"}}\n")),
-        };
-        // One allocation for both per-client parts.
-        let mut parts = Bytes::from(head + &tail);
-        let tail = parts.split_off(parts.len() - tail.len());
-        Wire::Three(parts, body, tail)
-    }
-
-    fn subscribed(&self, state: &mut CursorState, channel: &str, position: &StreamPosition) {
-        // Where a channel's stream was reset (new epoch), positions continue from the new one;
-        // otherwise the position the stream resumed from stays until messages move it.
-        if let Some(i) = state.index(channel)
-            && *state.positions[i].1 != *position.epoch
-        {
-            state.positions[i] = (position.offset, position.epoch.clone());
+        let body = json.slice(..json.len().saturating_sub(1));
+        match self.kind {
+            StreamKind::Sse => out.write(|b| {
+                b.put_slice(b"id: ");
+                b.put_slice(&cursor);
+                b.put_slice(b"\ndata: ");
+            }),
+            StreamKind::Ndjson => {}
+            StreamKind::Poll => self.separate(out),
         }
-    }
-
-    fn closing(&self) {
-        let (Some(kill), finished) = (self.kill.clone(), self.finished.clone()) else {
-            return;
+        out.push(body);
+        let end: &[u8] = match self.kind {
+            StreamKind::Sse => b"\"}\n\n",
+            StreamKind::Ndjson => b"\"}\n",
+            StreamKind::Poll => b"\"}",
         };
-        tokio::spawn(async move {
-            tokio::time::sleep(CLOSE_GRACE).await;
-            if !finished.load(Ordering::Acquire) {
-                kill.kill();
-            }
+        out.write(|b| {
+            b.put_slice(b",\"cursor\":\"");
+            b.put_slice(&cursor);
+            b.put_slice(end);
         });
     }
 
-    fn goodbye(&self, reason: &Disconnect) -> Vec<Bytes> {
-        match self.plain(encode::disconnect(reason)) {
-            Wire::Nothing => vec![],
-            Wire::One(b) => vec![b],
-            Wire::Three(a, b, c) => vec![a, b, c],
+    fn own(&mut self, json: Bytes, out: &mut Out<'_>) {
+        self.plain(json, out);
+    }
+
+    fn subscribed(&mut self, channel: &str, position: &StreamPosition) {
+        // Where a channel's stream was reset (new epoch), positions continue from the new one;
+        // otherwise the position the stream resumed from stays until messages move it.
+        if let Some(i) = self.cursor.index(channel)
+            && *self.cursor.positions[i].1 != *position.epoch
+        {
+            self.cursor.positions[i] = (position.offset, position.epoch.clone());
         }
+    }
+
+    fn heartbeat(&mut self) -> Option<Heartbeat> {
+        let bytes: &'static [u8] = match self.kind {
+            StreamKind::Sse => b": heartbeat\n\n",
+            StreamKind::Ndjson => b"\n",
+            StreamKind::Poll => return None,
+        };
+        Some(Heartbeat {
+            bytes: Bytes::from_static(bytes),
+            expects_answer: false,
+        })
+    }
+
+    fn goodbye(&mut self, reason: &Disconnect, out: &mut Out<'_>) {
+        self.plain(encode::disconnect(reason), out);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::door::codec::testing::{pieces, written};
+    use switchboard_proto::Publication;
 
-    fn state() -> CursorState {
-        CursorState {
-            channels: vec!["a".into(), "b".into()],
-            positions: vec![(0, "e1".into()), (7, "e2".into())],
-        }
+    fn codec(kind: StreamKind, key: &Arc<CursorKey>) -> StreamCodec {
+        let channels = ["a".to_owned(), "b".to_owned()];
+        let cursor = Cursor::new(
+            key.clone(),
+            &channels,
+            vec![(0, "e1".into()), (7, "e2".into())],
+        );
+        StreamCodec::new(kind, cursor)
     }
 
-    fn concat(wire: Wire) -> String {
-        match wire {
-            Wire::Nothing => String::new(),
-            Wire::One(b) => String::from_utf8(b.to_vec()).unwrap(),
-            Wire::Three(a, b, c) => [a, b, c]
-                .iter()
-                .map(|p| String::from_utf8(p.to_vec()).unwrap())
-                .collect(),
-        }
+    fn message(channel: &str, offset: u64) -> Outgoing {
+        let publication = Publication {
+            offset,
+            epoch: "e1".into(),
+            data: Bytes::from_static(b"{\"x\":1}"),
+        };
+        Outgoing::message(channel, &publication)
     }
 
     #[test]
     fn sse_message_carries_the_cursor_as_id_and_field() {
         let key = Arc::new(CursorKey::new(b"k"));
-        let codec = StreamCodec::new(StreamKind::Sse, key.clone(), None);
-        let mut state = state();
-        let publication = switchboard_core::Publication {
-            offset: 1,
-            epoch: "e1".into(),
-            data: Bytes::from_static(b"{\"x\":1}"),
-        };
-        let frame = Outgoing::message("a", &publication);
-        let text = concat(codec.frame(&mut state, &frame));
+        let mut codec = codec(StreamKind::Sse, &key);
+        let frame = message("a", 1);
+        let text = written(|out| codec.shared(&frame, out));
         let cursor = key.encode(&["a", "b"], &[(1, "e1"), (7, "e2")]);
         assert_eq!(
             text,
@@ -192,30 +233,58 @@ mod tests {
         let frame: serde_json::Value =
             serde_json::from_str(text.split("data: ").nth(1).unwrap().trim()).unwrap();
         assert_eq!(frame["cursor"], cursor.as_str());
+        assert_eq!(codec.cursor().text(), cursor);
     }
 
     #[test]
-    fn ndjson_lines_and_plain_frames() {
-        let codec = StreamCodec::new(StreamKind::Ndjson, Arc::new(CursorKey::new(b"k")), None);
-        let text = concat(codec.frame(&mut state(), &Outgoing::new(Bytes::from_static(b"{}"))));
+    fn the_shared_payload_is_not_copied() {
+        let key = Arc::new(CursorKey::new(b"k"));
+        let frame = message("a", 1);
+        let parts = pieces(|out| codec(StreamKind::Ndjson, &key).shared(&frame, out));
+        assert!(
+            parts.iter().any(|p| p.as_ptr() == frame.json().as_ptr()),
+            "the message's JSON is sent from the shared buffer"
+        );
+    }
+
+    #[test]
+    fn ndjson_lines_poll_elements_and_plain_frames() {
+        let key = Arc::new(CursorKey::new(b"k"));
+        let mut ndjson = codec(StreamKind::Ndjson, &key);
+        let text = written(|out| ndjson.own(Bytes::from_static(b"{}"), out));
         assert_eq!(text, "{}\n");
+        let mut poll = codec(StreamKind::Poll, &key);
+        let text = written(|out| {
+            poll.own(Bytes::from_static(b"{}"), out);
+            poll.shared(&message("b", 8), out);
+            poll.shared(&message("other", 1), out);
+        });
+        let array: serde_json::Value = serde_json::from_str(&format!("[{text}]")).unwrap();
+        assert_eq!(array[0], serde_json::json!({}));
+        assert_eq!(array[1]["offset"], 8);
+        assert!(array[1]["cursor"].is_string());
+        assert!(array[2].get("cursor").is_none(), "not a URL channel");
+        assert!(poll.heartbeat().is_none());
     }
 
     #[test]
     fn a_new_epoch_moves_the_position() {
-        let codec = StreamCodec::new(StreamKind::Sse, Arc::new(CursorKey::new(b"k")), None);
-        let mut state = state();
+        let key = Arc::new(CursorKey::new(b"k"));
+        let mut codec = codec(StreamKind::Sse, &key);
         let same = StreamPosition {
             offset: 99,
             epoch: "e1".into(),
         };
-        codec.subscribed(&mut state, "a", &same);
-        assert_eq!(state.positions[0].0, 0, "same epoch: resume position kept");
+        codec.subscribed("a", &same);
+        assert_eq!(
+            codec.cursor.positions[0].0, 0,
+            "same epoch: resume position kept"
+        );
         let reset = StreamPosition {
             offset: 3,
             epoch: "new".into(),
         };
-        codec.subscribed(&mut state, "a", &reset);
-        assert_eq!(state.positions[0], (3, "new".into()));
+        codec.subscribed("a", &reset);
+        assert_eq!(codec.cursor.positions[0], (3, "new".into()));
     }
 }

@@ -3,35 +3,30 @@
 //! hyper keeps an 8 KiB read buffer, an 8 KiB write buffer and a large connection task for as
 //! long as a streaming response lasts: about 17 KiB per idle SSE client. So on plain TCP the
 //! accept loop peeks at a new connection's first request: a `GET` of `/sse` or `/stream` is
-//! routed through the same router (auth, CORS, every check of the door), and its response is
-//! then written here by a small task that owns the socket, like a WebSocket connection: no
-//! buffers while idle, chunked encoding, frames written straight from the outbox's shared
-//! bytes. Anything else (and every request over TLS) goes to hyper as before.
+//! routed through the same router (auth, CORS, every check of the door), and the stream it
+//! opens is handed over ([`Handoff`]) to a small task that owns the socket and drives the
+//! stream's machine, like a WebSocket connection: no buffers while idle, chunked encoding
+//! written by the machine, frames written straight from the shared bytes. Anything else (and
+//! every request over TLS) goes to hyper as before.
 
-use std::collections::VecDeque;
-use std::future::Future;
-use std::io::{self, IoSlice};
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::io;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::Request;
-use bytes::{Buf, Bytes};
-use http_body::Body as _;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 use tower_service::Service;
+
+use super::{Handoff, OpenStream};
+use crate::door::socket::{Socket, Wake, poll_wake, write_from};
+use crate::door::{Deadline, Output};
 
 /// The most of a request head this path reads; a longer one goes to hyper.
 const MAX_HEAD: usize = 4096;
 const MAX_HEADERS: usize = 48;
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a finished stream may take to flush its last bytes to a slow reader.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
-const MAX_IOVECS: usize = 64;
 
 /// A request head read off the socket: the request, and its length in bytes.
 pub(crate) struct Head {
@@ -106,8 +101,8 @@ fn parse_head(bytes: &[u8]) -> Option<Option<Head>> {
     )
 }
 
-/// Runs the stream request through `router`, writes the answer, and if it is a stream keeps
-/// writing it from a task of its own until either side ends it.
+/// Runs the stream request through `router`, writes the answer, and if it opened a stream
+/// keeps driving it from a task of its own until either side ends it.
 pub(crate) async fn serve(
     mut tcp: TcpStream,
     head: Head,
@@ -120,14 +115,12 @@ pub(crate) async fn serve(
         return;
     }
     drop(consumed);
-    // The stream's codec pulls this when the client stopped reading and its queue overflowed:
-    // the only way to end a stream whose socket no longer takes writes.
-    let kill = crate::ConnectionKill(std::sync::Arc::new(tokio::sync::Notify::new()));
+    let handoff = Handoff::default();
     let mut request = head.request;
-    request.extensions_mut().insert(kill.clone());
+    request.extensions_mut().insert(handoff.clone());
     let Ok(response) = router.call(request).await;
     let (parts, body) = response.into_parts();
-    let streaming = body.size_hint().exact().is_none();
+    let stream = handoff.0.lock().take();
     let mut wire = format!(
         "HTTP/1.1 {} {}\r\n",
         parts.status.as_u16(),
@@ -140,9 +133,7 @@ pub(crate) async fn serve(
         wire.extend_from_slice(value.as_bytes());
         wire.extend_from_slice(b"\r\n");
     }
-    if streaming {
-        wire.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-    } else {
+    let Some(stream) = stream else {
         // A refusal: send it whole and close.
         let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
             return;
@@ -157,133 +148,67 @@ pub(crate) async fn serve(
         wire.extend_from_slice(&bytes);
         let _ = tokio::io::AsyncWriteExt::write_all(&mut tcp, &wire).await;
         return;
-    }
-    let stream = DirectStream {
-        tcp,
-        body,
-        pending: VecDeque::from([Bytes::from(wire)]),
-        body_done: false,
-        grace: None,
-        killed: Box::pin(kill.0.notified_owned()),
-        _stopped: stopped,
     };
+    wire.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    // The head goes first, before anything the stream queued; a fresh socket takes it at once.
+    let head = tokio::io::AsyncWriteExt::write_all(&mut tcp, &wire);
+    if !matches!(tokio::time::timeout(HEAD_TIMEOUT, head).await, Ok(Ok(()))) {
+        return;
+    }
     // A task of its own: this one carried the router's and the head's futures, which would
     // otherwise stay part of every idle stream's memory.
-    tokio::spawn(stream.run());
+    tokio::spawn(drive(Socket::Plain(tcp), stream, stopped));
 }
 
-struct DirectStream {
-    tcp: TcpStream,
-    body: Body,
-    /// Bytes to write, in order: chunk headers, frames, chunk ends.
-    pending: VecDeque<Bytes>,
-    body_done: bool,
-    /// Runs once the body has ended, bounding how long a slow reader can hold us.
-    grace: Option<Pin<Box<Sleep>>>,
-    killed: Pin<Box<tokio::sync::futures::OwnedNotified>>,
-    /// Held so a graceful shutdown waits for this stream to end.
+/// Drives a stream on its socket until it closes or the client leaves. Bytes the client sends
+/// after its request are read and ignored; its end of the connection ends the stream.
+async fn drive(
+    mut socket: Socket,
+    mut stream: OpenStream,
+    // Held so a graceful shutdown waits for this stream to end.
     _stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut deadline = Deadline::default();
+    loop {
+        let machine = &mut stream.machine;
+        let mut writing = false;
+        match machine.poll_output(Instant::now()) {
+            Output::Write => match write_from(&mut socket, machine) {
+                Ok(true) => continue,
+                Ok(false) => writing = true,
+                Err(_) => return,
+            },
+            Output::Wait(_) => {}
+            Output::Close(_) => return,
+        }
+        deadline.set(machine.deadline());
+        let outbox = machine.outbox();
+        let wake = std::future::poll_fn(|cx| {
+            poll_wake(cx, outbox, &mut socket, true, writing, &mut deadline)
+        })
+        .await;
+        match wake {
+            Wake::Readable => {
+                if client_left(&mut socket) {
+                    return;
+                }
+            }
+            Wake::Outbox | Wake::Writable | Wake::Deadline => {}
+            Wake::SocketError => return,
+        }
+    }
 }
 
-impl DirectStream {
-    async fn run(mut self) {
-        std::future::poll_fn(|cx| self.poll(cx)).await;
-    }
-
-    /// Ready when the stream is over, whichever way.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.killed.as_mut().poll(cx).is_ready() || self.client_left(cx) {
-            return Poll::Ready(());
+/// Reads and drops what the client sent; whether it closed its side.
+fn client_left(socket: &mut Socket) -> bool {
+    let mut scratch = [0u8; 256];
+    loop {
+        match socket.try_read(&mut scratch) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
         }
-        loop {
-            match self.flush(cx) {
-                Err(_) => return Poll::Ready(()),
-                Ok(false) => break, // the socket is full; woken when writable
-                Ok(true) => {}
-            }
-            if self.body_done {
-                return Poll::Ready(());
-            }
-            match Pin::new(&mut self.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data()
-                        && !data.is_empty()
-                    {
-                        self.pending
-                            .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
-                        self.pending.push_back(data);
-                        self.pending.push_back(Bytes::from_static(b"\r\n"));
-                    }
-                }
-                Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
-                    self.pending.push_back(Bytes::from_static(b"0\r\n\r\n"));
-                    self.body_done = true;
-                    self.grace = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
-                }
-                Poll::Pending => {
-                    // Idle: give the queue's memory back.
-                    self.pending = VecDeque::new();
-                    return Poll::Pending;
-                }
-            }
-        }
-        if let Some(grace) = self.grace.as_mut()
-            && grace.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(());
-        }
-        Poll::Pending
-    }
-
-    /// Whether the client closed its side (or broke the connection). Bytes it sends after
-    /// its request are read and ignored.
-    fn client_left(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut scratch = [0u8; 256];
-        loop {
-            match self.tcp.poll_read_ready(cx) {
-                Poll::Pending => return false,
-                Poll::Ready(Err(_)) => return true,
-                Poll::Ready(Ok(())) => {}
-            }
-            match self.tcp.try_read(&mut scratch) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => return true,
-            }
-        }
-    }
-
-    /// Writes what is pending; `Ok(true)` when all of it went out.
-    fn flush(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
-        while !self.pending.is_empty() {
-            if self.tcp.poll_write_ready(cx)?.is_pending() {
-                return Ok(false);
-            }
-            let slices: Vec<IoSlice<'_>> = self
-                .pending
-                .iter()
-                .take(MAX_IOVECS)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            match self.tcp.try_write_vectored(&slices) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(mut written) => {
-                    while written > 0 {
-                        let first = self.pending.front_mut().expect("written from pending");
-                        let n = written.min(first.len());
-                        first.advance(n);
-                        written -= n;
-                        if first.is_empty() {
-                            self.pending.pop_front();
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The one-way doors (spec §4, §5): Server-Sent Events (`GET /sse`), HTTP streaming of NDJSON
 //! (`GET /stream`), long polling (`GET /poll`), and `POST /session/<session>` for talking back.
 //! They reach the same hub as the WebSocket door, through the same [`Session`] and the same
-//! bounded [`Outbox`](crate::outbox::Outbox).
+//! door core ([`crate::door`]): a [`StreamCodec`] and a driver each (`body.rs` for streams
+//! hyper serves, `direct.rs` for streams on a socket of our own, `poll.rs`).
 
 mod body;
 pub mod codec;
@@ -11,23 +12,26 @@ mod poll;
 pub mod sessions;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use parking_lot::Mutex;
 use switchboard_core::session::{Announce, may_subscribe};
 use switchboard_core::{Claims, ClientSink, Session};
 use switchboard_proto::command::MAX_CHANNEL_LEN;
-use switchboard_proto::{ErrorCode, Outgoing, Position};
+use switchboard_proto::{ErrorCode, Position};
 
 use self::body::StreamBody;
-use self::codec::{StreamCodec, StreamKind};
+use self::codec::{Cursor, StreamCodec, StreamKind};
 use self::cursor::CursorPosition;
+use self::sessions::SessionCell;
 use crate::api::ApiError;
 use crate::app::AppState;
-use crate::outbox::Outbox;
+use crate::door::{CLOSE_GRACE, Framing, Machine, Outbox, Overflow};
 use crate::ws::request_token;
 
 pub use self::poll::poll;
@@ -188,6 +192,36 @@ pub async fn ndjson(State(state): State<Arc<AppState>>, request: Request) -> Res
     open_stream(state, request, StreamKind::Ndjson).await
 }
 
+/// A live stream, whichever driver writes it: its machine, and its registration (dropped with
+/// it: the session then leaves the hub).
+pub(crate) struct OpenStream {
+    pub machine: Machine<StreamCodec>,
+    _registration: Registration,
+}
+
+struct Registration {
+    state: Arc<AppState>,
+    session_id: String,
+    cell: Arc<SessionCell>,
+    /// Set when the stream is over, so a pending kill leaves a reused connection alone.
+    finished: Arc<AtomicBool>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.finished.store(true, Ordering::Release);
+        self.state.sessions.remove(&self.session_id);
+        let cell = self.cell.clone();
+        // Leaving the hub is async (the engine may be remote): do it in the background.
+        tokio::spawn(async move { cell.close().await });
+    }
+}
+
+/// Put in a request's extensions by a driver that owns the socket (`direct.rs`): the stream
+/// is handed over through it instead of becoming a response body.
+#[derive(Clone, Default)]
+pub(crate) struct Handoff(pub Arc<Mutex<Option<OpenStream>>>);
+
 async fn open_stream(state: Arc<AppState>, request: Request, kind: StreamKind) -> Response {
     let (parts, _) = request.into_parts();
     let door = match read_request(&state, &parts, kind == StreamKind::Sse) {
@@ -201,32 +235,29 @@ async fn open_stream(state: Arc<AppState>, request: Request, kind: StreamKind) -
         Ok(starts) => starts,
         Err(refusal) => return refusal.into_response(),
     };
-    let kill = parts.extensions.get::<crate::ConnectionKill>().cloned();
-    let codec = StreamCodec::new(kind, state.cursor_key.clone(), kill);
+    let handoff = parts.extensions.get::<Handoff>().cloned();
     let outbox = Arc::new(Outbox::new(
-        codec,
         state.limits.client_queue_bytes,
+        Overflow::Disconnect,
         state.stats.clone(),
     ));
-    outbox.with_state(|cursor| {
-        cursor.channels = door
-            .channels
-            .iter()
-            .map(|c| Arc::from(c.as_str()))
-            .collect();
-        cursor.positions = starts.clone();
-    });
+    let cursor = Cursor::new(state.cursor_key.clone(), &door.channels, starts.clone());
+    // Our own socket driver writes the chunks itself; hyper frames a body.
+    let framing = match handoff {
+        Some(_) => Framing::Chunked,
+        None => Framing::Plain,
+    };
+    let machine = Machine::new(StreamCodec::new(kind, cursor), outbox.clone(), framing);
     let sink: Arc<dyn ClientSink> = outbox.clone();
     let mut session = Session::open(state.hub.clone(), state.auth.clone(), door.claims, sink);
     session.return_replies();
     let session_id = crate::config::random_hex(16);
 
     if kind == StreamKind::Sse {
-        outbox.push(Bytes::from(format!("retry: {SSE_RETRY_MS}\n\n")));
+        outbox.push_wire(Bytes::from(format!("retry: {SSE_RETRY_MS}\n\n")));
     }
     let heartbeat = state.limits.ping_interval.as_secs();
-    let connected = session.connected_frame(None, heartbeat, Some(&session_id));
-    outbox.send(&Arc::new(Outgoing::new(connected)));
+    outbox.push_own(session.connected_frame(None, heartbeat, Some(&session_id)));
     let announce = if door.cursor.is_some() {
         Announce::Resumed
     } else {
@@ -239,18 +270,46 @@ async fn open_stream(state: Arc<AppState>, request: Request, kind: StreamKind) -
         starts,
         announce,
         |frame| {
-            outbox.send(&Arc::new(Outgoing::new(frame)));
+            outbox.push_own(frame);
         },
     )
     .await;
 
     let (session_id, cell) = state.sessions.insert(session_id, session);
-    let body = StreamBody::new(state.clone(), outbox, session_id, cell);
-    let mut response = axum::body::Body::new(body).into_response();
+    let finished = Arc::new(AtomicBool::new(false));
+    if let (None, Some(kill)) = (&handoff, parts.extensions.get::<crate::ConnectionKill>()) {
+        // A client that reads nothing: hyper then stops polling the body, so only a timer can
+        // end the stream once it closes.
+        let (kill, finished) = (kill.clone(), finished.clone());
+        outbox.on_close(move || {
+            tokio::spawn(async move {
+                tokio::time::sleep(CLOSE_GRACE).await;
+                if !finished.load(Ordering::Acquire) {
+                    kill.kill();
+                }
+            });
+        });
+    }
+    let stream = OpenStream {
+        machine,
+        _registration: Registration {
+            state: state.clone(),
+            session_id,
+            cell,
+            finished,
+        },
+    };
+    let mut response = match handoff {
+        Some(handoff) => {
+            *handoff.0.lock() = Some(stream);
+            axum::body::Body::empty().into_response()
+        }
+        None => axum::body::Body::new(StreamBody::new(stream)).into_response(),
+    };
     let headers = response.headers_mut();
     let content_type = match kind {
         StreamKind::Sse => "text/event-stream; charset=utf-8",
-        StreamKind::Ndjson => "application/x-ndjson",
+        StreamKind::Ndjson | StreamKind::Poll => "application/x-ndjson",
     };
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     no_buffering(headers);

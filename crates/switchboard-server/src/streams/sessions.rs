@@ -14,109 +14,32 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
+use switchboard_core::Session;
 use switchboard_core::session::Answer;
-use switchboard_core::{ClientSink, Session};
-use switchboard_proto::{Disconnect, ErrorCode, Outgoing, encode, parse_request};
-use tokio::sync::Notify;
+use switchboard_proto::{ErrorCode, parse_request};
 
+use super::codec::StreamCodec;
 use crate::api::error_response;
 use crate::app::AppState;
+use crate::door::{Machine, NoControl, Outbox};
 
-/// A door's session, shared by the registry and whatever owns its lifetime: a stream's body,
+/// A door's session, shared by the registry and whatever owns its lifetime: a stream's driver,
 /// or (for long polling, whose requests come and go) the registry itself until it expires.
 pub struct SessionCell {
     /// `None` once the door ended.
     pub session: tokio::sync::Mutex<Option<Session>>,
-    /// Long polling only: what the session received between polls.
-    pub buffer: Option<Arc<SessionBuffer>>,
+    /// Long polling only: where the session's frames wait between polls.
+    pub(crate) poll: Option<PollDoor>,
     /// Unix seconds of the last poll (long polling only).
     last_seen: AtomicU64,
 }
 
-/// The sink of a long-poll session: frames wait here for the next poll, up to a byte bound
-/// (past it the session is closed as a slow consumer, like any other client).
-pub struct SessionBuffer {
-    inner: Mutex<BufferInner>,
-    pub arrived: Notify,
-    limit: usize,
-    /// Run once when the session is disconnected (by the API, token expiry, shutdown or
-    /// overflow): it ends the session at once instead of when it expires.
-    on_close: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-}
-
-#[derive(Default)]
-struct BufferInner {
-    frames: Vec<Bytes>,
-    bytes: usize,
-    closed: bool,
-}
-
-impl SessionBuffer {
-    pub fn new(limit: usize) -> Self {
-        SessionBuffer {
-            inner: Mutex::new(BufferInner::default()),
-            arrived: Notify::new(),
-            limit,
-            on_close: Mutex::new(None),
-        }
-    }
-
-    pub fn set_on_close(&self, f: impl FnOnce() + Send + 'static) {
-        *self.on_close.lock() = Some(Box::new(f));
-    }
-
-    /// Whether the session was disconnected (its last frames may still wait here).
-    pub fn is_closed(&self) -> bool {
-        self.inner.lock().closed
-    }
-
-    fn closed(&self, inner: &mut BufferInner, reason: Disconnect) {
-        inner.closed = true;
-        self.push(inner, encode::disconnect(&reason));
-        if let Some(on_close) = self.on_close.lock().take() {
-            on_close();
-        }
-    }
-
-    pub fn take(&self) -> Vec<Bytes> {
-        let mut inner = self.inner.lock();
-        inner.bytes = 0;
-        std::mem::take(&mut inner.frames)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.inner.lock().frames.is_empty()
-    }
-
-    fn push(&self, inner: &mut BufferInner, frame: Bytes) {
-        inner.bytes += frame.len();
-        inner.frames.push(frame);
-        self.arrived.notify_one();
-    }
-}
-
-impl ClientSink for SessionBuffer {
-    fn send(&self, frame: &Arc<Outgoing>) -> bool {
-        let mut inner = self.inner.lock();
-        if inner.closed {
-            return false;
-        }
-        if inner.bytes + frame.json().len() > self.limit {
-            inner.frames.clear();
-            inner.bytes = 0;
-            self.closed(&mut inner, Disconnect::SLOW_CONSUMER);
-            return false;
-        }
-        self.push(&mut inner, frame.json().clone());
-        true
-    }
-
-    fn disconnect(&self, reason: Disconnect) {
-        let mut inner = self.inner.lock();
-        if !inner.closed {
-            self.closed(&mut inner, reason);
-        }
-    }
+/// A long-poll session's side of the door core: its frames wait in the outbox (bounded; past
+/// it the session is closed as a slow consumer, like any other client) until a poll drains
+/// the machine.
+pub(crate) struct PollDoor {
+    pub outbox: Arc<Outbox<NoControl>>,
+    pub machine: Mutex<Machine<StreamCodec>>,
 }
 
 /// The live sessions of this node's streams, by secret.
@@ -133,10 +56,11 @@ impl Sessions {
     /// A long-poll session: it lives in the registry until no poll came for
     /// [`POLL_SESSION_TTL`]; disconnected, it leaves the hub at once (commands then get 404)
     /// and stays only until a poll has taken its last frames.
-    pub fn insert_poll(&self, id: String, session: Session, buffer: Arc<SessionBuffer>) {
-        let (_, cell) = self.insert_cell(id, session, Some(buffer.clone()));
+    pub(crate) fn insert_poll(&self, id: String, session: Session, door: PollDoor) {
+        let outbox = door.outbox.clone();
+        let (_, cell) = self.insert_cell(id, session, Some(door));
         let cell = Arc::downgrade(&cell);
-        buffer.set_on_close(move || {
+        outbox.on_close(move || {
             if let Some(cell) = cell.upgrade() {
                 tokio::spawn(async move { cell.close().await });
             }
@@ -147,11 +71,11 @@ impl Sessions {
         &self,
         id: String,
         session: Session,
-        buffer: Option<Arc<SessionBuffer>>,
+        poll: Option<PollDoor>,
     ) -> (String, Arc<SessionCell>) {
         let cell = Arc::new(SessionCell {
             session: tokio::sync::Mutex::new(Some(session)),
-            buffer,
+            poll,
             last_seen: AtomicU64::new(switchboard_core::unix_now()),
         });
         self.cells.lock().insert(id.clone(), cell.clone());
@@ -160,7 +84,7 @@ impl Sessions {
 
     /// The long-poll session `id`, marked as seen now.
     pub fn touch_poll(&self, id: &str) -> Option<Arc<SessionCell>> {
-        let cell = self.get(id).filter(|c| c.buffer.is_some())?;
+        let cell = self.get(id).filter(|c| c.poll.is_some())?;
         cell.last_seen
             .store(switchboard_core::unix_now(), Ordering::Relaxed);
         Some(cell)
@@ -170,7 +94,7 @@ impl Sessions {
     pub fn expire_polls(&self, now: u64) {
         let mut expired = Vec::new();
         self.cells.lock().retain(|_, cell| {
-            let idle = cell.buffer.is_some()
+            let idle = cell.poll.is_some()
                 && now.saturating_sub(cell.last_seen.load(Ordering::Relaxed))
                     >= POLL_SESSION_TTL.as_secs();
             if idle {

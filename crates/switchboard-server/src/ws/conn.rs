@@ -1,54 +1,45 @@
-//! One WebSocket connection: a single task that owns the socket, decodes client frames into
-//! session commands and writes everything queued in its [`Outbox`] with vectored writes.
-//! While idle it holds no read buffer (reads go through a stack buffer) and no write buffer
-//! (queued frames are shared `Bytes`), which keeps an idle connection around 1 KiB.
+//! The WebSocket driver: one task per connection that owns the socket, decodes client frames
+//! for its [`Protocol`] (the native one, or Pusher's), and writes what its [`Machine`] offers.
+//! Keep-alives, slow consumers, the connect step and closing are the machine's; this file only
+//! moves bytes. While idle it holds no read buffer (reads go through a stack buffer), no
+//! write list and no timer.
 
-use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
-use std::pin::Pin;
-use switchboard_core::{AuthError, Claims, ClientSink, Session};
+use bytes::Bytes;
+use switchboard_proto::Disconnect;
 use switchboard_proto::ws::{self, Decoder, WsEvent};
-use switchboard_proto::{Command, Disconnect, ErrorCode, encode, parse_request};
 
-use tokio::time::{Instant, Sleep, sleep, sleep_until};
-
-use super::socket::Socket;
-use super::{Identity, WsCodec};
 use crate::app::AppState;
-use crate::outbox::{DoorCodec, Outbox};
+use crate::door::socket::{Socket, Wake, poll_wake, write_from};
+use crate::door::{Deadline, DoorCodec, Machine, Outbox, Output};
 
 /// Bytes read from the socket per wake-up before the frames are handled, so a flooding
 /// client cannot grow the event list without bound.
 const READ_BUDGET: usize = 64 * 1024;
-/// How long a closing connection may take to flush its last frames.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for the client's side of the close once ours is sent.
 const LINGER: Duration = Duration::from_secs(2);
-/// Frames written per vectored write.
-const MAX_IOVECS: usize = 64;
-
-/// What woke the connection task.
-enum Wake {
-    Readable,
-    Writable,
-    Outbox,
-    Deadline,
-    SocketError,
-}
 
 /// A future a protocol handler returns; boxed so the (large) command futures are not part
 /// of every idle connection's state.
-pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T = ()> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What speaks over a WebSocket connection: the native protocol or Pusher's. The connection
-/// loop (socket, framing, outbox, keep-alives, close) is the same for both; the protocol only
-/// turns client messages into commands and answers through the outbox.
+/// The outbox a protocol answers through.
+pub(crate) type ProtocolOutbox<P> = Outbox<<<P as Protocol>::Codec as DoorCodec>::Control>;
+
+/// A protocol's decision to end the connection: why, and its exact last bytes.
+pub(crate) struct Refusal {
+    pub reason: Disconnect,
+    pub goodbye: Vec<Bytes>,
+}
+
+/// What speaks over a WebSocket connection: the native protocol or Pusher's. It turns client
+/// messages into commands and answers through the outbox; the connection (socket, framing,
+/// keep-alives, close) is the driver's and the machine's.
 pub(crate) trait Protocol: Send + Sized + 'static {
     type Codec: DoorCodec;
 
@@ -56,15 +47,15 @@ pub(crate) trait Protocol: Send + Sized + 'static {
     fn on_message<'a>(
         &'a mut self,
         state: &'a Arc<AppState>,
-        outbox: &'a Arc<Outbox<Self::Codec>>,
+        outbox: &'a Arc<ProtocolOutbox<Self>>,
         payload: &'a [u8],
-    ) -> BoxFuture<'a>;
+    ) -> BoxFuture<'a, Option<Refusal>>;
 
-    /// The error payload for a client message larger than `limit` bytes (the message was
-    /// dropped unread and the connection goes on).
+    /// The error frame (JSON) for a client message larger than `limit` bytes (the message
+    /// was dropped unread and the connection goes on).
     fn too_large(&self, limit: usize) -> Bytes;
 
-    /// The client is past its connect step (the connect timeout no longer applies).
+    /// The client is past its connect step.
     fn is_connected(&self) -> bool;
 
     /// The connection ended: leave the hub.
@@ -74,61 +65,37 @@ pub(crate) trait Protocol: Send + Sized + 'static {
 struct Conn<P: Protocol> {
     state: Arc<AppState>,
     socket: Socket,
-    outbox: Arc<Outbox<P::Codec>>,
+    machine: Machine<P::Codec>,
     decoder: Decoder,
-    /// Frames taken from the outbox, not yet fully written.
-    pending: VecDeque<Bytes>,
-    /// The first pending frame is partly written.
-    head_started: bool,
     /// The protocol spoken; it keeps whatever is not needed while idle boxed, to keep the
     /// task small.
     protocol: P,
-    /// Connect timeout or close grace period; allocated only while one runs.
-    deadline: Option<Pin<Box<Sleep>>>,
-    /// A frame arrived since the last heartbeat.
-    active: bool,
+    deadline: Deadline,
     read_closed: bool,
 }
 
-/// Runs a native connection (`/ws`).
-pub(super) async fn run(state: Arc<AppState>, socket: Socket, early: Bytes, identity: Identity) {
-    let outbox = Arc::new(Outbox::new(
-        WsCodec,
-        state.limits.client_queue_bytes,
-        state.stats.clone(),
-    ));
-    let mut native = Native { session: None };
-    match identity {
-        Identity::Known(claims) => native.start_session(&state, &outbox, *claims, None),
-        Identity::AwaitConnect => {}
-    }
-    run_protocol(state, socket, early, outbox, native).await;
-}
-
-/// Runs a connection speaking `protocol`, whose outbox is `outbox` (already holding what the
-/// protocol queued at its start), until it closes.
+/// Runs a connection speaking `protocol` whose machine is `machine` (its outbox already
+/// holding what the protocol queued at its start), until it closes. `early`: bytes the HTTP
+/// connection read past the handshake.
 pub(crate) async fn run_protocol<P: Protocol>(
     state: Arc<AppState>,
     socket: Socket,
     early: Bytes,
-    outbox: Arc<Outbox<P::Codec>>,
+    mut machine: Machine<P::Codec>,
     protocol: P,
 ) {
+    if !protocol.is_connected() {
+        machine.expect_connect(Instant::now() + state.limits.connect_timeout);
+    }
     let mut conn = Conn {
         state,
         socket,
-        outbox,
+        machine,
         decoder: Decoder::default(),
-        pending: VecDeque::new(),
-        head_started: false,
         protocol,
-        deadline: None,
-        active: true,
+        deadline: Deadline::default(),
         read_closed: false,
     };
-    if !conn.protocol.is_connected() {
-        conn.arm_deadline(conn.state.limits.connect_timeout);
-    }
     // `early` is a slice of hyper's read buffer and would keep all of it alive: use it and
     // let it go before the connection settles down.
     let mut events = Vec::new();
@@ -150,28 +117,34 @@ pub(crate) async fn run_protocol<P: Protocol>(
 }
 
 impl<P: Protocol> Conn<P> {
-    fn arm_deadline(&mut self, after: Duration) {
-        self.deadline = Some(Box::pin(sleep(after)));
-    }
-
     async fn serve(&mut self) {
-        let mut closing_armed = false;
         loop {
-            let closing = self.outbox.drain_into(&mut self.pending, self.head_started);
-            if closing.is_some() && !closing_armed {
-                closing_armed = true;
-                self.arm_deadline(CLOSE_GRACE);
+            let mut writing = false;
+            match self.machine.poll_output(Instant::now()) {
+                Output::Write => match write_from(&mut self.socket, &mut self.machine) {
+                    Ok(true) => continue,
+                    Ok(false) => writing = true,
+                    Err(_) => return,
+                },
+                Output::Wait(_) => {
+                    if self.read_closed && !self.machine.is_closing() {
+                        return; // the client went away
+                    }
+                }
+                Output::Close(_) => {
+                    self.flush_tls().await;
+                    return;
+                }
             }
-            if self.write_pending().is_err() {
-                return;
-            }
-            if closing.is_some() && self.pending.is_empty() && !self.socket.wants_write() {
-                return;
-            }
-            if self.read_closed && closing.is_none() {
-                return;
-            }
-            match std::future::poll_fn(|cx| self.poll_wake(cx)).await {
+            self.deadline.set(self.machine.deadline());
+            let reading = !self.read_closed;
+            let (outbox, socket, deadline) =
+                (self.machine.outbox(), &mut self.socket, &mut self.deadline);
+            let wake = std::future::poll_fn(|cx| {
+                poll_wake(cx, outbox, socket, reading, writing, deadline)
+            })
+            .await;
+            match wake {
                 Wake::Readable => {
                     let events = self.read_available();
                     if !events.is_empty() {
@@ -179,50 +152,27 @@ impl<P: Protocol> Conn<P> {
                         Box::pin(self.handle_events(events)).await;
                     }
                 }
-                Wake::Outbox | Wake::Writable => {}
-                Wake::Deadline => {
-                    self.deadline = None;
-                    if !self.protocol.is_connected() && !self.outbox.is_closing() {
-                        self.outbox.disconnect(Disconnect::CONNECT_TIMEOUT);
-                    } else {
-                        return;
-                    }
-                }
+                Wake::Outbox | Wake::Writable | Wake::Deadline => {}
                 Wake::SocketError => return,
-            }
-            if self.outbox.take_ping_due() {
-                self.heartbeat();
             }
         }
     }
 
-    /// Waits for the next thing to do. Readiness is polled directly on the socket (no
-    /// readiness futures in the task's state), which also replaces whatever waker the HTTP
-    /// connection left registered on the socket before the upgrade.
-    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
-        if self.outbox.poll_woken(cx).is_ready() {
-            return Poll::Ready(Wake::Outbox);
-        }
-        if !self.pending.is_empty() || self.socket.wants_write() {
-            match self.socket.poll_write_ready(cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Wake::Writable),
-                Poll::Ready(Err(_)) => return Poll::Ready(Wake::SocketError),
-                Poll::Pending => {}
+    /// Writes the TLS records still buffered (the close's last bytes), for a short while.
+    async fn flush_tls(&mut self) {
+        let until = tokio::time::Instant::now() + LINGER;
+        while self.socket.wants_write() {
+            let ready = std::future::poll_fn(|cx| self.socket.poll_write_ready(cx));
+            match tokio::time::timeout_at(until, ready).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+            match self.socket.flush() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+                Ok(()) => {}
             }
         }
-        if !self.read_closed {
-            match self.socket.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Wake::Readable),
-                Poll::Ready(Err(_)) => return Poll::Ready(Wake::SocketError),
-                Poll::Pending => {}
-            }
-        }
-        if let Some(deadline) = self.deadline.as_mut()
-            && deadline.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(Wake::Deadline);
-        }
-        Poll::Pending
     }
 
     /// Reads what the socket has (up to the budget) through a stack buffer and decodes it.
@@ -262,106 +212,52 @@ impl<P: Protocol> Conn<P> {
         for event in events {
             match event {
                 WsEvent::Message { payload } => {
-                    self.active = true;
+                    self.machine.client_activity();
                     self.state.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-                    if !self.outbox.is_closing() {
+                    if !self.machine.is_closing() {
                         self.on_message(&payload).await;
                     }
                 }
                 WsEvent::Ping(payload) => {
-                    self.active = true;
-                    self.outbox.push(ws::encode_pong(&payload));
+                    self.machine.client_activity();
+                    self.machine.outbox().push_wire(ws::encode_pong(&payload));
                 }
-                WsEvent::Pong => self.active = true,
+                WsEvent::Pong => self.machine.client_activity(),
                 WsEvent::Close(code) => {
                     // Answer with the client's code (1000 when it gave none) and end.
                     let code = code.filter(|c| valid_close_code(*c)).unwrap_or(1000);
-                    self.outbox
-                        .close_with(Disconnect::CLIENT_CLOSED, vec![ws::encode_close(code, "")]);
+                    let goodbye = vec![ws::encode_close(code, "")];
+                    self.close(Disconnect::CLIENT_CLOSED, goodbye);
                 }
                 WsEvent::TooLarge => {
-                    let limit = self.state.limits.max_frame_size;
-                    let frame = self.protocol.too_large(limit);
-                    self.send_error(frame);
+                    self.state.count_error();
+                    let frame = self.protocol.too_large(self.state.limits.max_frame_size);
+                    self.machine.outbox().push_own(frame);
                 }
                 WsEvent::ProtocolError(why) => {
                     tracing::debug!("websocket protocol error: {why}");
-                    self.outbox.close_with(
-                        Disconnect::PROTOCOL_ERROR,
-                        vec![ws::encode_close(1002, why)],
-                    );
+                    let goodbye = vec![ws::encode_close(1002, why)];
+                    self.close(Disconnect::PROTOCOL_ERROR, goodbye);
                 }
             }
         }
     }
 
     async fn on_message(&mut self, payload: &[u8]) {
-        let was_connected = self.protocol.is_connected();
-        self.protocol
-            .on_message(&self.state, &self.outbox, payload)
+        let refusal = self
+            .protocol
+            .on_message(&self.state, self.machine.outbox(), payload)
             .await;
-        if !was_connected && self.protocol.is_connected() {
-            self.deadline = None;
+        if let Some(Refusal { reason, goodbye }) = refusal {
+            self.close(reason, goodbye);
+        }
+        if self.protocol.is_connected() {
+            self.machine.connected();
         }
     }
 
-    fn send_error(&mut self, frame: Bytes) {
-        self.state.count_error();
-        self.outbox.push(ws::encode_text(&frame));
-    }
-
-    /// Called on the server's ping interval: a client silent since the last one is gone.
-    fn heartbeat(&mut self) {
-        if !self.active {
-            self.outbox.disconnect(Disconnect::NO_PONG);
-            return;
-        }
-        self.active = false;
-        self.outbox.push(ws::encode_ping(b""));
-    }
-
-    /// Writes pending frames until done or the socket would block.
-    fn write_pending(&mut self) -> io::Result<()> {
-        match self.socket.flush() {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            other => other?,
-        }
-        while !self.pending.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let count = self.pending.len().min(MAX_IOVECS);
-            for (slot, frame) in slices.iter_mut().zip(self.pending.iter()) {
-                *slot = IoSlice::new(frame);
-            }
-            let written = match self.socket.try_write_vectored(&slices[..count]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            self.outbox.written(written);
-            self.state
-                .stats
-                .bytes_written
-                .fetch_add(written as u64, Ordering::Relaxed);
-            let mut left = written;
-            while left > 0 {
-                let Some(head) = self.pending.front_mut() else {
-                    break;
-                };
-                if head.len() <= left {
-                    left -= head.len();
-                    self.pending.pop_front();
-                    self.head_started = false;
-                } else {
-                    head.advance(left);
-                    left = 0;
-                    self.head_started = true;
-                }
-            }
-        }
-        // All written: give the memory back, so an idle connection holds no queue storage.
-        self.pending = VecDeque::new();
-        Ok(())
+    fn close(&mut self, reason: Disconnect, goodbye: Vec<Bytes>) {
+        self.machine.close(reason, Some(goodbye), Instant::now());
     }
 }
 
@@ -372,7 +268,7 @@ async fn linger(mut socket: Socket, read_closed: bool) {
     if read_closed {
         return;
     }
-    let until = Instant::now() + LINGER;
+    let until = tokio::time::Instant::now() + LINGER;
     loop {
         let readable = std::future::poll_fn(|cx| socket.poll_read_ready(cx));
         tokio::select! {
@@ -388,7 +284,7 @@ async fn linger(mut socket: Socket, read_closed: bool) {
                     Err(_) => return,
                 }
             }
-            _ = sleep_until(until) => return,
+            _ = tokio::time::sleep_until(until) => return,
         }
     }
 }
@@ -396,117 +292,4 @@ async fn linger(mut socket: Socket, read_closed: bool) {
 /// Close codes a client may send (RFC 6455 §7.4).
 fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
-}
-
-/// The native protocol (spec §3): before the session exists the only acceptable frame is
-/// `connect`; afterwards every frame goes to the session.
-struct Native {
-    /// Boxed, like every other part of the connection that is not needed while idle, to
-    /// keep the task small.
-    session: Option<Box<Session>>,
-}
-
-impl Protocol for Native {
-    type Codec = WsCodec;
-
-    fn on_message<'a>(
-        &'a mut self,
-        state: &'a Arc<AppState>,
-        outbox: &'a Arc<Outbox<WsCodec>>,
-        payload: &'a [u8],
-    ) -> BoxFuture<'a> {
-        Box::pin(async move {
-            let Some(session) = self.session.as_mut() else {
-                return self.on_first_frame(state, outbox, payload);
-            };
-            if let Some(answer) = session.handle_frame(payload).await {
-                if answer.is_error() {
-                    state.count_error();
-                }
-                outbox.push(ws::encode_text(answer.frame()));
-            }
-        })
-    }
-
-    fn too_large(&self, limit: usize) -> Bytes {
-        let message = format!("frame larger than {limit} bytes");
-        encode::error(None, ErrorCode::TooLarge, &message)
-    }
-
-    fn is_connected(&self) -> bool {
-        self.session.is_some()
-    }
-
-    fn close(self) -> BoxFuture<'static> {
-        Box::pin(async move {
-            if let Some(session) = self.session {
-                session.close().await;
-            }
-        })
-    }
-}
-
-impl Native {
-    /// Before the session exists the only acceptable frame is `connect` with a valid token.
-    fn on_first_frame(
-        &mut self,
-        state: &Arc<AppState>,
-        outbox: &Arc<Outbox<WsCodec>>,
-        payload: &[u8],
-    ) {
-        let request = match parse_request(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                let frame = encode::error(e.id, e.code, &e.message);
-                return refuse(state, outbox, frame, Disconnect::UNAUTHORIZED);
-            }
-        };
-        let Command::Connect { token } = request.command else {
-            let frame = encode::error(
-                request.id,
-                ErrorCode::Unauthorized,
-                "the first frame must be {\"type\":\"connect\",\"token\":...}",
-            );
-            return refuse(state, outbox, frame, Disconnect::UNAUTHORIZED);
-        };
-        match state.auth.verify(&token) {
-            Ok(claims) => self.start_session(state, outbox, claims, request.id),
-            Err(AuthError::Expired) => {
-                let frame = encode::error(request.id, ErrorCode::TokenExpired, "token expired");
-                refuse(state, outbox, frame, Disconnect::TOKEN_EXPIRED);
-            }
-            Err(AuthError::Invalid(why)) => {
-                let frame = encode::error(request.id, ErrorCode::Unauthorized, &why);
-                refuse(state, outbox, frame, Disconnect::UNAUTHORIZED);
-            }
-        }
-    }
-
-    fn start_session(
-        &mut self,
-        state: &Arc<AppState>,
-        outbox: &Arc<Outbox<WsCodec>>,
-        claims: Claims,
-        connect_id: Option<u64>,
-    ) {
-        let sink: Arc<dyn ClientSink> = outbox.clone();
-        let session = Session::open(state.hub.clone(), state.auth.clone(), claims, sink);
-        let ping = state.limits.ping_interval.as_secs();
-        outbox.push(ws::encode_text(
-            &session.connected_frame(connect_id, ping, None),
-        ));
-        self.session = Some(Box::new(session));
-    }
-}
-
-/// An error frame, then a close with the reason's code.
-fn refuse(state: &AppState, outbox: &Outbox<WsCodec>, error: Bytes, reason: Disconnect) {
-    state.count_error();
-    outbox.close_with(
-        reason,
-        vec![
-            ws::encode_text(&error),
-            ws::encode_close(reason.ws_close, reason.message),
-        ],
-    );
 }

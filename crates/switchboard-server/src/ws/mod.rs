@@ -2,8 +2,9 @@
 //! its TCP socket directly (see [`conn`]) so that an idle connection holds no read or write
 //! buffer and every frame it sends is bytes shared with all other subscribers.
 
+mod codec;
 pub(crate) mod conn;
-pub mod socket;
+mod native;
 
 use std::sync::Arc;
 
@@ -14,34 +15,17 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use switchboard_core::{AuthError, Claims};
-use switchboard_proto::{Disconnect, ErrorCode, Outgoing, ws};
+use switchboard_proto::ErrorCode;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use self::socket::Socket;
-use crate::tls::TlsSocket;
-
+use self::codec::WsCodec;
+use self::native::Native;
 use crate::api::error_response;
 use crate::app::AppState;
-use crate::outbox::{DoorCodec, Wire};
-
-/// WebSocket wire bytes: each frame is a text frame, encoded once and shared.
-pub struct WsCodec;
-
-impl DoorCodec for WsCodec {
-    type State = ();
-
-    fn frame(&self, _: &mut (), frame: &Outgoing) -> Wire {
-        Wire::One(frame.ws_frame())
-    }
-
-    fn goodbye(&self, reason: &Disconnect) -> Vec<Bytes> {
-        vec![
-            ws::encode_text(&switchboard_proto::encode::disconnect(reason)),
-            ws::encode_close(reason.ws_close, reason.message),
-        ]
-    }
-}
+use crate::door::socket::Socket;
+use crate::door::{Framing, Machine, Outbox, Overflow};
+use crate::tls::TlsSocket;
 
 /// Who the upgrade request says the client is.
 pub(crate) enum Identity {
@@ -211,8 +195,19 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -
         }
         None => Identity::AwaitConnect,
     };
-    accept(&mut request, &key, move |socket, early| {
-        conn::run(state, socket, early, identity)
+    accept(&mut request, &key, move |socket, early| async move {
+        let outbox = Arc::new(Outbox::new(
+            state.limits.client_queue_bytes,
+            Overflow::Disconnect,
+            state.stats.clone(),
+        ));
+        let claims = match identity {
+            Identity::Known(claims) => Some(*claims),
+            Identity::AwaitConnect => None,
+        };
+        let native = Native::new(&state, &outbox, claims);
+        let machine = Machine::new(WsCodec, outbox, Framing::Plain);
+        conn::run_protocol(state, socket, early, machine, native).await;
     })
 }
 
