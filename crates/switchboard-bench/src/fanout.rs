@@ -1,5 +1,5 @@
 //! Fan-out throughput and latency. `channels` × `per_channel` subscribers, each on one
-//! channel; publishers send 100-byte string payloads carrying the channel's sequence number
+//! channel, over WebSocket (or, for Switchboard, Server-Sent Events); publishers send 100-byte string payloads carrying the channel's sequence number
 //! (`|q<n>`) and the send time (`|t<ns>`, on this process's clock), through the server API
 //! (keep-alive HTTP/1.1, pipelined) or over WebSocket. Every subscriber checks that its
 //! channel's numbers arrive one by one, so a loss or a reordering is counted, never missed.
@@ -46,10 +46,30 @@ impl Via {
     }
 }
 
+/// How the subscribers are connected.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Subscribers {
+    /// WebSocket (the native door, or Pusher's for sockudo).
+    Ws,
+    /// Server-Sent Events (`/sse`, Switchboard only): the door whose messages carry a
+    /// per-client cursor.
+    Sse,
+}
+
+impl Subscribers {
+    pub fn name(self) -> &'static str {
+        match self {
+            Subscribers::Ws => "ws",
+            Subscribers::Sse => "sse",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Load {
     pub channels: usize,
     pub per_channel: usize,
+    pub subscribers: Subscribers,
     pub via: Via,
     /// Messages per second; None: as fast as the server delivers (closed loop).
     pub rate: Option<f64>,
@@ -156,7 +176,12 @@ struct Counters {
 }
 
 /// One subscriber: reads frames, checks each message's sequence number, counts.
-async fn subscriber(mut stream: TcpStream, counters: Arc<Counters>, shard: usize) {
+async fn subscriber(
+    mut stream: TcpStream,
+    door: Subscribers,
+    counters: Arc<Counters>,
+    shard: usize,
+) {
     let mut buf = vec![0u8; 16384];
     let mut filled = 0;
     let mut expected = 1u64;
@@ -174,7 +199,11 @@ async fn subscriber(mut stream: TcpStream, counters: Arc<Counters>, shard: usize
         let mut delivered = 0;
         let record_from = counters.record_from.load(Ordering::Relaxed);
         let now = now_ns();
-        while let Some((frame, len)) = next_frame(&buf[used..filled]) {
+        let next = match door {
+            Subscribers::Ws => next_frame,
+            Subscribers::Sse => next_sse_event,
+        };
+        while let Some((frame, len)) = next(&buf[used..filled]) {
             match frame {
                 Frame::Text(text) => {
                     if let Some(seq) = number_after(text, b"|q") {
@@ -217,6 +246,22 @@ async fn subscriber(mut stream: TcpStream, counters: Arc<Counters>, shard: usize
             }
         }
     }
+}
+
+/// One SSE event off the start of `buf` (with whatever chunk framing precedes it), as a text
+/// frame: the markers are looked for in it.
+fn next_sse_event(buf: &[u8]) -> Option<(Frame<'_>, usize)> {
+    let end = wire::find(buf, b"\n\n")? + 2;
+    Some((Frame::Text(&buf[..end]), end))
+}
+
+/// Opens an SSE stream on `channel` and reads up to its `subscribed` announcement.
+async fn open_sse(server: SocketAddr, index: usize, channel: String) -> std::io::Result<TcpStream> {
+    let request = format!("GET /sse?channel={channel} HTTP/1.1\r\nHost: {server}\r\n\r\n");
+    let mut stream =
+        wire::connect_from(server, wire::source_for(index), request.as_bytes()).await?;
+    wire::read_until(&mut stream, &mut Vec::new(), "\"subscribed\"").await?;
+    Ok(stream)
 }
 
 /// One publishing connection: the API over HTTP/1.1 or a WebSocket.
@@ -568,11 +613,33 @@ async fn publish_loop(
 pub async fn run(target: Target, server: SocketAddr, server_pid: u32, load: &Load) -> Outcome {
     let subscribers = load.channels * load.per_channel;
     let per_channel = load.per_channel;
-    let (sockets, _) = connrate::open_many(target, server, 0, subscribers, |i| {
-        Some(channel_name(i / per_channel))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{} subscribers: {e}", target.name()));
+    let sockets = match load.subscribers {
+        Subscribers::Ws => {
+            connrate::open_many(target, server, 0, subscribers, |i| {
+                Some(channel_name(i / per_channel))
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{} subscribers: {e}", target.name()))
+            .0
+        }
+        Subscribers::Sse => {
+            assert_eq!(target, Target::Switchboard, "only Switchboard has SSE");
+            let mut sockets = Vec::with_capacity(subscribers);
+            let mut batch = tokio::task::JoinSet::new();
+            for i in 0..subscribers {
+                batch.spawn(open_sse(server, i, channel_name(i / per_channel)));
+                if batch.len() >= 256
+                    && let Some(done) = batch.join_next().await
+                {
+                    sockets.push(done.expect("task").expect("SSE subscriber"));
+                }
+            }
+            while let Some(done) = batch.join_next().await {
+                sockets.push(done.expect("task").expect("SSE subscriber"));
+            }
+            sockets
+        }
+    };
     let counters = Arc::new(Counters {
         delivered: AtomicU64::new(0),
         lost: AtomicU64::new(0),
@@ -589,7 +656,7 @@ pub async fn run(target: Target, server: SocketAddr, server_pid: u32, load: &Loa
     });
     let mut readers = tokio::task::JoinSet::new();
     for (i, socket) in sockets.into_iter().enumerate() {
-        readers.spawn(subscriber(socket, counters.clone(), i));
+        readers.spawn(subscriber(socket, load.subscribers, counters.clone(), i));
     }
 
     let publishers = load.publishers.min(load.channels).max(1);

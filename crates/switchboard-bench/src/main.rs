@@ -61,6 +61,9 @@ enum Mode {
         target: Target,
         #[arg(long, value_enum, default_value_t = Via::Api)]
         via: Via,
+        /// How subscribers connect (SSE: Switchboard only).
+        #[arg(long, value_enum, default_value_t = fanout::Subscribers::Ws)]
+        subscribers: fanout::Subscribers,
         #[arg(long, default_value_t = 1)]
         channels: usize,
         /// Subscribers of each channel.
@@ -182,6 +185,7 @@ fn main() {
         Mode::Fanout {
             target,
             via,
+            subscribers,
             channels,
             per_channel,
             rate,
@@ -200,6 +204,7 @@ fn main() {
             let load = fanout::Load {
                 channels,
                 per_channel,
+                subscribers,
                 via,
                 rate,
                 seconds,
@@ -211,7 +216,8 @@ fn main() {
             let outcome = fanout::run(target, target::addr_of(port), process.pid(), &load).await;
             println!("server               {}", target.name());
             println!(
-                "load                 {channels} channels x {per_channel} subscribers, publishing via {}",
+                "load                 {channels} channels x {per_channel} {} subscribers, publishing via {}",
+                subscribers.name(),
                 via.name()
             );
             println!("{outcome:#?}");

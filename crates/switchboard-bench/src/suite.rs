@@ -132,6 +132,7 @@ fn load(channels: usize, per_channel: usize, via: Via, rate: Option<f64>, second
     Load {
         channels,
         per_channel,
+        subscribers: fanout::Subscribers::Ws,
         via,
         rate,
         seconds,

@@ -44,7 +44,7 @@ pub async fn upgrade(
         },
     };
     let app = state.pusher.by_key(&key).cloned();
-    crate::ws::accept(&mut request, &ws_key, move |socket, early| async move {
+    crate::ws::accept(&mut request, &ws_key, move |socket, early| {
         let socket_id = new_socket_id();
         let outbox = Arc::new(Outbox::new(
             state.limits.client_queue_bytes,
@@ -61,7 +61,7 @@ pub async fn upgrade(
         };
         let codec = PusherCodec::new(socket_id, Framing::WebSocket);
         let machine = Machine::new(codec, outbox, Transfer::Plain);
-        crate::ws::conn::run_protocol(state, socket, early, machine, conn).await;
+        crate::ws::conn::run_protocol(state, socket, early, machine, conn)
     })
 }
 
@@ -89,7 +89,7 @@ impl Protocol for PusherConn {
         true
     }
 
-    fn close(self) -> BoxFuture<'static> {
-        Box::pin(self.shut())
+    fn close(&mut self) -> BoxFuture<'static> {
+        Box::pin(std::mem::replace(self, PusherConn::refused()).shut())
     }
 }

@@ -162,18 +162,27 @@ pub(crate) async fn serve(
 
 /// Drives a stream on its socket until it closes or the client leaves. Bytes the client sends
 /// after its request are read and ignored; its end of the connection ends the stream.
-async fn drive(
+/// `stopped` is held so a graceful shutdown waits for the stream to end.
+fn drive(
     mut socket: Socket,
     mut stream: OpenStream,
-    // Held so a graceful shutdown waits for this stream to end.
-    _stopped: tokio::sync::watch::Receiver<bool>,
-) {
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send {
     let mut deadline = Deadline::default();
+    // Works on what it captured, in place: its size is every idle stream's memory, and a
+    // moved copy would count twice.
+    async move {
+        let _held = &stopped;
+        drive_loop(&mut socket, &mut stream, &mut deadline).await;
+    }
+}
+
+async fn drive_loop(socket: &mut Socket, stream: &mut OpenStream, deadline: &mut Deadline) {
     loop {
         let machine = &mut stream.machine;
         let mut writing = false;
         match machine.poll_output(Instant::now()) {
-            Output::Write => match write_from(&mut socket, machine) {
+            Output::Write => match write_from(socket, machine) {
                 Ok(true) => continue,
                 Ok(false) => writing = true,
                 Err(_) => return,
@@ -183,13 +192,11 @@ async fn drive(
         }
         deadline.set(machine.deadline());
         let outbox = machine.outbox();
-        let wake = std::future::poll_fn(|cx| {
-            poll_wake(cx, outbox, &mut socket, true, writing, &mut deadline)
-        })
-        .await;
+        let wake =
+            std::future::poll_fn(|cx| poll_wake(cx, outbox, socket, true, writing, deadline)).await;
         match wake {
             Wake::Readable => {
-                if client_left(&mut socket) {
+                if client_left(socket) {
                     return;
                 }
             }

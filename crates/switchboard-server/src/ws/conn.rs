@@ -58,8 +58,8 @@ pub(crate) trait Protocol: Send + Sized + 'static {
     /// The client is past its connect step.
     fn is_connected(&self) -> bool;
 
-    /// The connection ended: leave the hub.
-    fn close(self) -> BoxFuture<'static>;
+    /// The connection ended: leave the hub (once).
+    fn close(&mut self) -> BoxFuture<'static>;
 }
 
 struct Conn<P: Protocol> {
@@ -77,13 +77,13 @@ struct Conn<P: Protocol> {
 /// Runs a connection speaking `protocol` whose machine is `machine` (its outbox already
 /// holding what the protocol queued at its start), until it closes. `early`: bytes the HTTP
 /// connection read past the handshake.
-pub(crate) async fn run_protocol<P: Protocol>(
+pub(crate) fn run_protocol<P: Protocol>(
     state: Arc<AppState>,
     socket: Socket,
     early: Bytes,
     mut machine: Machine<P::Codec>,
     protocol: P,
-) {
+) -> impl Future<Output = ()> + Send {
     if !protocol.is_connected() {
         machine.expect_connect(Instant::now() + state.limits.connect_timeout);
     }
@@ -102,18 +102,17 @@ pub(crate) async fn run_protocol<P: Protocol>(
     conn.decoder
         .feed(&early, conn.state.limits.max_frame_size, &mut events);
     drop(early);
-    if !events.is_empty() {
-        Box::pin(conn.handle_events(events)).await;
+    // The future works on `conn` where it was captured, never moving it: its size is every
+    // idle connection's memory, and a moved copy would count twice.
+    async move {
+        if !events.is_empty() {
+            // Boxed: the command futures are large and only live while they run.
+            Box::pin(conn.handle_events(std::mem::take(&mut events))).await;
+        }
+        conn.serve().await;
+        conn.protocol.close().await;
+        Box::pin(linger(&mut conn.socket, conn.read_closed)).await;
     }
-    Box::pin(conn.serve()).await;
-    let Conn {
-        socket,
-        protocol,
-        read_closed,
-        ..
-    } = conn;
-    protocol.close().await;
-    Box::pin(linger(socket, read_closed)).await;
 }
 
 impl<P: Protocol> Conn<P> {
@@ -132,7 +131,8 @@ impl<P: Protocol> Conn<P> {
                     }
                 }
                 Output::Close(_) => {
-                    self.flush_tls().await;
+                    // Boxed: its timer would otherwise be part of every idle connection.
+                    Box::pin(self.flush_tls()).await;
                     return;
                 }
             }
@@ -263,7 +263,7 @@ impl<P: Protocol> Conn<P> {
 
 /// Sends our FIN and reads until the client's, so unread input does not turn the close
 /// into a reset that could destroy the last frames.
-async fn linger(mut socket: Socket, read_closed: bool) {
+async fn linger(socket: &mut Socket, read_closed: bool) {
     socket.shutdown().await;
     if read_closed {
         return;

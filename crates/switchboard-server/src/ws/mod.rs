@@ -195,7 +195,7 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -
         }
         None => Identity::AwaitConnect,
     };
-    accept(&mut request, &key, move |socket, early| async move {
+    accept(&mut request, &key, move |socket, early| {
         let outbox = Arc::new(Outbox::new(
             state.limits.client_queue_bytes,
             Overflow::Disconnect,
@@ -207,7 +207,7 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -
         };
         let native = Native::new(&state, &outbox, claims);
         let machine = Machine::new(WsCodec, outbox, Framing::Plain);
-        conn::run_protocol(state, socket, early, machine, native).await;
+        conn::run_protocol(state, socket, early, machine, native)
     })
 }
 

@@ -118,9 +118,10 @@ impl Protocol for Native {
         self.session.is_some()
     }
 
-    fn close(self) -> BoxFuture<'static> {
+    fn close(&mut self) -> BoxFuture<'static> {
+        let session = self.session.take();
         Box::pin(async move {
-            if let Some(session) = self.session {
+            if let Some(session) = session {
                 session.close().await;
             }
         })
