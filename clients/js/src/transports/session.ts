@@ -21,6 +21,8 @@ export class SessionSender {
     private readonly events: TransportEvents,
     /** Ends the transport: a command that cannot be delivered makes the link unusable. */
     private readonly fail: (why: TransportClosed) => void,
+    /** Where replies go (long polling keeps the replies of its own commands). */
+    private readonly deliver: (reply: ServerFrame) => void = (reply) => events.frame(reply),
   ) {}
 
   /** The session of the `connected` frame: commands wait for it. */
@@ -81,7 +83,7 @@ export class SessionSender {
       batch.forEach((command, i) => {
         // `null` stands for a command that has no answer of its own: an empty reply.
         const reply = (replies as unknown[])[i] ?? { type: "reply", id: command.id };
-        this.events.frame(reply as ServerFrame);
+        this.deliver(reply as ServerFrame);
       });
     }
   }

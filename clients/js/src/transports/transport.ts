@@ -55,11 +55,13 @@ export interface TransportFactory {
 }
 
 /** `base` + `path` + query parameters (the token among them). */
-export function doorUrl(ctx: TransportContext, path: string, params: Record<string, string | undefined> = {}): string {
+export function doorUrl(ctx: TransportContext, path: string, params: Record<string, string | string[] | undefined> = {}): string {
   const url = new URL(ctx.baseUrl + path);
   const token = ctx.token();
   if (token) url.searchParams.set("token", token);
-  for (const [k, v] of Object.entries(params)) if (v !== undefined) url.searchParams.set(k, v);
+  for (const [k, v] of Object.entries(params)) {
+    for (const value of v === undefined ? [] : Array.isArray(v) ? v : [v]) url.searchParams.append(k, value);
+  }
   return url.toString();
 }
 

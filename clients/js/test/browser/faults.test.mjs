@@ -59,8 +59,15 @@ for (const transport of ['websocket', 'sse', 'http-stream', 'long-poll']) {
         figures.connectionsCut = proxy.stats.cut;
         figures.publishMs = publishMs;
         console.log(`# figures ${JSON.stringify(figures)}`);
-        assert.ok(figures.reconnects >= 3, `the connection was cut and came back several times (${figures.reconnects})`);
-        assert.ok(resubscribes.length >= 2 * 3, 'each reconnect resubscribed both channels');
+        assert.ok(figures.connectionsCut >= 3, `connections were cut again and again (${figures.connectionsCut})`);
+        if (transport === 'long-poll') {
+          // A cut poll is sent again by the browser itself (a GET on a reused connection): the
+          // cursor makes that harmless, so the client may never notice a thing.
+          assert.equal(resubscribes.length, 2 * figures.reconnects);
+        } else {
+          assert.ok(figures.reconnects >= 3, `the connection was cut and came back several times (${figures.reconnects})`);
+          assert.ok(resubscribes.length >= 2 * 3, 'each reconnect resubscribed both channels');
+        }
         for (const s of resubscribes) assert.equal(s.recovered, true, `resubscribe of ${s.channel} at ${s.offset} recovered`);
         assert.deepEqual(new Set(st.transports), new Set([transport]), 'stayed on the forced transport');
         assert.equal(figures.repeated, 0);
