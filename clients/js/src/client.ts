@@ -164,7 +164,7 @@ export class Switchboard extends Emitter<SwitchboardEvents> {
         reject(new SwitchboardError(info.code, info.message));
       };
       this.connection.on("state", onState);
-      this.once("disconnected", onStop);
+      this.on("disconnected", onStop);
     });
     connected.catch(() => {}); // awaiting it still sees a refusal; not awaiting it is fine
     this.connection.connect();

@@ -1581,7 +1581,7 @@ var Switchboard = class extends Emitter {
         reject(new SwitchboardError(info.code, info.message));
       };
       this.connection.on("state", onState);
-      this.once("disconnected", onStop);
+      this.on("disconnected", onStop);
     });
     connected.catch(() => {
     });
