@@ -61,6 +61,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/ice-servers", get(api::ice_servers))
         .route("/health", get(health))
         .route("/demo/call", get(demo::call))
+        .route("/demo/switchboard.js", get(demo::client_js))
         .route("/metrics", get(metrics_text))
         .nest("/api", api::router(state.clone()))
         .fallback(api::not_found)

@@ -1,8 +1,12 @@
-//! `GET /demo/call`: a self-contained video call page (inline script and style, nothing
-//! fetched from elsewhere) that joins a room over `/ws` on the same host and connects every
-//! pair of peers with WebRTC, signaling through the room. Query parameters: `room` (default
-//! `demo`), `token` (optional: without one it works in development mode), `name`, and
-//! `relay=1` for `iceTransportPolicy: "relay"` (everything through TURN).
+//! `GET /demo/call`: a video call page (inline style, nothing fetched from elsewhere) built on
+//! the TypeScript client, which this server also serves at `GET /demo/switchboard.js`: it
+//! joins a room on the same host and calls every other peer with WebRTC through the client's
+//! call helper. Query parameters: `room` (default `demo`), `token` (optional: without one it
+//! works in development mode), `name`, `relay=1` for `iceTransportPolicy: "relay"`
+//! (everything through TURN), `transport` (signal through one door only) and `debug=1`.
+//!
+//! `demo/switchboard.js` is a committed copy of `clients/js/dist/index.js` (so building the
+//! server needs no npm); `.ci/sdk` checks that it equals a fresh build.
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -10,10 +14,13 @@ use axum::response::{IntoResponse, Response};
 /// The page, compiled into the binary.
 const CALL_HTML: &str = include_str!("demo/call.html");
 
-/// What the page may load: its own inline script and style, and connections to its own origin
-/// (which includes `ws:`/`wss:` to the same host). Media streams are not fetched, so camera and
-/// peer video need nothing here.
-const CALL_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+/// The TypeScript client's bundle (`clients/js/dist/index.js`), compiled into the binary.
+const CLIENT_JS: &str = include_str!("demo/switchboard.js");
+
+/// What the page may load: its own inline module script, the client from this server, its
+/// inline style, and connections to its own origin (which includes `ws:`/`wss:` to the same
+/// host). Media streams are not fetched, so camera and peer video need nothing here.
+const CALL_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
     style-src 'unsafe-inline'; connect-src 'self'; img-src data:; \
     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
@@ -28,6 +35,19 @@ pub async fn call() -> Response {
             (header::REFERRER_POLICY, "no-referrer"),
         ],
         CALL_HTML,
+    )
+        .into_response()
+}
+
+/// `GET /demo/switchboard.js`: the TypeScript client, as one ES module.
+pub async fn client_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        CLIENT_JS,
     )
         .into_response()
 }
