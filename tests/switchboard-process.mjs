@@ -97,8 +97,10 @@ async function launch(port, config, tmpPrefix) {
   const dir = mkdtempSync(join(tmpdir(), tmpPrefix));
   const configPath = join(dir, 'switchboard.toml');
   writeFileSync(configPath, config);
+  // SWITCHBOARD_BIN is the harness's; passed on, the server would take it for a config key.
+  const { SWITCHBOARD_BIN: _harnessOnly, ...env } = process.env;
   const proc = spawnCaptured(bin, ['serve', '--config', configPath], {
-    env: { ...process.env, RUST_BACKTRACE: '1' },
+    env: { ...env, RUST_BACKTRACE: '1' },
   });
   const { output } = proc;
 

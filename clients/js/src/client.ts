@@ -200,8 +200,9 @@ export class Switchboard extends Emitter<SwitchboardEvents> {
   }
 
   /**
-   * Publishes `data` on `channel`. It carries an idempotency key, so when a drop leaves its
-   * fate unknown it is sent again after the reconnect without being published twice.
+   * Publishes `data` on `channel`. It carries an idempotency key: when a drop leaves its fate
+   * unknown it is sent again after the reconnect, and a server that keeps idempotency keys
+   * (PROTOCOL.md §10) publishes it once.
    */
   async publish(channel: string, data: unknown): Promise<PublishResult> {
     const reply = await this.connection.request({ type: "publish", channel, data, idempotency_key: randomKey() });

@@ -409,11 +409,14 @@ impl Hub {
     }
 
     /// Closes connections whose token expired (`now` in Unix seconds); returns how many.
+    /// Observers (one long poll each) are left alone: a poll's token is checked when it
+    /// starts and the poll ends by its own timeout, while the poller's session, which a
+    /// `refresh` keeps alive, is the connection that expires.
     pub fn expire_tokens(&self, now: u64) -> usize {
         let mut expired = 0;
         self.for_each_client(|client| {
             let exp = client.exp.load(Ordering::Relaxed);
-            if exp != 0 && exp <= now {
+            if exp != 0 && exp <= now && !client.observer {
                 client.sink.disconnect(Disconnect::TOKEN_EXPIRED);
                 expired += 1;
             }

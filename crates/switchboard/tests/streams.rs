@@ -1620,6 +1620,47 @@ async fn a_waiting_poll_is_woken_by_a_publish() {
 }
 
 #[tokio::test]
+async fn a_poll_outlives_its_url_token_while_the_refreshed_session_goes_on() {
+    let server = TestServer::start().await;
+    let short = token_exp("alice", unix_now() + 2);
+    let first = poll_ok(&server, &query(&short, &["px:a"], "")).await;
+    let connected = first["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["type"] == "connected")
+        .cloned()
+        .expect("the first poll announces its session");
+    let session = str_of(&connected, "session").to_owned();
+    let cursor = str_of(&first, "cursor").to_owned();
+    let fresh = token_exp("alice", unix_now() + 3600);
+    let refresh = json!({"type": "refresh", "id": 1, "token": fresh});
+    let (status, replies) = post_session(&server, &session, &refresh).await;
+    assert_eq!(
+        (status, &replies[0]["type"]),
+        (200, &json!("reply")),
+        "{replies}"
+    );
+    // A poll made with the short token, still waiting when it expires: the poll is not the
+    // connection (the refreshed session is), so it ends by its timeout, not token_expired.
+    let q = query(
+        &short,
+        &["px:a"],
+        &format!("&cursor={cursor}&session={session}&timeout=4"),
+    );
+    let answer = poll_ok(&server, &q).await;
+    let frames = answer["messages"].as_array().unwrap();
+    assert!(frames.iter().all(|f| f["type"] != "disconnect"), "{answer}");
+    let ping = json!({"type": "ping", "id": 2});
+    let (status, replies) = post_session(&server, &session, &ping).await;
+    assert_eq!(
+        (status, &replies[0]["type"]),
+        (200, &json!("pong")),
+        "{replies}"
+    );
+}
+
+#[tokio::test]
 async fn an_idle_poll_times_out_with_no_messages_and_the_same_cursor() {
     let server = TestServer::start().await;
     let token = all("alice");
@@ -2301,6 +2342,13 @@ async fn a_refused_raw_stream_request_gets_a_whole_json_answer_and_a_close() {
         answer.contains(&format!("content-length: {}\r\n", body.len())),
         "{answer}"
     );
+    // Clients that follow RFC 9112 (Node's fetch) reject a repeated length.
+    let head = answer
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert_eq!(head.matches("content-length:").count(), 1, "{answer}");
     let error: Value = serde_json::from_str(body).unwrap();
     assert_eq!(error["error"]["code"], "unauthorized");
 }

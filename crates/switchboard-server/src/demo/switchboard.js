@@ -1615,8 +1615,9 @@ var Switchboard = class extends Emitter {
     return sub;
   }
   /**
-   * Publishes `data` on `channel`. It carries an idempotency key, so when a drop leaves its
-   * fate unknown it is sent again after the reconnect without being published twice.
+   * Publishes `data` on `channel`. It carries an idempotency key: when a drop leaves its fate
+   * unknown it is sent again after the reconnect, and a server that keeps idempotency keys
+   * (PROTOCOL.md §10) publishes it once.
    */
   async publish(channel, data) {
     const reply = await this.connection.request({ type: "publish", channel, data, idempotency_key: randomKey() });

@@ -128,6 +128,13 @@ pub(crate) async fn serve(
     )
     .into_bytes();
     for (name, value) in parts.headers.iter() {
+        // The framing headers are this writer's own.
+        if matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "connection"
+        ) {
+            continue;
+        }
         wire.extend_from_slice(name.as_str().as_bytes());
         wire.extend_from_slice(b": ");
         wire.extend_from_slice(value.as_bytes());

@@ -14,7 +14,6 @@ use axum::extract::{Query, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use parking_lot::Mutex;
 use switchboard_core::session::Announce;
 use switchboard_core::{Claims, ClientSink, Session};
 use switchboard_proto::ErrorCode;
@@ -46,10 +45,7 @@ fn open_poll_session(state: &Arc<AppState>, claims: Claims, heartbeat: u64) -> (
     session.return_replies();
     let id = crate::config::random_hex(16);
     let connected = session.connected_frame(None, heartbeat, Some(&id));
-    let door = PollDoor {
-        outbox,
-        machine: Mutex::new(machine),
-    };
+    let door = PollDoor::new(outbox, machine);
     state.sessions.insert_poll(id.clone(), session, door);
     (id, connected)
 }
@@ -136,14 +132,18 @@ pub async fn poll(State(state): State<Arc<AppState>>, request: Request) -> Respo
     if !first {
         let wait = async {
             loop {
-                let session_waits =
-                    session_door.is_some_and(|d| d.outbox.has_frames() || d.outbox.is_closing());
-                if outbox.has_frames() || outbox.is_closing() || session_waits {
+                // Registered before looking, so news arriving in between is not missed.
+                let mut notified = std::pin::pin!(session_door.map(|d| d.arrived.notified()));
+                if let Some(n) = notified.as_mut().as_pin_mut() {
+                    n.enable();
+                }
+                let session_news = session_door.is_some_and(PollDoor::has_news);
+                if outbox.has_frames() || outbox.is_closing() || session_news {
                     return;
                 }
                 let session_woken = async {
-                    match session_door {
-                        Some(d) => d.outbox.woken().await,
+                    match notified.as_mut().as_pin_mut() {
+                        Some(n) => n.await,
                         None => std::future::pending().await,
                     }
                 };

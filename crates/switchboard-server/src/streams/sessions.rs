@@ -16,7 +16,8 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use switchboard_core::Session;
 use switchboard_core::session::Answer;
-use switchboard_proto::{ErrorCode, parse_request};
+use switchboard_proto::{Disconnect, ErrorCode, parse_request};
+use tokio::sync::Notify;
 
 use super::codec::StreamCodec;
 use crate::api::error_response;
@@ -40,6 +41,36 @@ pub struct SessionCell {
 pub(crate) struct PollDoor {
     pub outbox: Arc<Outbox<NoControl>>,
     pub machine: Mutex<Machine<StreamCodec>>,
+    /// Notified whenever the outbox wakes: several polls may wait on one session at once
+    /// (a client changing its channel list), and the outbox wakes a single task.
+    pub arrived: Arc<Notify>,
+}
+
+impl PollDoor {
+    pub(crate) fn new(outbox: Arc<Outbox<NoControl>>, machine: Machine<StreamCodec>) -> Self {
+        let arrived = Arc::new(Notify::new());
+        let (forward, notify) = (outbox.clone(), arrived.clone());
+        // Ends with the session: a closed outbox is woken one last time.
+        tokio::spawn(async move {
+            loop {
+                forward.woken().await;
+                notify.notify_waiters();
+                if forward.is_closing() {
+                    return;
+                }
+            }
+        });
+        PollDoor {
+            outbox,
+            machine: Mutex::new(machine),
+            arrived,
+        }
+    }
+
+    /// Whether a poll has something to answer from this session.
+    pub(crate) fn has_news(&self) -> bool {
+        self.outbox.has_frames() || self.outbox.is_closing()
+    }
 }
 
 /// The live sessions of this node's streams, by secret.
@@ -117,8 +148,12 @@ impl Sessions {
 }
 
 impl SessionCell {
-    /// Ends the session: it leaves the hub.
+    /// Ends the session: it leaves the hub (and a long-poll session's door closes, ending
+    /// its forwarding task).
     pub async fn close(&self) {
+        if let Some(door) = &self.poll {
+            door.outbox.close(Disconnect::CLIENT_CLOSED);
+        }
         if let Some(session) = self.session.lock().await.take() {
             session.close().await;
         }
