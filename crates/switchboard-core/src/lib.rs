@@ -4,6 +4,7 @@
 //! delivery sit behind the [`Engine`] trait.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod hub;
@@ -12,8 +13,11 @@ pub mod rooms;
 pub mod session;
 pub mod sink;
 mod small_map;
+#[cfg(test)]
+mod testing;
 
 pub use auth::{AuthError, Authenticator, Claims};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{HubConfig, NamespaceConfig};
 pub use engine::{
     Engine, EngineError, MemoryEngine, Publication, RoomEvent, RoomPeer, StreamPosition,

@@ -17,7 +17,7 @@ use super::{
     NodeInfo, NodeRequest, PresenceEvent, PresenceMember, Publication, RoomEvent, RoomPeer,
     StreamOptions, StreamPosition,
 };
-use crate::unix_now;
+use crate::clock::{Clock, SystemClock};
 
 const SHARDS: usize = 64;
 
@@ -107,11 +107,20 @@ pub struct MemoryEngine {
     store_failed: std::sync::atomic::AtomicBool,
     node_id: String,
     stats: EngineStats,
+    clock: Arc<dyn Clock>,
+    /// Tests hold `history` here to interleave publications with a subscribe.
+    #[cfg(test)]
+    pub(crate) history_gate: Mutex<Option<Arc<crate::testing::Gate>>>,
 }
 
 impl MemoryEngine {
     /// `idle_ttl`: a stream with no publish for this long is dropped by [`Engine::maintain`].
     pub fn new(idle_ttl: std::time::Duration) -> Self {
+        MemoryEngine::with_clock(idle_ttl, Arc::new(SystemClock))
+    }
+
+    /// An engine that reads the time from `clock`.
+    pub fn with_clock(idle_ttl: std::time::Duration, clock: Arc<dyn Clock>) -> Self {
         MemoryEngine {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: RandomState::new(),
@@ -121,6 +130,9 @@ impl MemoryEngine {
             store_failed: std::sync::atomic::AtomicBool::new(false),
             node_id: super::new_node_id(),
             stats: EngineStats::default(),
+            clock,
+            #[cfg(test)]
+            history_gate: Mutex::new(None),
         }
     }
 
@@ -187,7 +199,7 @@ impl MemoryEngine {
         data: Bytes,
         options: StreamOptions,
     ) -> StreamPosition {
-        let now = unix_now();
+        let now = self.clock.unix_now();
         let handler = self.handler();
         let mut shard = self.shard(channel).lock();
         let stream = shard
@@ -214,7 +226,7 @@ impl MemoryEngine {
         options: StreamOptions,
     ) -> Result<StreamPosition, EngineError> {
         let failed = || EngineError::Unavailable("durable store failed earlier; restart".into());
-        let now = unix_now();
+        let now = self.clock.unix_now();
         let (publication, durable) = {
             let mut shard = self.shard(channel).lock();
             if self.store_failed.load(Ordering::Acquire) {
@@ -326,7 +338,14 @@ impl Engine for MemoryEngine {
         query: HistoryQuery,
         options: StreamOptions,
     ) -> Result<HistoryResult, EngineError> {
-        let now = unix_now();
+        #[cfg(test)]
+        {
+            let gate = self.history_gate.lock().clone();
+            if let Some(gate) = gate {
+                gate.pass().await;
+            }
+        }
+        let now = self.clock.unix_now();
         let mut shard = self.shard(channel).lock();
         let stream = shard
             .streams
@@ -604,7 +623,7 @@ mod tests {
     async fn idle_streams_are_dropped_with_a_new_epoch_after() {
         let e = MemoryEngine::new(Duration::from_secs(10));
         let first = e.publish("c", data(1), opts(3)).await.unwrap();
-        e.maintain(unix_now() + 11);
+        e.maintain(crate::unix_now() + 11);
         let second = e.publish("c", data(2), opts(3)).await.unwrap();
         assert_eq!(second.offset, 1);
         assert_ne!(first.epoch, second.epoch);

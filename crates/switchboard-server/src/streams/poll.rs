@@ -190,8 +190,8 @@ fn drain(machine: &mut Machine<StreamCodec>) -> (Vec<Bytes>, bool) {
     }
 }
 
-/// `{"messages":[...],"cursor":"..."}`.
-fn answer(frames: &[Bytes], cursor: &str) -> Response {
+/// `{"messages":[...],"cursor":"..."}`: `frames` are the array's elements with their commas.
+fn answer_body(frames: &[Bytes], cursor: &str) -> Vec<u8> {
     let len: usize = frames.iter().map(Bytes::len).sum();
     let mut out = Vec::with_capacity(len + cursor.len() + 32);
     out.extend_from_slice(b"{\"messages\":[");
@@ -199,7 +199,11 @@ fn answer(frames: &[Bytes], cursor: &str) -> Response {
     out.extend_from_slice(b"],\"cursor\":\"");
     out.extend_from_slice(cursor.as_bytes());
     out.extend_from_slice(b"\"}");
-    let mut response = out.into_response();
+    out
+}
+
+fn answer(frames: &[Bytes], cursor: &str) -> Response {
+    let mut response = answer_body(frames, cursor).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -207,4 +211,49 @@ fn answer(frames: &[Bytes], cursor: &str) -> Response {
     );
     no_buffering(headers);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::ServerStats;
+    use crate::streams::cursor::CursorKey;
+    use switchboard_proto::Disconnect;
+
+    fn session_machine() -> (Arc<Outbox<NoControl>>, Machine<StreamCodec>) {
+        let stats = Arc::new(ServerStats::default());
+        let outbox = Arc::new(Outbox::new(1 << 20, Overflow::Disconnect, stats));
+        let cursor = Cursor::none(Arc::new(CursorKey::new(b"k")));
+        let codec = StreamCodec::new(StreamKind::Poll, cursor);
+        let machine = Machine::new(codec, outbox.clone(), Framing::Plain);
+        (outbox, machine)
+    }
+
+    fn messages(frames: &[Bytes]) -> Vec<serde_json::Value> {
+        let body: serde_json::Value =
+            serde_json::from_slice(&answer_body(frames, "c")).expect("an answer is JSON");
+        body["messages"].as_array().unwrap().clone()
+    }
+
+    #[test]
+    fn every_answer_of_a_session_is_an_array_of_its_own_and_the_last_says_why() {
+        let (outbox, mut machine) = session_machine();
+        for round in 0..3 {
+            outbox.push_own(Bytes::from(format!("{{\"round\":{round}}}")));
+            outbox.push_own(Bytes::from_static(b"{\"second\":true}"));
+            machine.codec_mut().begin_answer();
+            let (frames, over) = drain(&mut machine);
+            assert!(!over);
+            let got = messages(&frames);
+            assert_eq!(got.len(), 2, "round {round}");
+            assert_eq!(got[0]["round"], round);
+        }
+        outbox.close(Disconnect::SLOW_CONSUMER);
+        machine.codec_mut().begin_answer();
+        let (frames, over) = drain(&mut machine);
+        assert!(over, "the session is over");
+        let got = messages(&frames);
+        assert_eq!(got[0]["type"], "disconnect");
+        assert_eq!(got[0]["code"], Disconnect::SLOW_CONSUMER.code);
+    }
 }

@@ -792,3 +792,6 @@ impl EngineHandler for Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -489,3 +489,6 @@ fn hub_error(id: Option<u64>, e: HubError) -> CommandError {
 pub fn error_frame(e: &CommandError) -> Bytes {
     encode::error(e.id, e.code, &e.message)
 }
+
+#[cfg(test)]
+mod tests;
