@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,8 +23,9 @@ use switchboard_core::session::history_page;
 use switchboard_proto::ErrorCode;
 use switchboard_proto::command::MAX_CHANNEL_LEN;
 
-use crate::app::AppState;
 use crate::auth::constant_time_eq;
+use crate::http::{ApiError, bearer, error_response};
+use crate::state::AppState;
 
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
@@ -43,55 +44,10 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .layer(middleware::from_fn_with_state(state, require_api_key))
 }
 
-/// `{"error":{"code","message"}}` with the code's HTTP status.
-pub fn error_response(code: ErrorCode, message: &str) -> Response {
-    let status =
-        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = json!({"error": {"code": code.as_str(), "message": message}});
-    (status, Json(body)).into_response()
-}
-
-/// A refused API call: answered as `{"error":{"code","message"}}` with the code's status.
-pub struct ApiError {
-    code: ErrorCode,
-    message: String,
-}
-
-impl ApiError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<&switchboard_core::AuthError> for ApiError {
-    fn from(e: &switchboard_core::AuthError) -> Self {
-        match e {
-            switchboard_core::AuthError::Expired => {
-                ApiError::new(ErrorCode::TokenExpired, "token expired")
-            }
-            switchboard_core::AuthError::Invalid(why) => {
-                ApiError::new(ErrorCode::Unauthorized, why.clone())
-            }
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        error_response(self.code, &self.message)
-    }
-}
-
 type ApiResult = Result<Response, ApiError>;
 
 fn fail(code: ErrorCode, message: impl Into<String>) -> ApiError {
-    ApiError {
-        code,
-        message: message.into(),
-    }
+    ApiError::new(code, message)
 }
 
 async fn require_api_key(
@@ -109,15 +65,8 @@ async fn require_api_key(
         )
         .into_response();
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
-    match given {
-        Some(key) if constant_time_eq(key.trim().as_bytes(), expected.as_bytes()) => {
+    match bearer(&headers) {
+        Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => {
             let response = next.run(request).await;
             if !response.status().is_success() {
                 state.count_error();
@@ -360,7 +309,7 @@ async fn room(State(state): State<Arc<AppState>>, Path(room): Path<String>) -> A
 /// `GET /api/ice-servers` for a connection-token holder (not the API key): the ICE servers,
 /// with fresh TURN credentials, that `join_room` would hand out.
 pub async fn ice_servers(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let token = crate::ws::request_token(request.uri().query(), request.headers());
+    let token = crate::http::request_token(request.uri().query(), request.headers());
     let user = match token.map(|t| state.auth.verify(&t)) {
         Some(Ok(claims)) => claims.user,
         Some(Err(e)) => {

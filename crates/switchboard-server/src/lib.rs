@@ -2,19 +2,21 @@
 //! same way), the server API, auth, config and metrics, around the hub of
 //! `switchboard-core`.
 
-pub mod api;
-pub mod app;
+mod api;
+mod app;
 pub mod auth;
 pub mod config;
-pub mod cors;
-pub mod demo;
-pub(crate) mod door;
-pub mod http_client;
-pub mod metrics;
+mod demo;
+mod door;
+mod http;
+mod http_client;
+mod metrics;
 pub mod pusher;
-pub mod streams;
-pub mod tls;
-pub mod ws;
+mod state;
+mod status;
+mod streams;
+mod tls;
+mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,10 +27,11 @@ use std::time::Duration;
 use switchboard_core::{Authenticator, Hub, MemoryEngine, unix_now};
 use tokio::net::TcpListener;
 
-use crate::app::AppState;
+use crate::app::Doors;
 use crate::auth::JwtAuthenticator;
 use crate::config::Resolved;
 use crate::metrics::ServerStats;
+use crate::state::AppState;
 
 /// Lets a request drop its own HTTP connection (a streaming response whose client stopped
 /// reading cannot otherwise be ended: hyper only polls a body when it can write).
@@ -125,7 +128,7 @@ impl switchboard_core::rooms::IceServers for IceFromConfig {
 pub struct Server {
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    state: Arc<AppState>,
+    doors: Arc<Doors>,
     /// The embedded TURN server, when `[webrtc.turn]` is set.
     turn: Option<switchboard_rtc::turn_server::TurnServer>,
 }
@@ -162,26 +165,37 @@ impl Server {
         let listener = listen(resolved.listen)
             .map_err(|e| format!("cannot listen on {}: {e}", resolved.listen))?;
         let stats = Arc::new(ServerStats::default());
-        let pusher = pusher::Pusher::new(&config.pusher, &stats, &hub)?;
-        pusher.observe(&hub);
-        let state = Arc::new(AppState {
-            pusher,
+        let apps = pusher::Pusher::new(&config.pusher, &stats, &hub)?;
+        apps.observe(&hub);
+        let shared = Arc::new(AppState {
             hub,
             auth,
             stats,
             limits: config.limits.clone(),
             api_key: config.auth.api_key.clone(),
             shutting_down: AtomicBool::new(false),
+            allowed_origins: config.auth.allowed_origins.clone(),
+        });
+        let streams = Arc::new(streams::StreamsState {
+            shared: shared.clone(),
+            sessions: streams::sessions::Sessions::default(),
             cursor_key: Arc::new(streams::cursor::CursorKey::new(
                 config.cursor_secret().as_bytes(),
             )),
-            sessions: streams::sessions::Sessions::default(),
-            allowed_origins: config.auth.allowed_origins.clone(),
+        });
+        let pusher = Arc::new(pusher::door::PusherDoor {
+            shared: shared.clone(),
+            apps,
+            http_sessions: Default::default(),
         });
         Ok(Server {
             listener,
             tls,
-            state,
+            doors: Arc::new(Doors {
+                shared,
+                streams,
+                pusher,
+            }),
             turn,
         })
     }
@@ -203,7 +217,7 @@ impl Server {
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
-        &self.state.hub
+        &self.doors.shared.hub
     }
 
     /// Serves until `shutdown` resolves, then tells every client to reconnect and drains.
@@ -211,8 +225,9 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let state = self.state;
-        let ticker = tokio::spawn(tick(state.clone()));
+        let doors = self.doors;
+        let state = doors.shared.clone();
+        let ticker = tokio::spawn(tick(doors.clone()));
         let on_shutdown = {
             let state = state.clone();
             async move {
@@ -221,7 +236,7 @@ impl Server {
                 state.hub.shutdown();
             }
         };
-        let router = app::router(state.clone());
+        let router = app::router(&doors);
         let result = serve_http(self.listener, self.tls, router, on_shutdown).await;
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while state.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
@@ -333,7 +348,8 @@ async fn serve_connection<I>(
 
 /// The one shared timer: token expiry and engine upkeep every second, keep-alives every
 /// ping interval (no per-connection timers).
-async fn tick(state: Arc<AppState>) {
+async fn tick(doors: Arc<Doors>) {
+    let state = &doors.shared;
     let mut every_second = tokio::time::interval(Duration::from_secs(1));
     every_second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ping_every = state.limits.ping_interval.as_secs().max(1);
@@ -344,8 +360,8 @@ async fn tick(state: Arc<AppState>) {
         let now = unix_now();
         state.hub.expire_tokens(now);
         state.hub.engine().maintain(now);
-        state.sessions.expire_polls(now);
-        state.pusher.http_sessions.expire(now);
+        doors.streams.sessions.expire_polls(now);
+        doors.pusher.http_sessions.expire(now);
         if seconds.is_multiple_of(ping_every) {
             state.hub.heartbeat();
         }

@@ -1,6 +1,6 @@
 //! TLS (HTTPS/WSS), switched on by `[tls] cert` and `key`. The HTTP exchange runs over
 //! tokio-rustls; an upgraded WebSocket takes the TCP stream and the rustls session apart and
-//! drives rustls' sans-I/O API from its own readiness loop (see [`crate::ws::socket`]).
+//! drives rustls' sans-I/O API from its own readiness loop (see `door/socket.rs`).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::path::Path;

@@ -18,10 +18,11 @@ use serde_json::{Value, json};
 use switchboard_core::unix_now;
 use switchboard_proto::pusher::{self as proto, USER_CHANNEL_PREFIX, valid_channel_name};
 
+use super::door::PusherDoor;
 use super::{App, signing};
-use crate::app::AppState;
+use crate::state::AppState;
 
-pub fn router() -> Router<Arc<AppState>> {
+pub(crate) fn router() -> Router<Arc<PusherDoor>> {
     Router::new()
         .route("/apps/{*rest}", any(handle))
         .route("/users/{user}/terminate_connections", post(handle))
@@ -60,12 +61,13 @@ impl Call {
     }
 }
 
-async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+async fn handle(State(door): State<Arc<PusherDoor>>, request: Request) -> Response {
+    let state = &door.shared;
     state
         .stats
         .api_requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    match route(&state, request).await {
+    match route(&door, request).await {
         Ok(r) => r,
         Err(e) => {
             state.count_error();
@@ -74,7 +76,8 @@ async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Respons
     }
 }
 
-async fn route(state: &Arc<AppState>, request: Request) -> ApiResult {
+async fn route(door: &PusherDoor, request: Request) -> ApiResult {
+    let state = &door.shared;
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
@@ -93,7 +96,7 @@ async fn route(state: &Arc<AppState>, request: Request) -> ApiResult {
     let (app, tail) = match path.strip_prefix("/apps/") {
         Some(rest) => {
             let (app_id, tail) = rest.split_once('/').unwrap_or((rest, ""));
-            let app = state.pusher.by_id(app_id).cloned();
+            let app = door.apps.by_id(app_id).cloned();
             let app =
                 app.ok_or_else(|| fail(StatusCode::NOT_FOUND, format!("no app `{app_id}`")))?;
             (app, tail)
@@ -106,7 +109,7 @@ async fn route(state: &Arc<AppState>, request: Request) -> ApiResult {
                 .find(|(k, _)| k == "auth_key")
                 .map(|(_, v)| v.as_str())
                 .unwrap_or("");
-            let app = state.pusher.by_key(key).cloned();
+            let app = door.apps.by_key(key).cloned();
             let app = app.ok_or_else(|| fail(StatusCode::UNAUTHORIZED, "unknown auth_key"))?;
             (app, path.trim_start_matches('/'))
         }

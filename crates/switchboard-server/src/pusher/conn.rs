@@ -18,8 +18,8 @@ use switchboard_proto::{Disconnect, Position};
 
 use super::codec::PresenceControl;
 use super::{App, signing};
-use crate::app::AppState;
 use crate::door::Outbox;
+use crate::state::AppState;
 
 /// The outbox of a Pusher connection.
 pub(crate) type PusherOutbox = Outbox<Box<PresenceControl>>;

@@ -8,14 +8,13 @@
 //! WebSocket door, with SockJS framing): its outbox fills from the hub whether or not a
 //! request is open, and the latest receiving request drives its machine, so these are two
 //! more drivers of the one door core. A session with no receiving request for
-//! [`IDLE_TIMEOUT`] is closed.
+//! `http_sessions::IDLE_TIMEOUT` is closed.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -27,16 +26,10 @@ use parking_lot::Mutex;
 use switchboard_core::{ClientSink, unix_now};
 
 use super::codec::{Framing, PusherCodec};
-use super::conn::{PusherConn, PusherOutbox, new_socket_id};
-use crate::app::AppState;
-use crate::door::{Deadline, Framing as Transfer, Machine, Outbox, Output, Overflow};
-
-/// A session without a receiving request for this long is closed. pusher-js opens the next
-/// request as soon as one ends and tells the server nothing when it disconnects, so this is
-/// how long a gone client stays a member of its channels.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a session the server closed waits for a request to pick up its close.
-const CLOSE_PICKUP: Duration = Duration::from_secs(2);
+use super::conn::{PusherConn, new_socket_id};
+use super::door::PusherDoor;
+use super::http_sessions::{Drained, HttpSession};
+use crate::door::{Deadline, Framing as Transfer, Machine, Outbox, Overflow};
 /// How long a long poll waits for something to send.
 const POLL_WAIT: Duration = Duration::from_secs(25);
 /// Longest `{server}` and `{session}` path parts.
@@ -48,77 +41,6 @@ pub const STREAM_LIMIT: usize = 256 * 1024;
 /// How long a stream past [`STREAM_LIMIT`] waits to be replaced before it ends (a client that
 /// does not reopen then reconnects as a new session).
 const REPLACE_WAIT: Duration = Duration::from_secs(10);
-
-/// One HTTP-transport connection.
-pub struct HttpSession {
-    outbox: Arc<PusherOutbox>,
-    /// Driven by the latest receiving request only.
-    machine: Mutex<Machine<PusherCodec>>,
-    /// `None` once the session has left the hub.
-    conn: tokio::sync::Mutex<Option<PusherConn>>,
-    /// Bumped by every receiving request: only the latest one drains the outbox.
-    generation: AtomicU64,
-    /// A receiving request is open.
-    receiving: AtomicBool,
-    /// When the last receiving request ended (Unix seconds).
-    last_seen: AtomicU64,
-}
-
-/// The live HTTP-transport sessions, by `{key}/{server}/{session}`.
-#[derive(Default)]
-pub struct HttpSessions {
-    map: Mutex<HashMap<String, Arc<HttpSession>>>,
-}
-
-impl HttpSessions {
-    fn get(&self, id: &str) -> Option<Arc<HttpSession>> {
-        self.map.lock().get(id).cloned()
-    }
-
-    /// Ends a session: it leaves the hub in the background.
-    fn close(&self, id: &str) {
-        if let Some(session) = self.map.lock().remove(id) {
-            tokio::spawn(async move {
-                if let Some(conn) = session.conn.lock().await.take() {
-                    conn.shut().await;
-                }
-            });
-        }
-    }
-
-    /// Closes sessions nobody has received from for [`IDLE_TIMEOUT`], and closed ones nobody
-    /// receives from (called every second by the server's ticker).
-    pub fn expire(&self, now: u64) {
-        let idle: Vec<String> = self
-            .map
-            .lock()
-            .iter()
-            .filter(|(_, s)| {
-                // Idle, or closed by the server (shutdown, terminate) and its close not picked
-                // up by a poll within a couple of seconds.
-                let idle = now.saturating_sub(s.last_seen.load(Ordering::Relaxed));
-                let limit = if s.outbox.is_closing() {
-                    CLOSE_PICKUP.as_secs()
-                } else {
-                    IDLE_TIMEOUT.as_secs()
-                };
-                !s.receiving.load(Ordering::Acquire) && idle > limit
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in idle {
-            self.close(&id);
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 fn text_response(status: StatusCode, body: impl Into<Body>) -> Response {
     (
@@ -134,11 +56,11 @@ fn text_response(status: StatusCode, body: impl Into<Body>) -> Response {
 
 /// `POST /pusher/app/{key}/{server}/{session}/{xhr_streaming|xhr|xhr_send}`.
 pub async fn handle(
-    State(state): State<Arc<AppState>>,
+    State(door): State<Arc<PusherDoor>>,
     Path((key, server, session, kind)): Path<(String, String, String, String)>,
     request: Request,
 ) -> Response {
-    let Some(app) = state.pusher.by_key(&key).cloned() else {
+    let Some(app) = door.apps.by_key(&key).cloned() else {
         return text_response(StatusCode::NOT_FOUND, "unknown app key");
     };
     if !app.config.enabled {
@@ -148,30 +70,31 @@ pub async fn handle(
         return text_response(StatusCode::BAD_REQUEST, "session id too long");
     }
     let id = format!("{key}/{server}/{session}");
-    let sessions = &state.pusher.http_sessions;
+    let sessions = &door.http_sessions;
     match kind.as_str() {
         "xhr_send" => {
             let Some(session) = sessions.get(&id) else {
                 return text_response(StatusCode::NOT_FOUND, "no such session");
             };
-            send(&state, &session, request).await
+            send(&door, &session, request).await
         }
         "xhr_streaming" | "xhr" => {
             let (session, new) = match sessions.get(&id) {
                 Some(s) => (s, false),
-                None => (open(&state, app, &id), true),
+                None => (open(&door, app, &id), true),
             };
             if kind == "xhr" {
-                poll(&state, &id, &session, new).await
+                poll(&door, &id, &session, new).await
             } else {
-                stream(&state, id, session, new)
+                stream(&door, id, session, new)
             }
         }
         _ => text_response(StatusCode::NOT_FOUND, "unknown transport"),
     }
 }
 
-fn open(state: &Arc<AppState>, app: Arc<super::App>, id: &str) -> Arc<HttpSession> {
+fn open(door: &PusherDoor, app: Arc<super::App>, id: &str) -> Arc<HttpSession> {
+    let state = &door.shared;
     let socket_id = new_socket_id();
     let outbox = Arc::new(Outbox::new(
         state.limits.client_queue_bytes,
@@ -188,17 +111,13 @@ fn open(state: &Arc<AppState>, app: Arc<super::App>, id: &str) -> Arc<HttpSessio
         receiving: AtomicBool::new(false),
         last_seen: AtomicU64::new(unix_now()),
     });
-    state
-        .pusher
-        .http_sessions
-        .map
-        .lock()
-        .insert(id.to_owned(), session.clone());
+    door.http_sessions.insert(id, session.clone());
     session
 }
 
 /// `xhr_send`: a JSON array of messages, each the text of one Pusher frame.
-async fn send(state: &AppState, session: &HttpSession, request: Request) -> Response {
+async fn send(door: &PusherDoor, session: &HttpSession, request: Request) -> Response {
+    let state = &door.shared;
     let limit = state.limits.max_frame_size * 16;
     let Ok(body) = axum::body::to_bytes(request.into_body(), limit).await else {
         return text_response(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
@@ -224,38 +143,8 @@ async fn send(state: &AppState, session: &HttpSession, request: Request) -> Resp
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// What driving a session's machine came to.
-enum Drained {
-    /// Nothing more to send for now.
-    Waiting(Option<Instant>),
-    /// The session is over (its goodbye is in what was drained).
-    Closed,
-}
-
-impl HttpSession {
-    /// Drives the machine, appending what it writes to `out`, until it waits or closes (or
-    /// `out` holds `max` bytes).
-    fn drain(&self, out: &mut BytesMut, max: usize) -> Drained {
-        let mut machine = self.machine.lock();
-        loop {
-            match machine.poll_output(Instant::now()) {
-                Output::Write => {
-                    while let Some(chunk) = machine.take_chunk() {
-                        out.extend_from_slice(&chunk);
-                    }
-                    if out.len() >= max {
-                        return Drained::Waiting(None);
-                    }
-                }
-                Output::Wait(at) => return Drained::Waiting(at),
-                Output::Close(_) => return Drained::Closed,
-            }
-        }
-    }
-}
-
 /// `xhr`: answers `o` to a new session, else what is queued, waiting up to [`POLL_WAIT`].
-async fn poll(state: &AppState, id: &str, session: &Arc<HttpSession>, new: bool) -> Response {
+async fn poll(door: &PusherDoor, id: &str, session: &Arc<HttpSession>, new: bool) -> Response {
     if new {
         return text_response(StatusCode::OK, "o\n");
     }
@@ -267,7 +156,7 @@ async fn poll(state: &AppState, id: &str, session: &Arc<HttpSession>, new: bool)
     loop {
         match session.drain(&mut out, STREAM_LIMIT) {
             Drained::Closed => {
-                state.pusher.http_sessions.close(id);
+                door.http_sessions.close(id);
                 break;
             }
             Drained::Waiting(_) if !out.is_empty() => break,
@@ -321,13 +210,13 @@ impl Drop for Receiver {
 }
 
 /// `xhr_streaming`: one long response carrying everything the session receives.
-fn stream(state: &Arc<AppState>, id: String, session: Arc<HttpSession>, new: bool) -> Response {
+fn stream(door: &Arc<PusherDoor>, id: String, session: Arc<HttpSession>, new: bool) -> Response {
     let receiver = Receiver::start(&session);
     // Wake the stream this one replaces (if it is still polled), so it notices and ends; the
     // new one starts with a heartbeat.
     session.outbox.heartbeat();
     let body = XhrStream {
-        state: state.clone(),
+        door: door.clone(),
         id,
         session,
         receiver,
@@ -341,7 +230,7 @@ fn stream(state: &Arc<AppState>, id: String, session: Arc<HttpSession>, new: boo
 }
 
 struct XhrStream {
-    state: Arc<AppState>,
+    door: Arc<PusherDoor>,
     id: String,
     session: Arc<HttpSession>,
     /// Dropped with the body: the session is then no longer received from.
@@ -407,7 +296,7 @@ impl http_body::Body for XhrStream {
                 _ if !chunk.is_empty() => return this.emit(chunk.freeze()),
                 Drained::Closed => {
                     this.ended = true;
-                    this.state.pusher.http_sessions.close(&this.id);
+                    this.door.http_sessions.close(&this.id);
                     return Poll::Ready(None);
                 }
                 Drained::Waiting(at) => {

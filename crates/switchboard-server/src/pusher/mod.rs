@@ -9,7 +9,9 @@
 //!   client events), whatever carries them.
 //! - `ws.rs`: the WebSocket door `/app/{key}` (Pusher protocol 7) on the shared WebSocket
 //!   driver (`ws/conn.rs`).
-//! - `http.rs`: pusher-js's HTTP fallbacks (`xhr_streaming`, `xhr` polling).
+//! - `http.rs`: pusher-js's HTTP fallbacks (`xhr_streaming`, `xhr` polling) and
+//!   `http_sessions.rs`, their sessions.
+//! - `door.rs`: the door's state (the apps, the fallbacks' sessions, what every door shares).
 //! - `api.rs`: the HTTP API under `/apps/{app_id}` with request signing.
 //! - `webhooks.rs`: batched, signed, retried webhooks, checked across nodes.
 //! - `occupancy.rs`: which node reports a channel occupied when several hold it.
@@ -19,15 +21,17 @@
 //!
 //! [`DoorCodec`]: crate::door::DoorCodec
 
-pub mod api;
+pub(crate) mod api;
 mod codec;
 pub mod config;
 mod conn;
-pub mod http;
+pub(crate) mod door;
+pub(crate) mod http;
+mod http_sessions;
 pub mod occupancy;
 pub mod signing;
 pub mod webhooks;
-pub mod ws;
+pub(crate) mod ws;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -142,8 +146,6 @@ impl App {
 /// Every Pusher app of the server.
 pub struct Pusher {
     apps: Vec<Arc<App>>,
-    /// Connections over pusher-js's HTTP fallback transports.
-    pub http_sessions: http::HttpSessions,
     /// Since when this node holds each channel, for `channel_occupied` across nodes.
     occupancy: Arc<Occupancy>,
 }
@@ -162,11 +164,7 @@ impl Pusher {
             .iter()
             .map(|a| App::new(a.clone(), stats, hub, &occupancy).map(Arc::new))
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Arc::new(Pusher {
-            apps,
-            http_sessions: http::HttpSessions::default(),
-            occupancy,
-        }))
+        Ok(Arc::new(Pusher { apps, occupancy }))
     }
 
     pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {

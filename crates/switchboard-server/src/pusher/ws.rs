@@ -13,18 +13,20 @@ use super::conn::{
     APP_DISABLED, APP_NOT_FOUND, BAD_VERSION, NO_PROTOCOL, PusherConn, UNSUPPORTED_PROTOCOL,
     new_socket_id,
 };
+use super::door::PusherDoor;
 use super::signing;
-use crate::app::AppState;
 use crate::door::{Framing as Transfer, Machine, Outbox, Overflow};
+use crate::state::AppState;
 use crate::ws::conn::{BoxFuture, Protocol, ProtocolOutbox, Refusal};
 
 /// `GET /app/{key}`: the WebSocket upgrade. Refusals (unknown app, bad protocol version)
 /// follow Pusher: the upgrade succeeds, then `pusher:error` and a close with the code.
-pub async fn upgrade(
-    State(state): State<Arc<AppState>>,
+pub(crate) async fn upgrade(
+    State(door): State<Arc<PusherDoor>>,
     Path(key): Path<String>,
     mut request: Request,
 ) -> Response {
+    let state = door.shared.clone();
     let ws_key = match crate::ws::check_upgrade(request.headers()) {
         Ok(k) => k,
         Err(response) => return *response,
@@ -33,7 +35,7 @@ pub async fn upgrade(
         .into_iter()
         .find(|(k, _)| k == "protocol")
         .map(|(_, v)| v);
-    let refusal = match (state.pusher.by_key(&key), protocol) {
+    let refusal = match (door.apps.by_key(&key), protocol) {
         (None, _) => Some(APP_NOT_FOUND),
         (Some(app), _) if !app.config.enabled => Some(APP_DISABLED),
         (_, None) => Some(NO_PROTOCOL),
@@ -43,7 +45,7 @@ pub async fn upgrade(
             Ok(_) => Some(UNSUPPORTED_PROTOCOL),
         },
     };
-    let app = state.pusher.by_key(&key).cloned();
+    let app = door.apps.by_key(&key).cloned();
     crate::ws::accept(&mut request, &ws_key, move |socket, early| {
         let socket_id = new_socket_id();
         let outbox = Arc::new(Outbox::new(

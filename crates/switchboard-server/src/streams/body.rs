@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use super::OpenStream;
+use super::stream::OpenStream;
 use crate::door::{Deadline, Output};
 
 pub(crate) struct StreamBody {

@@ -110,6 +110,7 @@ impl CursorKey {
     }
 
     /// Encodes the positions of `channels` (same order).
+    #[cfg(test)]
     pub fn encode(&self, channels: &[impl AsRef<str>], positions: &[(u64, &str)]) -> String {
         debug_assert_eq!(channels.len(), positions.len());
         let mut out = BytesMut::new();

@@ -18,7 +18,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use super::{Handoff, OpenStream};
+use super::stream::{Handoff, OpenStream};
 use crate::door::socket::{Socket, Wake, poll_wake, write_from};
 use crate::door::{Deadline, Output};
 

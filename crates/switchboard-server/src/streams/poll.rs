@@ -19,11 +19,11 @@ use switchboard_core::{Claims, ClientSink, Session};
 use switchboard_proto::ErrorCode;
 
 use super::codec::{Cursor, StreamCodec, StreamKind};
+use super::open::{no_buffering, read_request, start_positions, subscribe_channels};
 use super::sessions::PollDoor;
-use super::{no_buffering, read_request, start_positions, subscribe_channels};
-use crate::api::error_response;
-use crate::app::AppState;
+use super::state::StreamsState;
 use crate::door::{Framing, Machine, NoControl, Outbox, Output, Overflow};
+use crate::http::error_response;
 
 const DEFAULT_TIMEOUT: u64 = 25;
 /// Longest wait, below the 60 s idle timeout of common proxies.
@@ -32,13 +32,14 @@ const MAX_TIMEOUT: u64 = 55;
 /// Opens the session a long poller talks back through (spec §5): a client of the hub whose
 /// frames wait in its outbox for the next poll that names it (`&session=`). Returns its id and
 /// the `connected` frame that announces it.
-fn open_poll_session(state: &Arc<AppState>, claims: Claims, heartbeat: u64) -> (String, Bytes) {
+fn open_poll_session(streams: &StreamsState, claims: Claims, heartbeat: u64) -> (String, Bytes) {
+    let state = &streams.shared;
     let outbox = Arc::new(Outbox::new(
         state.limits.client_queue_bytes,
         Overflow::Disconnect,
         state.stats.clone(),
     ));
-    let codec = StreamCodec::new(StreamKind::Poll, Cursor::none(state.cursor_key.clone()));
+    let codec = StreamCodec::new(StreamKind::Poll, Cursor::none(streams.cursor_key.clone()));
     let machine = Machine::new(codec, outbox.clone(), Framing::Plain);
     let sink: Arc<dyn ClientSink> = outbox.clone();
     let mut session = Session::open(state.hub.clone(), state.auth.clone(), claims, sink);
@@ -46,14 +47,15 @@ fn open_poll_session(state: &Arc<AppState>, claims: Claims, heartbeat: u64) -> (
     let id = crate::config::random_hex(16);
     let connected = session.connected_frame(None, heartbeat, Some(&id));
     let door = PollDoor::new(outbox, machine);
-    state.sessions.insert_poll(id.clone(), session, door);
+    streams.sessions.insert_poll(id.clone(), session, door);
     (id, connected)
 }
 
 /// `GET /poll?channel=...[&cursor=...][&timeout=...][&session=...]`.
-pub async fn poll(State(state): State<Arc<AppState>>, request: Request) -> Response {
+pub(crate) async fn poll(State(streams): State<Arc<StreamsState>>, request: Request) -> Response {
+    let state = &streams.shared;
     let (parts, _) = request.into_parts();
-    let door = match read_request(&state, &parts, false) {
+    let door = match read_request(&streams, &parts, false) {
         Ok(door) => door,
         Err(refusal) => {
             state.count_error();
@@ -74,7 +76,7 @@ pub async fn poll(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let session_id = param("session");
     let poll_session = session_id
         .as_deref()
-        .and_then(|id| state.sessions.touch_poll(id));
+        .and_then(|id| streams.sessions.touch_poll(id));
     let timeout = match param("timeout") {
         None => DEFAULT_TIMEOUT,
         Some(v) => match v.parse::<u64>() {
@@ -84,7 +86,7 @@ pub async fn poll(State(state): State<Arc<AppState>>, request: Request) -> Respo
             }
         },
     };
-    let starts = match start_positions(&state, &door).await {
+    let starts = match start_positions(state, &door).await {
         Ok(starts) => starts,
         Err(refusal) => return refusal.into_response(),
     };
@@ -94,7 +96,7 @@ pub async fn poll(State(state): State<Arc<AppState>>, request: Request) -> Respo
         Overflow::Refuse,
         state.stats.clone(),
     ));
-    let cursor = Cursor::new(state.cursor_key.clone(), &door.channels, starts.clone());
+    let cursor = Cursor::new(streams.cursor_key.clone(), &door.channels, starts.clone());
     let mut machine = Machine::new(
         StreamCodec::new(StreamKind::Poll, cursor),
         outbox.clone(),
@@ -103,7 +105,7 @@ pub async fn poll(State(state): State<Arc<AppState>>, request: Request) -> Respo
     let first = door.cursor.is_none();
     if first {
         let heartbeat = state.limits.ping_interval.as_secs();
-        let (id, connected) = open_poll_session(&state, door.claims.clone(), heartbeat);
+        let (id, connected) = open_poll_session(&streams, door.claims.clone(), heartbeat);
         outbox.push_own(connected);
         tracing::debug!("long-poll session {id} opened");
     }
@@ -118,7 +120,7 @@ pub async fn poll(State(state): State<Arc<AppState>>, request: Request) -> Respo
         Announce::IfNotRecovered
     };
     subscribe_channels(
-        &state,
+        state,
         &mut session,
         &door.channels,
         starts,
@@ -172,7 +174,7 @@ pub async fn poll(State(state): State<Arc<AppState>>, request: Request) -> Respo
     }
     if ended && let Some(id) = &session_id {
         // Its last frames (the disconnect) are in this answer: the session is over.
-        state.sessions.remove(id);
+        streams.sessions.remove(id);
     }
     answer(&frames, &machine.codec().cursor().text())
 }

@@ -1,27 +1,18 @@
-//! Talking back without a WebSocket (spec §5): the `session` secret of a stream's `connected`
-//! frame names its live [`Session`]; `POST /session/<session>` runs commands as that client.
+//! The sessions of this node's one-way doors, by secret (the `session` of their `connected`
+//! frame): what `POST /session/<session>` runs commands as, and, for long polling, where the
+//! session's frames wait between polls.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
-use serde_json::value::RawValue;
 use switchboard_core::Session;
-use switchboard_core::session::Answer;
-use switchboard_proto::{Disconnect, ErrorCode, parse_request};
+use switchboard_proto::Disconnect;
 use tokio::sync::Notify;
 
 use super::codec::StreamCodec;
-use crate::api::error_response;
-use crate::app::AppState;
 use crate::door::{Machine, NoControl, Outbox};
 
 /// A door's session, shared by the registry and whatever owns its lifetime: a stream's driver,
@@ -142,7 +133,7 @@ impl Sessions {
         self.cells.lock().remove(id);
     }
 
-    fn get(&self, id: &str) -> Option<Arc<SessionCell>> {
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<SessionCell>> {
         self.cells.lock().get(id).cloned()
     }
 }
@@ -162,79 +153,3 @@ impl SessionCell {
 
 /// How long a long-poll session lives without a poll.
 pub const POLL_SESSION_TTL: Duration = Duration::from_secs(60);
-
-/// Most commands in one `POST /session/...`.
-const MAX_COMMANDS: usize = 100;
-
-/// `POST /session/<session>`: one command frame or an array of them; answers the replies as
-/// a JSON array, in the same order.
-pub async fn post_session(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    body: Body,
-) -> Response {
-    let Some(cell) = state.sessions.get(&id) else {
-        state.count_error();
-        return error_response(ErrorCode::NotFound, "unknown or expired session");
-    };
-    let limit = state.limits.max_api_body;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        state.count_error();
-        return error_response(
-            ErrorCode::TooLarge,
-            &format!("request body larger than {limit} bytes"),
-        );
-    };
-    let frames: Vec<Box<RawValue>> = match serde_json::from_slice::<Box<RawValue>>(&bytes) {
-        Ok(raw) if raw.get().trim_start().starts_with('[') => {
-            match serde_json::from_str(raw.get()) {
-                Ok(frames) => frames,
-                Err(e) => {
-                    return error_response(ErrorCode::BadRequest, &format!("invalid JSON: {e}"));
-                }
-            }
-        }
-        Ok(raw) => vec![raw],
-        Err(e) => {
-            state.count_error();
-            return error_response(ErrorCode::BadRequest, &format!("invalid JSON body: {e}"));
-        }
-    };
-    if frames.len() > MAX_COMMANDS {
-        return error_response(
-            ErrorCode::TooLarge,
-            &format!("at most {MAX_COMMANDS} commands per request"),
-        );
-    }
-    let mut guard = cell.session.lock().await;
-    let Some(session) = guard.as_mut() else {
-        return error_response(ErrorCode::NotFound, "unknown or expired session");
-    };
-    let mut replies: Vec<Bytes> = Vec::with_capacity(frames.len());
-    for frame in &frames {
-        let reply = match parse_request(frame.get().as_bytes()) {
-            Ok(request) => Box::pin(session.handle(request)).await,
-            Err(e) => Some(e.into()),
-        };
-        if reply.as_ref().is_some_and(Answer::is_error) {
-            state.count_error();
-        }
-        replies.push(reply.map_or(Bytes::from_static(b"null"), Answer::into_frame));
-    }
-    drop(guard);
-    let mut out = Vec::with_capacity(replies.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
-    out.push(b'[');
-    for (i, reply) in replies.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(reply);
-    }
-    out.push(b']');
-    let mut response = out.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}

@@ -14,9 +14,9 @@ use bytes::Bytes;
 use switchboard_proto::Disconnect;
 use switchboard_proto::ws::{self, Decoder, WsEvent};
 
-use crate::app::AppState;
 use crate::door::socket::{Socket, Wake, poll_wake, write_from};
 use crate::door::{Deadline, DoorCodec, Machine, Outbox, Output};
+use crate::state::AppState;
 
 /// Bytes read from the socket per wake-up before the frames are handled, so a flooding
 /// client cannot grow the event list without bound.

@@ -14,17 +14,17 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
-use switchboard_core::{AuthError, Claims};
+use switchboard_core::Claims;
 use switchboard_proto::ErrorCode;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use self::codec::WsCodec;
 use self::native::Native;
-use crate::api::error_response;
-use crate::app::AppState;
 use crate::door::socket::Socket;
 use crate::door::{Framing, Machine, Outbox, Overflow};
+use crate::http::{auth_error_response, error_response, request_token};
+use crate::state::AppState;
 use crate::tls::TlsSocket;
 
 /// Who the upgrade request says the client is.
@@ -33,57 +33,6 @@ pub(crate) enum Identity {
     Known(Box<Claims>),
     /// No token: the client must send a `connect` frame first.
     AwaitConnect,
-}
-
-/// Reads the token from `?token=` or `Authorization: Bearer`.
-pub(crate) fn request_token(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
-    let from_query = query.and_then(|q| {
-        q.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k == "token").then(|| percent_decode(v))
-        })
-    });
-    from_query.or_else(|| {
-        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))?;
-        Some(token.trim().to_owned())
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = match bytes[i] {
-            b'%' if i + 2 < bytes.len() => hex(bytes[i + 1]).zip(hex(bytes[i + 2])),
-            _ => None,
-        };
-        match (decoded, bytes[i]) {
-            (Some((hi, lo)), _) => {
-                out.push(hi * 16 + lo);
-                i += 3;
-            }
-            (None, b'+') => {
-                out.push(b' ');
-                i += 1;
-            }
-            (None, b) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub(crate) fn auth_error_response(e: &AuthError) -> Response {
-    crate::api::ApiError::from(e).into_response()
 }
 
 /// Checks that `headers` ask for a WebSocket (version 13) upgrade; returns the client's key.
@@ -209,25 +158,4 @@ pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -
         let machine = Machine::new(WsCodec, outbox, Framing::Plain);
         conn::run_protocol(state, socket, early, machine, native)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_from_query_or_header() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(
-            request_token(Some("a=1&token=x%2By"), &headers).as_deref(),
-            Some("x+y")
-        );
-        assert_eq!(request_token(None, &headers), None);
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer abc"),
-        );
-        assert_eq!(request_token(Some("a=1"), &headers).as_deref(), Some("abc"));
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-    }
 }

@@ -9,8 +9,8 @@ use switchboard_proto::{Command, Disconnect, ErrorCode, encode, parse_request, w
 
 use super::codec::WsCodec;
 use super::conn::{BoxFuture, Protocol, ProtocolOutbox, Refusal};
-use crate::app::AppState;
 use crate::door::{NoControl, Outbox};
+use crate::state::AppState;
 
 pub(crate) struct Native {
     /// Boxed, like every other part of the connection that is not needed while idle, to

@@ -10,8 +10,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use switchboard_proto::ErrorCode;
 
-use crate::api::error_response;
-use crate::app::AppState;
+use super::error_response;
+use crate::state::AppState;
 
 /// Whether `origin` (`scheme://host[:port]`) may use the doors of a server reached as `host`.
 pub fn origin_allowed(allowed: &[String], origin: &str, host: Option<&str>) -> bool {

@@ -1,0 +1,93 @@
+//! `POST /session/<session>` (spec §5): the `session` secret of a one-way door's `connected`
+//! frame names its live session; the body's command frames run as that client.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use switchboard_core::session::Answer;
+use switchboard_proto::{ErrorCode, parse_request};
+
+use super::state::StreamsState;
+use crate::http::error_response;
+
+/// Most commands in one `POST /session/...`.
+const MAX_COMMANDS: usize = 100;
+
+/// `POST /session/<session>`: one command frame or an array of them; answers the replies as
+/// a JSON array, in the same order.
+pub(crate) async fn post_session(
+    State(streams): State<Arc<StreamsState>>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    let state = &streams.shared;
+    let Some(cell) = streams.sessions.get(&id) else {
+        state.count_error();
+        return error_response(ErrorCode::NotFound, "unknown or expired session");
+    };
+    let limit = state.limits.max_api_body;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        state.count_error();
+        return error_response(
+            ErrorCode::TooLarge,
+            &format!("request body larger than {limit} bytes"),
+        );
+    };
+    let frames: Vec<Box<RawValue>> = match serde_json::from_slice::<Box<RawValue>>(&bytes) {
+        Ok(raw) if raw.get().trim_start().starts_with('[') => {
+            match serde_json::from_str(raw.get()) {
+                Ok(frames) => frames,
+                Err(e) => {
+                    return error_response(ErrorCode::BadRequest, &format!("invalid JSON: {e}"));
+                }
+            }
+        }
+        Ok(raw) => vec![raw],
+        Err(e) => {
+            state.count_error();
+            return error_response(ErrorCode::BadRequest, &format!("invalid JSON body: {e}"));
+        }
+    };
+    if frames.len() > MAX_COMMANDS {
+        return error_response(
+            ErrorCode::TooLarge,
+            &format!("at most {MAX_COMMANDS} commands per request"),
+        );
+    }
+    let mut guard = cell.session.lock().await;
+    let Some(session) = guard.as_mut() else {
+        return error_response(ErrorCode::NotFound, "unknown or expired session");
+    };
+    let mut replies: Vec<Bytes> = Vec::with_capacity(frames.len());
+    for frame in &frames {
+        let reply = match parse_request(frame.get().as_bytes()) {
+            Ok(request) => Box::pin(session.handle(request)).await,
+            Err(e) => Some(e.into()),
+        };
+        if reply.as_ref().is_some_and(Answer::is_error) {
+            state.count_error();
+        }
+        replies.push(reply.map_or(Bytes::from_static(b"null"), Answer::into_frame));
+    }
+    drop(guard);
+    let mut out = Vec::with_capacity(replies.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, reply) in replies.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(reply);
+    }
+    out.push(b']');
+    let mut response = out.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
