@@ -18,7 +18,7 @@ const CONCURRENCY: usize = 256;
 
 /// Opens one WebSocket to `target`, waits for its first frame and, with a channel, for the
 /// answer to its subscribe.
-pub async fn open(
+pub(crate) async fn open(
     target: Target,
     server: SocketAddr,
     index: usize,
@@ -41,7 +41,7 @@ pub async fn open(
 /// Opens `count` connections numbered from `first`, `CONCURRENCY` at a time; connection `i`
 /// subscribes to `channel_of(i)` when that gives one. Returns them in order of their number,
 /// and how long it took.
-pub async fn open_many(
+pub(crate) async fn open_many(
     target: Target,
     server: SocketAddr,
     first: usize,

@@ -25,12 +25,12 @@ use crate::connrate;
 use crate::target::Target;
 use crate::wire::{self, Frame, masked_text_frame, next_frame, number_after};
 
-pub const PAYLOAD: usize = 100;
+pub(crate) const PAYLOAD: usize = 100;
 const HIST_SHARDS: usize = 16;
 
 /// How the publishers reach the server.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
-pub enum Via {
+pub(crate) enum Via {
     /// The server API over HTTP/1.1.
     Api,
     /// A WebSocket client's publish frames.
@@ -38,7 +38,7 @@ pub enum Via {
 }
 
 impl Via {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Via::Api => "api",
             Via::Ws => "ws",
@@ -48,7 +48,7 @@ impl Via {
 
 /// How the subscribers are connected.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
-pub enum Subscribers {
+pub(crate) enum Subscribers {
     /// WebSocket (the native door, or Pusher's for sockudo).
     Ws,
     /// Server-Sent Events (`/sse`, Switchboard only): the door whose messages carry a
@@ -57,7 +57,7 @@ pub enum Subscribers {
 }
 
 impl Subscribers {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Subscribers::Ws => "ws",
             Subscribers::Sse => "sse",
@@ -66,7 +66,7 @@ impl Subscribers {
 }
 
 #[derive(Clone, Debug)]
-pub struct Load {
+pub(crate) struct Load {
     pub channels: usize,
     pub per_channel: usize,
     pub subscribers: Subscribers,
@@ -86,7 +86,7 @@ pub struct Load {
 }
 
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub published: u64,
     /// Published but never answered by the server (neither success nor error).
     pub unanswered: u64,
@@ -155,7 +155,7 @@ impl Rotation {
     }
 }
 
-pub fn channel_name(c: usize) -> String {
+pub(crate) fn channel_name(c: usize) -> String {
     format!("f{c}")
 }
 
@@ -610,7 +610,12 @@ async fn publish_loop(
 }
 
 /// Runs one fan-out measurement against a server already listening at `server`.
-pub async fn run(target: Target, server: SocketAddr, server_pid: u32, load: &Load) -> Outcome {
+pub(crate) async fn run(
+    target: Target,
+    server: SocketAddr,
+    server_pid: u32,
+    load: &Load,
+) -> Outcome {
     let subscribers = load.channels * load.per_channel;
     let per_channel = load.per_channel;
     let sockets = match load.subscribers {

@@ -15,7 +15,7 @@ use crate::target::{Target, rss_bytes};
 use crate::wire::{connect_from, read_until, source_for};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
-pub enum Door {
+pub(crate) enum Door {
     /// WebSocket.
     Ws,
     /// Server-Sent Events (`/sse`), each stream on its own channel (Switchboard only).
@@ -26,7 +26,7 @@ pub enum Door {
 }
 
 impl Door {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Door::Ws => "ws",
             Door::Sse => "sse",
@@ -36,7 +36,7 @@ impl Door {
 }
 
 #[derive(Debug)]
-pub struct IdleOutcome {
+pub(crate) struct IdleOutcome {
     pub processes: usize,
     pub rss_before: u64,
     pub rss_after: u64,
@@ -53,7 +53,7 @@ async fn open_sse(server: SocketAddr, index: usize, channel: String) -> std::io:
 }
 
 /// Opens `count` connections numbered from `first`; returns them and the seconds it took.
-pub async fn open_idle(
+pub(crate) async fn open_idle(
     target: Target,
     door: Door,
     server: SocketAddr,
@@ -97,7 +97,7 @@ pub async fn open_idle(
 
 /// The child process's side: opens its share, says `ready <seconds>`, holds the connections
 /// until its standard input closes.
-pub async fn hold(
+pub(crate) async fn hold(
     target: Target,
     door: Door,
     port: u16,
@@ -120,7 +120,7 @@ pub async fn hold(
 }
 
 /// Measures a server already listening at `port` (process `pid`).
-pub async fn measure(
+pub(crate) async fn measure(
     target: Target,
     door: Door,
     port: u16,

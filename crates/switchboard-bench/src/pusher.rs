@@ -8,16 +8,16 @@ use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha2::Sha256;
 
-pub const APP_ID: &str = "bench";
-pub const APP_KEY: &str = "bench-key";
-pub const APP_SECRET: &str = "bench-secret";
+pub(crate) const APP_ID: &str = "bench";
+pub(crate) const APP_KEY: &str = "bench-key";
+pub(crate) const APP_SECRET: &str = "bench-secret";
 
 /// Writes sockudo's config for a bench run into `dir` and returns its path. Everything a fair
 /// comparison does not need is off: rate limits (its default allows 20 connections a minute
 /// per IP), metrics, webhooks' queue, server pings. Its per-connection buffer stays at its
 /// default (1,000 messages, allocated up front: raising it costs memory per connection); the
 /// closed-loop publisher keeps far fewer than that in flight.
-pub fn sockudo_config(dir: &Path, port: u16) -> PathBuf {
+pub(crate) fn sockudo_config(dir: &Path, port: u16) -> PathBuf {
     let text = format!(
         r#"host = "127.0.0.1"
 port = {port}
@@ -71,7 +71,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The signed query string of `POST path` with `body` (Pusher HTTP API, auth_version 1.0).
-pub fn signed_query(path: &str, body: &[u8], timestamp: u64) -> String {
+pub(crate) fn signed_query(path: &str, body: &[u8], timestamp: u64) -> String {
     let body_md5 = hex(&Md5::digest(body));
     // Already in sorted order, as the signature requires.
     let query = format!(

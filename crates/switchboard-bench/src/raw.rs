@@ -186,7 +186,7 @@ fn data_field(json: &[u8]) -> Option<&[u8]> {
     (end > start).then(|| &json[start..end])
 }
 
-pub async fn serve(port: u16) {
+pub(crate) async fn serve(port: u16) {
     // A deep accept queue: with the default 128, a burst of handshakes overflows it and the
     // kernel drops SYNs that the client then retries only after a second.
     let socket = TcpSocket::new_v4().expect("raw server socket");

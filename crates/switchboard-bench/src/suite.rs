@@ -12,7 +12,7 @@ use crate::fanout::{self, Load, Outcome, Via};
 use crate::idle::{self, Door};
 use crate::target::{self, Binaries, Target};
 
-pub struct Options {
+pub(crate) struct Options {
     pub out: Option<PathBuf>,
     pub smoke: bool,
     pub targets: Vec<Target>,
@@ -143,7 +143,7 @@ fn load(channels: usize, per_channel: usize, via: Via, rate: Option<f64>, second
     }
 }
 
-pub async fn run(options: Options) -> bool {
+pub(crate) async fn run(options: Options) -> bool {
     let cap = crate::wire::raise_open_files() as usize;
     let mut suite = Suite {
         bins: Binaries::new(None, None),

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use crate::pusher;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
-pub enum Target {
+pub(crate) enum Target {
     /// This repository's server.
     Switchboard,
     /// sockudo from crates.io, through its Pusher protocol and HTTP API.
@@ -23,7 +23,7 @@ pub enum Target {
 }
 
 impl Target {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Target::Switchboard => "switchboard",
             Target::Sockudo => "sockudo",
@@ -31,7 +31,7 @@ impl Target {
         }
     }
 
-    pub fn ws_path(self) -> String {
+    pub(crate) fn ws_path(self) -> String {
         match self {
             Target::Sockudo => format!(
                 "/app/{}?protocol=7&client=switchboard-bench&version=1.0",
@@ -42,14 +42,14 @@ impl Target {
     }
 
     /// What the first server frame contains.
-    pub fn connected_marker(self) -> &'static str {
+    pub(crate) fn connected_marker(self) -> &'static str {
         match self {
             Target::Sockudo => "connection_established",
             Target::Switchboard | Target::Raw => "\"connected\"",
         }
     }
 
-    pub fn subscribe_frame(self, channel: &str) -> String {
+    pub(crate) fn subscribe_frame(self, channel: &str) -> String {
         match self {
             Target::Sockudo => {
                 format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{channel}"}}}}"#)
@@ -61,7 +61,7 @@ impl Target {
     }
 
     /// What the answer to a subscribe contains.
-    pub fn subscribed_marker(self) -> &'static str {
+    pub(crate) fn subscribed_marker(self) -> &'static str {
         match self {
             Target::Sockudo => "subscription_succeeded",
             Target::Switchboard | Target::Raw => "\"reply\"",
@@ -70,7 +70,7 @@ impl Target {
 
     /// A complete HTTP/1.1 request publishing the string `data` (plain ASCII, no quotes) to
     /// `channel` through the server API.
-    pub fn http_publish(self, server: SocketAddr, channel: &str, data: &str) -> Vec<u8> {
+    pub(crate) fn http_publish(self, server: SocketAddr, channel: &str, data: &str) -> Vec<u8> {
         let (path, body, auth) = match self {
             Target::Sockudo => {
                 let path = format!("/apps/{}/events", pusher::APP_ID);
@@ -98,7 +98,11 @@ impl Target {
 
     /// One `POST /api/batch` publishing every `(channel, data)` in order (Switchboard's API
     /// extension for many small messages).
-    pub fn http_publish_many(self, server: SocketAddr, messages: &[(String, String)]) -> Vec<u8> {
+    pub(crate) fn http_publish_many(
+        self,
+        server: SocketAddr,
+        messages: &[(String, String)],
+    ) -> Vec<u8> {
         let items: Vec<String> = messages
             .iter()
             .map(|(channel, data)| format!(r#"{{"channel":"{channel}","data":"{data}"}}"#))
@@ -115,7 +119,7 @@ impl Target {
     /// sockudo answers every API request with `connection: close`, so one request per
     /// connection: the bench sends each burst as one `batch_events` request (its fastest
     /// path, in order) on a fresh connection. None for servers that keep connections alive.
-    pub fn http_publish_batch(
+    pub(crate) fn http_publish_batch(
         self,
         server: SocketAddr,
         messages: &[(String, String)],
@@ -149,7 +153,7 @@ impl Target {
     /// A client frame publishing `data` to `channel` over WebSocket, where the server has one
     /// that fans out like the API does (Pusher's client events need private channels and are
     /// not delivered to their sender: not comparable, so sockudo has none here).
-    pub fn ws_publish(self, id: u64, channel: &str, data: &str) -> Option<String> {
+    pub(crate) fn ws_publish(self, id: u64, channel: &str, data: &str) -> Option<String> {
         match self {
             Target::Sockudo => None,
             Target::Switchboard | Target::Raw => Some(format!(
@@ -161,13 +165,13 @@ impl Target {
 
 /// Where the binaries of the servers are.
 #[derive(Clone)]
-pub struct Binaries {
+pub(crate) struct Binaries {
     pub switchboard: PathBuf,
     pub sockudo: PathBuf,
 }
 
 impl Binaries {
-    pub fn new(switchboard: Option<PathBuf>, sockudo: Option<PathBuf>) -> Self {
+    pub(crate) fn new(switchboard: Option<PathBuf>, sockudo: Option<PathBuf>) -> Self {
         let me = std::env::current_exe().expect("own path");
         let cache = std::env::var_os("HOME")
             .map(PathBuf::from)
@@ -181,10 +185,10 @@ impl Binaries {
 }
 
 /// A server child process; stopped when dropped.
-pub struct ServerProcess(pub Child);
+pub(crate) struct ServerProcess(pub Child);
 
 impl ServerProcess {
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.0.id()
     }
 }
@@ -208,7 +212,11 @@ impl Drop for ServerProcess {
 }
 
 /// Starts Switchboard with extra `SWITCHBOARD_...` settings.
-pub fn start_switchboard(binary: &PathBuf, port: u16, env: &[(&str, String)]) -> ServerProcess {
+pub(crate) fn start_switchboard(
+    binary: &PathBuf,
+    port: u16,
+    env: &[(&str, String)],
+) -> ServerProcess {
     let child = Command::new(binary)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("SWITCHBOARD_AUTH__ALLOW_ANONYMOUS", "true")
@@ -225,7 +233,7 @@ pub fn start_switchboard(binary: &PathBuf, port: u16, env: &[(&str, String)]) ->
 }
 
 /// Starts `target` on `port` and waits until it accepts connections.
-pub async fn start(target: Target, bins: &Binaries, port: u16) -> ServerProcess {
+pub(crate) async fn start(target: Target, bins: &Binaries, port: u16) -> ServerProcess {
     // A server of an earlier measurement may still be closing: never measure it by mistake.
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(addr_of(port)).await.is_ok() {
@@ -276,7 +284,7 @@ pub async fn start(target: Target, bins: &Binaries, port: u16) -> ServerProcess 
 
 /// `port`, or with 0 one the kernel has free now: the machine is shared, and a fixed port may
 /// be someone else's server.
-pub fn pick_port(port: u16) -> u16 {
+pub(crate) fn pick_port(port: u16) -> u16 {
     if port != 0 {
         return port;
     }
@@ -286,11 +294,11 @@ pub fn pick_port(port: u16) -> u16 {
         .expect("a free port")
 }
 
-pub fn addr_of(port: u16) -> SocketAddr {
+pub(crate) fn addr_of(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-pub async fn wait_for_port(server: SocketAddr) {
+pub(crate) async fn wait_for_port(server: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(server).await.is_err() {
         assert!(
@@ -302,7 +310,7 @@ pub async fn wait_for_port(server: SocketAddr) {
 }
 
 /// Resident set size of a process, in bytes.
-pub fn rss_bytes(pid: u32) -> u64 {
+pub(crate) fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     status
         .lines()
@@ -313,7 +321,7 @@ pub fn rss_bytes(pid: u32) -> u64 {
 }
 
 /// CPU time (user + system) a process has used so far, in seconds.
-pub fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit(')').next().unwrap_or("");

@@ -63,7 +63,7 @@ where
     received.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64() / 1e6
 }
 
-pub async fn run(binary: PathBuf, port: u16, seconds: u64) {
+pub(crate) async fn run(binary: PathBuf, port: u16, seconds: u64) {
     let turn_port = port + 1;
     let env = [
         ("SWITCHBOARD_WEBRTC__TURN_SECRET", SECRET.to_string()),

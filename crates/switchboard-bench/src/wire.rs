@@ -10,7 +10,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// The loopback source address for connection number `i`: 250 connections per address keeps
 /// every address far from the ephemeral-port limit, whatever the count.
-pub fn source_for(i: usize) -> Ipv4Addr {
+pub(crate) fn source_for(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(
         127,
         0,
@@ -20,7 +20,7 @@ pub fn source_for(i: usize) -> Ipv4Addr {
 }
 
 /// Connects from the loopback address `source` and sends `request`.
-pub async fn connect_from(
+pub(crate) async fn connect_from(
     server: SocketAddr,
     source: Ipv4Addr,
     request: &[u8],
@@ -34,7 +34,7 @@ pub async fn connect_from(
 }
 
 /// Reads until what arrived (kept in `seen`) contains `marker`.
-pub async fn read_until(
+pub(crate) async fn read_until(
     stream: &mut TcpStream,
     seen: &mut Vec<u8>,
     marker: &str,
@@ -51,7 +51,7 @@ pub async fn read_until(
 }
 
 /// The HTTP upgrade request for a WebSocket at `path`.
-pub fn upgrade_request(server: SocketAddr, path: &str) -> String {
+pub(crate) fn upgrade_request(server: SocketAddr, path: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -60,7 +60,7 @@ pub fn upgrade_request(server: SocketAddr, path: &str) -> String {
 
 /// A client text frame. Clients must mask; a zero mask keeps the payload as it is, which is
 /// legal and saves the bench the XOR.
-pub fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(payload.len() + 14);
     frame.push(0x81);
     let len = payload.len();
@@ -79,7 +79,7 @@ pub fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
 }
 
 /// A server frame as the reader saw it.
-pub enum Frame<'a> {
+pub(crate) enum Frame<'a> {
     Text(&'a [u8]),
     Ping(&'a [u8]),
     Close,
@@ -88,7 +88,7 @@ pub enum Frame<'a> {
 
 /// Splits complete unmasked (server) frames off the front of `buf`; returns the frame and its
 /// length, or None when the frame is not complete yet.
-pub fn next_frame(buf: &[u8]) -> Option<(Frame<'_>, usize)> {
+pub(crate) fn next_frame(buf: &[u8]) -> Option<(Frame<'_>, usize)> {
     if buf.len() < 2 {
         return None;
     }
@@ -126,7 +126,7 @@ pub fn next_frame(buf: &[u8]) -> Option<(Frame<'_>, usize)> {
 
 /// Splits one masked (client) frame off the front of `buf`: its opcode and unmasked payload,
 /// and its length; None when it is not complete yet. For the raw server only.
-pub fn next_frame_masked(buf: &[u8]) -> Option<((u8, Vec<u8>), usize)> {
+pub(crate) fn next_frame_masked(buf: &[u8]) -> Option<((u8, Vec<u8>), usize)> {
     if buf.len() < 2 {
         return None;
     }
@@ -162,18 +162,18 @@ pub fn next_frame_masked(buf: &[u8]) -> Option<((u8, Vec<u8>), usize)> {
 }
 
 /// A masked client pong answering `payload`.
-pub fn pong_frame(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn pong_frame(payload: &[u8]) -> Vec<u8> {
     let mut frame = vec![0x8a, 0x80 | payload.len().min(125) as u8, 0, 0, 0, 0];
     frame.extend_from_slice(&payload[..payload.len().min(125)]);
     frame
 }
 
-pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The decimal number right after `marker` in `text`.
-pub fn number_after(text: &[u8], marker: &[u8]) -> Option<u64> {
+pub(crate) fn number_after(text: &[u8], marker: &[u8]) -> Option<u64> {
     let at = find(text, marker)? + marker.len();
     let digits = text[at..].iter().take_while(|b| b.is_ascii_digit());
     let mut value = 0u64;
@@ -187,7 +187,7 @@ pub fn number_after(text: &[u8], marker: &[u8]) -> Option<u64> {
 
 /// Raises this process's soft open-file limit to its hard limit (children inherit it), and
 /// says what it is now.
-pub fn raise_open_files() -> u64 {
+pub(crate) fn raise_open_files() -> u64 {
     unsafe {
         let mut limit = libc::rlimit {
             rlim_cur: 0,

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::hash::Hash;
 
 /// Entries up to which the map stays a vector.
-pub const FEW: usize = 16;
+pub(crate) const FEW: usize = 16;
 
-pub enum SmallMap<K, V> {
+pub(crate) enum SmallMap<K, V> {
     Few(Vec<(K, V)>),
     Many(HashMap<K, V>),
 }
@@ -21,19 +21,19 @@ impl<K, V> Default for SmallMap<K, V> {
 }
 
 impl<K: Eq + Hash + Copy, V> SmallMap<K, V> {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             SmallMap::Few(v) => v.len(),
             SmallMap::Many(m) => m.len(),
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Inserts or replaces the value of `key`.
-    pub fn insert(&mut self, key: K, value: V) {
+    pub(crate) fn insert(&mut self, key: K, value: V) {
         match self {
             SmallMap::Few(v) => {
                 if let Some(slot) = v.iter_mut().find(|(k, _)| *k == key) {
@@ -56,14 +56,14 @@ impl<K: Eq + Hash + Copy, V> SmallMap<K, V> {
         }
     }
 
-    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         match self {
             SmallMap::Few(v) => v.iter_mut().find(|(k, _)| k == key).map(|(_, value)| value),
             SmallMap::Many(m) => m.get_mut(key),
         }
     }
 
-    pub fn remove(&mut self, key: &K) -> Option<V> {
+    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
         match self {
             SmallMap::Few(v) => {
                 let at = v.iter().position(|(k, _)| k == key)?;
@@ -73,7 +73,7 @@ impl<K: Eq + Hash + Copy, V> SmallMap<K, V> {
         }
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &V> {
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
         let (few, many) = match self {
             SmallMap::Few(v) => (Some(v.iter().map(|(_, value)| value)), None),
             SmallMap::Many(m) => (None, Some(m.values())),
@@ -81,7 +81,7 @@ impl<K: Eq + Hash + Copy, V> SmallMap<K, V> {
         few.into_iter().flatten().chain(many.into_iter().flatten())
     }
 
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
         let (few, many) = match self {
             SmallMap::Few(v) => (Some(v.iter_mut().map(|(_, value)| value)), None),
             SmallMap::Many(m) => (None, Some(m.values_mut())),

@@ -42,14 +42,14 @@ pub(crate) struct ChannelOrder {
 impl ChannelOrder {
     /// Starts at the channel's position read right after subscribing (`None`: no stream yet),
     /// or unknown when that read failed.
-    pub fn starting_at(position: Option<Option<Position>>) -> Self {
+    pub(crate) fn starting_at(position: Option<Option<Position>>) -> Self {
         ChannelOrder {
             known: position.is_some(),
             last: position.flatten(),
         }
     }
 
-    pub fn arrival(&self, publication: &Publication) -> Arrival {
+    pub(crate) fn arrival(&self, publication: &Publication) -> Arrival {
         match &self.last {
             Some((last, epoch)) if *epoch == publication.epoch => {
                 if publication.offset <= *last {
@@ -68,7 +68,7 @@ impl ChannelOrder {
     }
 
     /// Records `publication` as handed over; false when it was already (skip it).
-    pub fn accept(&mut self, publication: &Publication) -> bool {
+    pub(crate) fn accept(&mut self, publication: &Publication) -> bool {
         if let Some((last, epoch)) = &self.last
             && *epoch == publication.epoch
             && publication.offset <= *last
@@ -81,13 +81,13 @@ impl ChannelOrder {
     }
 
     /// After a loss: later checks start from where the channel stands now.
-    pub fn restart_at(&mut self, now: Option<Option<Position>>) {
+    pub(crate) fn restart_at(&mut self, now: Option<Option<Position>>) {
         *self = ChannelOrder::starting_at(now);
     }
 
     /// What to do once the connection is back and the channel stands at `now` (`None`: no
     /// stream; `Err`: could not be read).
-    pub fn catch_up<E>(&self, now: &Result<Option<Position>, E>) -> CatchUp {
+    pub(crate) fn catch_up<E>(&self, now: &Result<Option<Position>, E>) -> CatchUp {
         let Ok(now) = now else {
             return CatchUp::Lost;
         };

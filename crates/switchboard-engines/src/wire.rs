@@ -31,7 +31,7 @@ pub(crate) struct Stored {
 }
 
 impl Stored {
-    pub fn encode(node: &str, user: &str, info: &Option<Bytes>) -> String {
+    pub(crate) fn encode(node: &str, user: &str, info: &Option<Bytes>) -> String {
         let stored = Stored {
             n: node.to_owned(),
             u: user.to_owned(),
@@ -41,16 +41,16 @@ impl Stored {
     }
 
     /// How every stored value of `node` begins: `{"n":"<node>",`.
-    pub fn marker(node: &str) -> String {
+    pub(crate) fn marker(node: &str) -> String {
         let node = serde_json::to_string(node).expect("a string serializes");
         format!("{{\"n\":{node},")
     }
 
-    pub fn decode(value: &[u8]) -> Option<Stored> {
+    pub(crate) fn decode(value: &[u8]) -> Option<Stored> {
         serde_json::from_slice(value).ok()
     }
 
-    pub fn into_member(self, client: &str) -> PresenceMember {
+    pub(crate) fn into_member(self, client: &str) -> PresenceMember {
         PresenceMember {
             client: client.into(),
             user: self.u.into(),
@@ -58,7 +58,7 @@ impl Stored {
         }
     }
 
-    pub fn into_peer(self, peer: &str, meta: Option<Bytes>) -> RoomPeer {
+    pub(crate) fn into_peer(self, peer: &str, meta: Option<Bytes>) -> RoomPeer {
         RoomPeer {
             peer: peer.into(),
             user: self.u.into(),

@@ -27,7 +27,7 @@ use crate::auth::constant_time_eq;
 use crate::http::{ApiError, bearer, error_response};
 use crate::state::AppState;
 
-pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+pub(crate) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/publish", post(publish))
         .route("/broadcast", post(broadcast))
@@ -308,7 +308,7 @@ async fn room(State(state): State<Arc<AppState>>, Path(room): Path<String>) -> A
 
 /// `GET /api/ice-servers` for a connection-token holder (not the API key): the ICE servers,
 /// with fresh TURN credentials, that `join_room` would hand out.
-pub async fn ice_servers(State(state): State<Arc<AppState>>, request: Request) -> Response {
+pub(crate) async fn ice_servers(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let token = crate::http::request_token(request.uri().query(), request.headers());
     let user = match token.map(|t| state.auth.verify(&t)) {
         Some(Ok(claims)) => claims.user,
@@ -342,7 +342,7 @@ async fn info(State(state): State<Arc<AppState>>) -> ApiResult {
     .into_response())
 }
 
-pub async fn not_found() -> Response {
+pub(crate) async fn not_found() -> Response {
     error_response(ErrorCode::NotFound, "no such API call")
 }
 

@@ -25,7 +25,7 @@ const CALL_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// `GET /demo/call`.
-pub async fn call() -> Response {
+pub(crate) async fn call() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -40,7 +40,7 @@ pub async fn call() -> Response {
 }
 
 /// `GET /demo/switchboard.js`: the TypeScript client, as one ES module.
-pub async fn client_js() -> Response {
+pub(crate) async fn client_js() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),

@@ -23,7 +23,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where requests go: a parsed URL with what reaching it takes.
 #[derive(Clone)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     url: String,
     host: String,
     port: u16,
@@ -36,7 +36,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// Parses `url` (`http://` or `https://`). An https endpoint trusts the system's roots
     /// and, when given, the certificates in the PEM file `ca`.
-    pub fn new(url: &str, ca: Option<&Path>) -> Result<Endpoint, String> {
+    pub(crate) fn new(url: &str, ca: Option<&Path>) -> Result<Endpoint, String> {
         let uri: Uri = url.parse().map_err(|e| format!("bad url `{url}`: {e}"))?;
         let https = match uri.scheme_str() {
             Some("http") => false,
@@ -79,12 +79,16 @@ impl Endpoint {
         })
     }
 
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.url
     }
 
     /// POSTs `body` with `headers` (besides Host and Content-Length) and returns the status.
-    pub async fn post(&self, headers: &[(&str, &str)], body: String) -> Result<StatusCode, String> {
+    pub(crate) async fn post(
+        &self,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> Result<StatusCode, String> {
         let mut request = hyper::Request::post(&self.path).header("host", &self.authority);
         for (name, value) in headers {
             request = request.header(*name, *value);

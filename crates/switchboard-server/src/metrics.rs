@@ -207,7 +207,7 @@ impl SwitchboardCollector {
 }
 
 /// Renders the Prometheus text exposition.
-pub fn render(hub: &Arc<Hub>, stats: &Arc<ServerStats>) -> String {
+pub(crate) fn render(hub: &Arc<Hub>, stats: &Arc<ServerStats>) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(SwitchboardCollector {
         hub: hub.clone(),

@@ -10,7 +10,7 @@ use switchboard_core::{Authenticator, Hub};
 use crate::config::LimitsConfig;
 use crate::metrics::ServerStats;
 
-pub struct AppState {
+pub(crate) struct AppState {
     pub hub: Arc<Hub>,
     pub auth: Arc<dyn Authenticator>,
     pub stats: Arc<ServerStats>,
@@ -22,7 +22,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn count_error(&self) {
+    pub(crate) fn count_error(&self) {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
     }
 }

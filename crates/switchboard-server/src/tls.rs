@@ -12,7 +12,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 
 /// Builds the server's TLS settings from PEM files (certificate chain, private key).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|iter| iter.collect())
         .map_err(|e| format!("cannot read TLS certificate {}: {e}", cert.display()))?;
@@ -57,7 +57,7 @@ impl Write for SyncIo<'_> {
 }
 
 /// A TLS session over a TCP socket, read and written without blocking.
-pub struct TlsSocket {
+pub(crate) struct TlsSocket {
     pub tcp: TcpStream,
     tls: rustls::ServerConnection,
     /// The peer closed its side of the TCP connection.
@@ -65,7 +65,7 @@ pub struct TlsSocket {
 }
 
 impl TlsSocket {
-    pub fn new(tcp: TcpStream, tls: rustls::ServerConnection) -> Self {
+    pub(crate) fn new(tcp: TcpStream, tls: rustls::ServerConnection) -> Self {
         TlsSocket {
             tcp,
             tls,
@@ -74,7 +74,7 @@ impl TlsSocket {
     }
 
     /// Decrypted bytes are waiting, or the stream ended: a read would not block.
-    pub fn read_would_not_block(&mut self) -> bool {
+    pub(crate) fn read_would_not_block(&mut self) -> bool {
         self.eof
             || self
                 .tls
@@ -83,7 +83,7 @@ impl TlsSocket {
     }
 
     /// Reads decrypted bytes, pulling TLS records from the socket as needed.
-    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.tls.reader().read(buf) {
                 Ok(n) => return Ok(n),
@@ -110,12 +110,12 @@ impl TlsSocket {
     }
 
     /// Encrypted bytes are waiting to be written to the socket.
-    pub fn wants_write(&self) -> bool {
+    pub(crate) fn wants_write(&self) -> bool {
         self.tls.wants_write()
     }
 
     /// Writes encrypted bytes until none wait or the socket would block.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
         while self.tls.wants_write() {
             if self.tls.write_tls(&mut SyncIo(&self.tcp))? == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
@@ -126,7 +126,7 @@ impl TlsSocket {
 
     /// Encrypts what rustls' bounded send buffer takes and writes what the socket takes.
     /// Returns how many plaintext bytes were taken, or `WouldBlock`.
-    pub fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    pub(crate) fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         self.flush()?;
         let taken = self.tls.writer().write_vectored(bufs)?;
         match self.flush() {
@@ -140,7 +140,7 @@ impl TlsSocket {
     }
 
     /// Queues TLS close_notify and writes what the socket takes.
-    pub fn close_notify(&mut self) {
+    pub(crate) fn close_notify(&mut self) {
         self.tls.send_close_notify();
         let _ = self.flush();
     }

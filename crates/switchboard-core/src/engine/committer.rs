@@ -21,7 +21,7 @@ pub(crate) struct Committer {
 
 impl Committer {
     /// Starts the writer thread; it ends when the committer is dropped.
-    pub fn start(store: Arc<dyn StreamStore>) -> Committer {
+    pub(super) fn start(store: Arc<dyn StreamStore>) -> Committer {
         let (jobs, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("switchboard-commit".into())
@@ -31,7 +31,7 @@ impl Committer {
     }
 
     /// Queues `change`; the answer comes once it is durable (or could not be made so).
-    pub fn write(&self, change: StoreChange) -> oneshot::Receiver<Result<(), EngineError>> {
+    pub(super) fn write(&self, change: StoreChange) -> oneshot::Receiver<Result<(), EngineError>> {
         let (done, answer) = oneshot::channel();
         // A send fails only if the thread is gone; the dropped sender then answers `Err`.
         let _ = self.jobs.send((change, Some(done)));
@@ -39,7 +39,7 @@ impl Committer {
     }
 
     /// Queues `change` for upkeep nobody waits for; it keeps its place in the order.
-    pub fn write_later(&self, change: StoreChange) {
+    pub(super) fn write_later(&self, change: StoreChange) {
         let _ = self.jobs.send((change, None));
     }
 }

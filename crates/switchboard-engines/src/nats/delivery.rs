@@ -36,7 +36,7 @@ struct Entry {
 }
 
 impl Registry {
-    pub fn abort_all(&self) {
+    pub(super) fn abort_all(&self) {
         for (_, entry) in self.topics.lock().drain() {
             entry.task.abort();
         }

@@ -216,11 +216,11 @@ pub(crate) fn roster_of(payload: &[u8]) -> Result<Vec<RosterPeer>, EngineError> 
 }
 
 impl RosterPeer {
-    pub fn node(&self) -> &str {
+    pub(crate) fn node(&self) -> &str {
         &self.n
     }
 
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.p
     }
 }

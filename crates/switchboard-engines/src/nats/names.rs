@@ -31,7 +31,7 @@ pub(crate) struct Names {
 
 impl Names {
     /// The prefix names streams too, so it may only hold characters streams and subjects allow.
-    pub fn new(prefix: &str) -> Result<Names, String> {
+    pub(super) fn new(prefix: &str) -> Result<Names, String> {
         let fine = !prefix.is_empty()
             && prefix
                 .chars()
@@ -47,29 +47,29 @@ impl Names {
     }
 
     /// The stream keeping the history of channels whose namespace keeps `size` messages.
-    pub fn history_stream(&self, size: usize) -> String {
+    pub(super) fn history_stream(&self, size: usize) -> String {
         format!("{}_history_{size}", self.prefix)
     }
 
-    pub fn history_subjects(&self, size: usize) -> String {
+    pub(super) fn history_subjects(&self, size: usize) -> String {
         format!("{}.h.{size}.*", self.prefix)
     }
 
     /// A channel's subject in its history stream.
-    pub fn history(&self, size: usize, channel: &str) -> String {
+    pub(super) fn history(&self, size: usize, channel: &str) -> String {
         format!("{}.h.{size}.{}", self.prefix, token(channel))
     }
 
     /// Presence: one subject per member, `<prefix>.pr.<channel>.<node>.<client>`.
-    pub fn presence_stream(&self) -> String {
+    pub(super) fn presence_stream(&self) -> String {
         format!("{}_presence", self.prefix)
     }
 
-    pub fn presence_subjects(&self) -> String {
+    pub(super) fn presence_subjects(&self) -> String {
         format!("{}.pr.*.*.*", self.prefix)
     }
 
-    pub fn presence_member(&self, channel: &str, node: &str, client: &str) -> String {
+    pub(super) fn presence_member(&self, channel: &str, node: &str, client: &str) -> String {
         format!(
             "{}.pr.{}.{}.{}",
             self.prefix,
@@ -80,17 +80,17 @@ impl Names {
     }
 
     /// Every member of `channel`.
-    pub fn presence_of(&self, channel: &str) -> String {
+    pub(super) fn presence_of(&self, channel: &str) -> String {
         format!("{}.pr.{}.*.*", self.prefix, token(channel))
     }
 
     /// Every member `node` holds, in any channel.
-    pub fn presence_held_by(&self, node: &str) -> String {
+    pub(super) fn presence_held_by(&self, node: &str) -> String {
         format!("{}.pr.*.{}.*", self.prefix, token(node))
     }
 
     /// The channel and client of a presence subject.
-    pub fn parse_presence(&self, subject: &str) -> Option<(String, String)> {
+    pub(super) fn parse_presence(&self, subject: &str) -> Option<(String, String)> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".pr.")?;
         let mut parts = rest.split('.');
         let channel = untoken(parts.next()?)?;
@@ -100,37 +100,37 @@ impl Names {
     }
 
     /// Rooms: one subject per room holding its whole roster (changed with compare-and-set).
-    pub fn rooms_stream(&self) -> String {
+    pub(super) fn rooms_stream(&self) -> String {
         format!("{}_rooms", self.prefix)
     }
 
-    pub fn rooms_subjects(&self) -> String {
+    pub(super) fn rooms_subjects(&self) -> String {
         format!("{}.room.*", self.prefix)
     }
 
-    pub fn room_roster(&self, room: &str) -> String {
+    pub(super) fn room_roster(&self, room: &str) -> String {
         format!("{}.room.{}", self.prefix, token(room))
     }
 
-    pub fn parse_room_roster(&self, subject: &str) -> Option<String> {
+    pub(super) fn parse_room_roster(&self, subject: &str) -> Option<String> {
         untoken(subject.strip_prefix(&self.prefix)?.strip_prefix(".room.")?)
     }
 
     /// Nodes: one subject per node holding its last heartbeat.
-    pub fn nodes_stream(&self) -> String {
+    pub(super) fn nodes_stream(&self) -> String {
         format!("{}_nodes", self.prefix)
     }
 
-    pub fn nodes_subjects(&self) -> String {
+    pub(super) fn nodes_subjects(&self) -> String {
         format!("{}.node.*", self.prefix)
     }
 
-    pub fn node(&self, node: &str) -> String {
+    pub(super) fn node(&self, node: &str) -> String {
         format!("{}.node.{}", self.prefix, token(node))
     }
 
     /// Core NATS subject of a topic.
-    pub fn topic(&self, topic: &Topic) -> String {
+    pub(super) fn topic(&self, topic: &Topic) -> String {
         match topic {
             Topic::Channel(channel) => format!("{}.c.{}", self.prefix, token(channel)),
             Topic::Room(room) => format!("{}.rc.{}", self.prefix, token(room)),
@@ -138,7 +138,7 @@ impl Names {
     }
 
     /// Server API requests every node answers.
-    pub fn control(&self) -> String {
+    pub(super) fn control(&self) -> String {
         format!("{}.ctl", self.prefix)
     }
 }

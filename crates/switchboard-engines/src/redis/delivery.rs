@@ -68,7 +68,10 @@ enum Ended {
 
 impl Subscriber {
     /// Connects and subscribes the node's permanent topics (control, replies).
-    pub async fn connect(inner: Arc<Inner>, client: redis::Client) -> RedisResult<Subscriber> {
+    pub(super) async fn connect(
+        inner: Arc<Inner>,
+        client: redis::Client,
+    ) -> RedisResult<Subscriber> {
         let mut subscriber = Subscriber {
             inner,
             client,
@@ -102,7 +105,7 @@ impl Subscriber {
         Ok(())
     }
 
-    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<SubCommand>) {
+    pub(super) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<SubCommand>) {
         loop {
             match self.serve(&mut commands).await {
                 Ended::EngineDropped => return,

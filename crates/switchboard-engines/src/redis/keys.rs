@@ -20,7 +20,7 @@ pub(crate) enum Topic {
 }
 
 impl Keys {
-    pub fn new(prefix: &str) -> Self {
+    pub(super) fn new(prefix: &str) -> Self {
         Keys {
             prefix: prefix.to_owned(),
         }
@@ -31,57 +31,57 @@ impl Keys {
     }
 
     /// Hash `{t: last offset, e: epoch}` of a channel's stream.
-    pub fn meta(&self, channel: &str) -> String {
+    pub(super) fn meta(&self, channel: &str) -> String {
         self.key("m", channel)
     }
 
     /// Redis stream of a channel's history; entry ids are `<offset>-0`.
-    pub fn history(&self, channel: &str) -> String {
+    pub(super) fn history(&self, channel: &str) -> String {
         self.key("h", channel)
     }
 
     /// Hash of a channel's presence: client id → member.
-    pub fn presence(&self, channel: &str) -> String {
+    pub(super) fn presence(&self, channel: &str) -> String {
         self.key("p", channel)
     }
 
     /// Hash of a room's members: peer id → `<join seq>|<peer>`.
-    pub fn room(&self, room: &str) -> String {
+    pub(super) fn room(&self, room: &str) -> String {
         self.key("r", room)
     }
 
     /// Hash of a room's peer metadata: peer id → raw JSON.
-    pub fn room_meta(&self, room: &str) -> String {
+    pub(super) fn room_meta(&self, room: &str) -> String {
         self.key("rm", room)
     }
 
     /// Counter giving a room's joins their order.
-    pub fn room_seq(&self, room: &str) -> String {
+    pub(super) fn room_seq(&self, room: &str) -> String {
         self.key("rs", room)
     }
 
     /// Hash of the nodes' self-descriptions: node id → JSON.
-    pub fn nodes(&self) -> String {
+    pub(super) fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
 
     /// Sorted set of node ids by their last heartbeat (Unix milliseconds).
-    pub fn node_seen(&self) -> String {
+    pub(super) fn node_seen(&self) -> String {
         format!("{}:seen", self.prefix)
     }
 
     /// Set of the presence (`p:<channel>`) and room (`r:<room>`) entries a node holds
     /// members in, so whoever reaps a dead node knows where to look.
-    pub fn node_holdings(&self, node: &str) -> String {
+    pub(super) fn node_holdings(&self, node: &str) -> String {
         self.key("nk", node)
     }
 
     /// Lock that lets one node reap a dead one.
-    pub fn reap_lock(&self, node: &str) -> String {
+    pub(super) fn reap_lock(&self, node: &str) -> String {
         self.key("reap", node)
     }
 
-    pub fn topic(&self, topic: &Topic, node: &str) -> String {
+    pub(super) fn topic(&self, topic: &Topic, node: &str) -> String {
         match topic {
             Topic::Channel(channel) => self.key("c", channel),
             Topic::Room(room) => self.key("rc", room),
@@ -91,7 +91,7 @@ impl Keys {
     }
 
     /// The topic a pub/sub channel name stands for (this node's own names only).
-    pub fn parse_topic(&self, name: &str, node: &str) -> Option<Topic> {
+    pub(super) fn parse_topic(&self, name: &str, node: &str) -> Option<Topic> {
         let rest = name.strip_prefix(&self.prefix)?.strip_prefix(':')?;
         if rest == "ctl" {
             return Some(Topic::Control);

@@ -15,7 +15,7 @@ use crate::tls::TlsSocket;
 /// Buffers written per vectored write.
 const MAX_IOVECS: usize = 64;
 
-pub enum Socket {
+pub(crate) enum Socket {
     Plain(TcpStream),
     Tls(Box<TlsSocket>),
 }
@@ -30,7 +30,7 @@ impl Socket {
 
     /// Ready when a read would not block. Polling replaces the waker any earlier owner of
     /// the socket (the HTTP connection) left registered.
-    pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let Socket::Tls(tls) = self
             && tls.read_would_not_block()
         {
@@ -39,18 +39,18 @@ impl Socket {
         self.tcp().poll_read_ready(cx)
     }
 
-    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.tcp().poll_write_ready(cx)
     }
 
-    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Socket::Plain(tcp) => tcp.try_read(buf),
             Socket::Tls(tls) => tls.try_read(buf),
         }
     }
 
-    pub fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    pub(crate) fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Socket::Plain(tcp) => tcp.try_write_vectored(bufs),
             Socket::Tls(tls) => tls.try_write_vectored(bufs),
@@ -58,7 +58,7 @@ impl Socket {
     }
 
     /// Bytes accepted earlier still wait to reach the socket (TLS records).
-    pub fn wants_write(&self) -> bool {
+    pub(crate) fn wants_write(&self) -> bool {
         match self {
             Socket::Plain(_) => false,
             Socket::Tls(tls) => tls.wants_write(),
@@ -66,7 +66,7 @@ impl Socket {
     }
 
     /// Writes what waits below the application's frames (TLS records).
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
         match self {
             Socket::Plain(_) => Ok(()),
             Socket::Tls(tls) => tls.flush(),
@@ -74,7 +74,7 @@ impl Socket {
     }
 
     /// Ends our side: TLS close_notify where there is TLS, then the TCP FIN.
-    pub async fn shutdown(&mut self) {
+    pub(crate) async fn shutdown(&mut self) {
         match self {
             Socket::Plain(tcp) => {
                 let _ = tcp.shutdown().await;

@@ -14,7 +14,7 @@ use super::error_response;
 use crate::state::AppState;
 
 /// Whether `origin` (`scheme://host[:port]`) may use the doors of a server reached as `host`.
-pub fn origin_allowed(allowed: &[String], origin: &str, host: Option<&str>) -> bool {
+pub(super) fn origin_allowed(allowed: &[String], origin: &str, host: Option<&str>) -> bool {
     let same_origin = origin
         .split_once("://")
         .is_some_and(|(_, authority)| Some(authority) == host);
@@ -24,7 +24,11 @@ pub fn origin_allowed(allowed: &[String], origin: &str, host: Option<&str>) -> b
             .any(|a| a == "*" || a.trim_end_matches('/') == origin)
 }
 
-pub async fn cors(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+pub(crate) async fn cors(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(origin) = request.headers().get(header::ORIGIN).cloned() else {
         return next.run(request).await;
     };

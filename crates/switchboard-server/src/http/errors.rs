@@ -8,7 +8,7 @@ use serde_json::json;
 use switchboard_proto::ErrorCode;
 
 /// `{"error":{"code","message"}}` with the code's HTTP status.
-pub fn error_response(code: ErrorCode, message: &str) -> Response {
+pub(crate) fn error_response(code: ErrorCode, message: &str) -> Response {
     let status =
         StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = json!({"error": {"code": code.as_str(), "message": message}});
@@ -16,13 +16,13 @@ pub fn error_response(code: ErrorCode, message: &str) -> Response {
 }
 
 /// A refused API call: answered as `{"error":{"code","message"}}` with the code's status.
-pub struct ApiError {
+pub(crate) struct ApiError {
     code: ErrorCode,
     message: String,
 }
 
 impl ApiError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             code,
             message: message.into(),

@@ -33,14 +33,17 @@ const fn pusher_close(ws_close: u16, message: &'static str, reconnect: bool) -> 
         reconnect,
     }
 }
-pub const APP_NOT_FOUND: Disconnect = pusher_close(4001, "application does not exist", false);
-pub const APP_DISABLED: Disconnect = pusher_close(4003, "application disabled", false);
-pub const BAD_VERSION: Disconnect = pusher_close(4006, "invalid version string format", false);
-pub const UNSUPPORTED_PROTOCOL: Disconnect =
+pub(super) const APP_NOT_FOUND: Disconnect =
+    pusher_close(4001, "application does not exist", false);
+pub(super) const APP_DISABLED: Disconnect = pusher_close(4003, "application disabled", false);
+pub(super) const BAD_VERSION: Disconnect =
+    pusher_close(4006, "invalid version string format", false);
+pub(super) const UNSUPPORTED_PROTOCOL: Disconnect =
     pusher_close(4007, "unsupported protocol version (5 to 7 are)", false);
-pub const NO_PROTOCOL: Disconnect = pusher_close(4008, "no protocol version supplied", false);
-pub const OVER_QUOTA: Disconnect = pusher_close(4004, "over connection quota", false);
-pub const TERMINATED: Disconnect = Disconnect {
+pub(super) const NO_PROTOCOL: Disconnect =
+    pusher_close(4008, "no protocol version supplied", false);
+pub(super) const OVER_QUOTA: Disconnect = pusher_close(4004, "over connection quota", false);
+pub(super) const TERMINATED: Disconnect = Disconnect {
     code: "forbidden",
     message: "connection terminated by the server",
     ws_close: 4009,
@@ -48,7 +51,7 @@ pub const TERMINATED: Disconnect = Disconnect {
 };
 
 /// Longest event name (Pusher's limit).
-pub const MAX_EVENT_NAME: usize = 200;
+pub(super) const MAX_EVENT_NAME: usize = 200;
 /// Client event rate limit error (the connection goes on).
 const RATE_LIMITED: u16 = 4301;
 

@@ -37,7 +37,7 @@ const MAX_ID: usize = 64;
 /// pusher-js reopens its stream once it has read this much of it (its `MAX_BUFFER_LENGTH`),
 /// dropping whatever is still in flight. So a stream that has sent more stops sending: the
 /// rest waits in the session's queue for the stream that replaces it, and nothing is lost.
-pub const STREAM_LIMIT: usize = 256 * 1024;
+pub(crate) const STREAM_LIMIT: usize = 256 * 1024;
 /// How long a stream past [`STREAM_LIMIT`] waits to be replaced before it ends (a client that
 /// does not reopen then reconnects as a new session).
 const REPLACE_WAIT: Duration = Duration::from_secs(10);
@@ -55,7 +55,7 @@ fn text_response(status: StatusCode, body: impl Into<Body>) -> Response {
 }
 
 /// `POST /pusher/app/{key}/{server}/{session}/{xhr_streaming|xhr|xhr_send}`.
-pub async fn handle(
+pub(crate) async fn handle(
     State(door): State<Arc<PusherDoor>>,
     Path((key, server, session, kind)): Path<(String, String, String, String)>,
     request: Request,

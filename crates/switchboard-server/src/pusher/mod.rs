@@ -3,7 +3,7 @@
 //!
 //! - `config.rs`: `[[pusher.apps]]`.
 //! - `signing.rs`: channel, user, API request and webhook signatures.
-//! - `codec.rs`: the door's wire form, a [`DoorCodec`] that turns hub frames into Pusher
+//! - `codec.rs`: the door's wire form, a `DoorCodec` that turns hub frames into Pusher
 //!   events (WebSocket frames or SockJS lines), with each presence channel's members.
 //! - `conn.rs`: one connection's commands (subscribe with signatures, presence, sign-in,
 //!   client events), whatever carries them.
@@ -18,8 +18,6 @@
 //!
 //! How Pusher maps onto the hub (channel names, event envelopes) is in
 //! `switchboard_proto::pusher`.
-//!
-//! [`DoorCodec`]: crate::door::DoorCodec
 
 pub(crate) mod api;
 mod codec;

@@ -28,13 +28,13 @@ const TAG_LEN: usize = 10;
 /// A channel's position in a cursor. An empty epoch means "not known yet" (the stream broke
 /// before that channel's position was known): resuming starts it from its current position.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CursorPosition {
+pub(crate) struct CursorPosition {
     pub offset: u64,
     pub epoch: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CursorError {
+pub(crate) enum CursorError {
     #[error("malformed cursor")]
     Malformed,
     #[error("cursor was not issued for these channels by this server")]
@@ -42,18 +42,18 @@ pub enum CursorError {
 }
 
 /// The keys that sign cursors.
-pub struct CursorKey {
+pub(crate) struct CursorKey {
     v1: [u8; 32],
     sip: [u8; 16],
 }
 
 /// What a stream's channel list contributes to each of its cursors' tags, computed once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ChannelsTag([u8; 16]);
+pub(crate) struct ChannelsTag([u8; 16]);
 
 impl CursorKey {
     /// Derives the keys from a secret every node of a deployment shares.
-    pub fn new(secret: &[u8]) -> Self {
+    pub(crate) fn new(secret: &[u8]) -> Self {
         let derive = |label: &[u8]| -> [u8; 32] {
             let mut hasher = Sha256::new();
             hasher.update(label);
@@ -71,7 +71,7 @@ impl CursorKey {
 
     /// The tag of a stream's channel list: a cursor only resumes the channels it was made
     /// for.
-    pub fn channels_tag(&self, channels: &[impl AsRef<str>]) -> ChannelsTag {
+    pub(crate) fn channels_tag(&self, channels: &[impl AsRef<str>]) -> ChannelsTag {
         let mut sip = SipHasher24::new_with_key(&self.sip);
         sip.write(b"channels");
         for channel in channels {
@@ -111,7 +111,7 @@ impl CursorKey {
 
     /// Encodes the positions of `channels` (same order).
     #[cfg(test)]
-    pub fn encode(&self, channels: &[impl AsRef<str>], positions: &[(u64, &str)]) -> String {
+    pub(crate) fn encode(&self, channels: &[impl AsRef<str>], positions: &[(u64, &str)]) -> String {
         debug_assert_eq!(channels.len(), positions.len());
         let mut out = BytesMut::new();
         self.write(
@@ -124,7 +124,7 @@ impl CursorKey {
 
     /// Appends the cursor of `positions` (of the channels behind `channels`, same order) to
     /// `out`, with no allocation of its own where the positions are short.
-    pub fn write<'a>(
+    pub(crate) fn write<'a>(
         &self,
         channels: &ChannelsTag,
         positions: impl Iterator<Item = (u64, &'a str)>,
@@ -151,7 +151,7 @@ impl CursorKey {
     }
 
     /// Decodes a cursor issued for exactly these `channels`.
-    pub fn decode(
+    pub(crate) fn decode(
         &self,
         channels: &[impl AsRef<str>],
         cursor: &str,

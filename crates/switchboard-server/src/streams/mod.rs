@@ -16,7 +16,7 @@
 mod body;
 pub(crate) mod codec;
 mod commands;
-pub mod cursor;
+pub(crate) mod cursor;
 pub(crate) mod direct;
 mod open;
 mod poll;

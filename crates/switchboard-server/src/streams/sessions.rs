@@ -17,7 +17,7 @@ use crate::door::{Machine, NoControl, Outbox};
 
 /// A door's session, shared by the registry and whatever owns its lifetime: a stream's driver,
 /// or (for long polling, whose requests come and go) the registry itself until it expires.
-pub struct SessionCell {
+pub(crate) struct SessionCell {
     /// `None` once the door ended.
     pub session: tokio::sync::Mutex<Option<Session>>,
     /// Long polling only: where the session's frames wait between polls.
@@ -66,12 +66,12 @@ impl PollDoor {
 
 /// The live sessions of this node's streams, by secret.
 #[derive(Default)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     cells: Mutex<HashMap<String, Arc<SessionCell>>>,
 }
 
 impl Sessions {
-    pub fn insert(&self, id: String, session: Session) -> (String, Arc<SessionCell>) {
+    pub(crate) fn insert(&self, id: String, session: Session) -> (String, Arc<SessionCell>) {
         self.insert_cell(id, session, None)
     }
 
@@ -105,7 +105,7 @@ impl Sessions {
     }
 
     /// The long-poll session `id`, marked as seen now.
-    pub fn touch_poll(&self, id: &str) -> Option<Arc<SessionCell>> {
+    pub(crate) fn touch_poll(&self, id: &str) -> Option<Arc<SessionCell>> {
         let cell = self.get(id).filter(|c| c.poll.is_some())?;
         cell.last_seen
             .store(switchboard_core::unix_now(), Ordering::Relaxed);
@@ -113,7 +113,7 @@ impl Sessions {
     }
 
     /// Removes long-poll sessions no poll came for, and closes them in the background.
-    pub fn expire_polls(&self, now: u64) {
+    pub(crate) fn expire_polls(&self, now: u64) {
         let mut expired = Vec::new();
         self.cells.lock().retain(|_, cell| {
             let idle = cell.poll.is_some()
@@ -129,7 +129,7 @@ impl Sessions {
         }
     }
 
-    pub fn remove(&self, id: &str) {
+    pub(crate) fn remove(&self, id: &str) {
         self.cells.lock().remove(id);
     }
 
@@ -141,7 +141,7 @@ impl Sessions {
 impl SessionCell {
     /// Ends the session: it leaves the hub (and a long-poll session's door closes, ending
     /// its forwarding task).
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         if let Some(door) = &self.poll {
             door.outbox.close(Disconnect::CLIENT_CLOSED);
         }
@@ -152,4 +152,4 @@ impl SessionCell {
 }
 
 /// How long a long-poll session lives without a poll.
-pub const POLL_SESSION_TTL: Duration = Duration::from_secs(60);
+pub(crate) const POLL_SESSION_TTL: Duration = Duration::from_secs(60);

@@ -126,7 +126,7 @@ where
 }
 
 /// `GET /ws`: checks the upgrade and the token, answers 101 and hands the socket over.
-pub async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
+pub(crate) async fn upgrade(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
     let key = match check_upgrade(request.headers()) {
         Ok(key) => key,
         Err(response) => return *response,

@@ -11,7 +11,7 @@ use switchboard_server::auth::TokenClaims;
 use crate::common::*;
 
 /// The namespaces and rooms every node of a test cluster shares.
-pub const SHARED: &str = r#"
+pub(crate) const SHARED: &str = r#"
 [[namespace]]
 name = "chat"
 history_size = 1000
@@ -21,7 +21,7 @@ join_leave = true
 "#;
 
 /// A key prefix no other test run uses, so tests can share one Redis or NATS.
-pub fn unique_prefix(engine: &str) -> String {
+pub(crate) fn unique_prefix(engine: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -31,13 +31,13 @@ pub fn unique_prefix(engine: &str) -> String {
 
 /// `n` server processes (the real binary, each on its own port) sharing the engine
 /// `engine_toml` describes.
-pub async fn start_nodes(engine_toml: &str, n: usize) -> Vec<TestServer> {
+pub(crate) async fn start_nodes(engine_toml: &str, n: usize) -> Vec<TestServer> {
     let config = format!("{}{SHARED}{engine_toml}", auth_toml());
     (0..n).map(|_| TestServer::process(&config)).collect()
 }
 
 /// A token that may subscribe, publish and join rooms everywhere.
-pub fn member_token(user: &str) -> String {
+pub(crate) fn member_token(user: &str) -> String {
     token_with(TokenClaims {
         sub: Some(user.into()),
         exp: Some(switchboard_core::unix_now() + 3600),
@@ -48,13 +48,13 @@ pub fn member_token(user: &str) -> String {
     })
 }
 
-pub async fn member(node: &TestServer, user: &str) -> (WsClient, String) {
+pub(crate) async fn member(node: &TestServer, user: &str) -> (WsClient, String) {
     let (client, connected) = node.connect(Some(&member_token(user))).await;
     let id = connected["client"].as_str().unwrap().to_owned();
     (client, id)
 }
 
-pub async fn next_of(client: &mut WsClient, kind: &str) -> Value {
+pub(crate) async fn next_of(client: &mut WsClient, kind: &str) -> Value {
     client
         .next_where(WAIT, |f| f["type"] == kind)
         .await
@@ -62,7 +62,11 @@ pub async fn next_of(client: &mut WsClient, kind: &str) -> Value {
 }
 
 /// Reads `count` messages of `channel` and returns their (offset, data["n"]).
-pub async fn read_messages(client: &mut WsClient, channel: &str, count: usize) -> Vec<(u64, i64)> {
+pub(crate) async fn read_messages(
+    client: &mut WsClient,
+    channel: &str,
+    count: usize,
+) -> Vec<(u64, i64)> {
     let mut got = Vec::new();
     for _ in 0..count {
         let m = client
@@ -78,7 +82,7 @@ pub async fn read_messages(client: &mut WsClient, channel: &str, count: usize) -
 }
 
 /// Polls `check` until it holds or `within` passes; returns how long it took.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
+pub(crate) async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -94,7 +98,7 @@ where
 }
 
 /// A server process (so it can be `kill -9`ed) on `engine`.
-pub fn spawn_node(
+pub(crate) fn spawn_node(
     dir: &std::path::Path,
     name: &str,
     engine: &str,
@@ -109,7 +113,7 @@ pub fn spawn_node(
     spawn_server(&config)
 }
 
-pub fn temp_dir(name: &str) -> std::path::PathBuf {
+pub(crate) fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sb-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -121,7 +125,7 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
 /// Publishes through the API of node 0 and a WebSocket client of node 1, interleaved; every
 /// node's subscriber gets every message once, with consecutive offsets, in publish order, and
 /// every node's history agrees.
-pub async fn publish_anywhere_deliver_everywhere(nodes: &[TestServer]) {
+pub(crate) async fn publish_anywhere_deliver_everywhere(nodes: &[TestServer]) {
     let channel = "chat:fanout";
     let mut subscribers = Vec::new();
     for node in nodes {
@@ -167,7 +171,7 @@ pub async fn publish_anywhere_deliver_everywhere(nodes: &[TestServer]) {
 /// Two nodes publish to one channel at once: offsets stay consecutive, and a subscriber on a
 /// third node gets them all once, in order, though deliveries from two publishers may reach
 /// its node out of order (a reorder is filled from history, never reported as a loss).
-pub async fn concurrent_publishers_keep_order(nodes: &[TestServer]) {
+pub(crate) async fn concurrent_publishers_keep_order(nodes: &[TestServer]) {
     let channel = "chat:race";
     let (mut reader, _) = member(&nodes[2], "reader").await;
     reader.subscribe(channel).await.unwrap();
@@ -215,7 +219,7 @@ pub async fn concurrent_publishers_keep_order(nodes: &[TestServer]) {
 
 /// A client drops from node 0, messages are published on node 2, and it comes back on
 /// node 1 with `since`: it gets exactly what it missed, then live messages.
-pub async fn recover_on_another_node(nodes: &[TestServer]) {
+pub(crate) async fn recover_on_another_node(nodes: &[TestServer]) {
     let channel = "chat:move";
     let api = nodes[2].api();
     let (mut client, _) = member(&nodes[0], "mover").await;
@@ -269,7 +273,7 @@ fn users(members: &Value) -> Vec<String> {
 }
 
 /// Presence and join/leave pushes seen from every node.
-pub async fn presence_spans_nodes(nodes: &[TestServer]) {
+pub(crate) async fn presence_spans_nodes(nodes: &[TestServer]) {
     let channel = "chat:who";
     let (mut alice, _) = member(&nodes[0], "alice").await;
     alice.subscribe(channel).await.unwrap();
@@ -296,7 +300,7 @@ pub async fn presence_spans_nodes(nodes: &[TestServer]) {
 }
 
 /// A signaling room whose peers sit on different nodes.
-pub async fn rooms_span_nodes(nodes: &[TestServer]) {
+pub(crate) async fn rooms_span_nodes(nodes: &[TestServer]) {
     let room = "call:cluster";
     let (mut alice, alice_id) = member(&nodes[0], "alice").await;
     alice
@@ -337,7 +341,7 @@ pub async fn rooms_span_nodes(nodes: &[TestServer]) {
 }
 
 /// `/api/channels`, `/api/info`, `/api/unsubscribe` and `/api/disconnect` cover every node.
-pub async fn server_api_spans_nodes(nodes: &[TestServer]) {
+pub(crate) async fn server_api_spans_nodes(nodes: &[TestServer]) {
     let channel = "chat:api";
     let mut clients = Vec::new();
     for node in &nodes[..2] {
@@ -382,7 +386,7 @@ pub async fn server_api_spans_nodes(nodes: &[TestServer]) {
 }
 
 /// A broker (Redis, NATS) of the test's own that it can kill and start again.
-pub trait OwnBroker {
+pub(crate) trait OwnBroker {
     fn kill(&mut self);
     /// Starts it again on the same port (with its data when it keeps any).
     fn restart(&mut self);
@@ -390,7 +394,7 @@ pub trait OwnBroker {
 
 /// A `kill -9`ed node's presence members and room peers vanish within `node_ttl` (2 s),
 /// with leave events seen on the survivor.
-pub async fn killed_node_vanishes(engine: &str) {
+pub(crate) async fn killed_node_vanishes(engine: &str) {
     let engine = engine.to_owned();
     let dir = temp_dir("kill9");
     let (mut doomed, doomed_base) = spawn_node(&dir, "doomed", &engine);
@@ -455,7 +459,7 @@ pub async fn killed_node_vanishes(engine: &str) {
 
 /// The broker restarts with its data while node 0 publishes: node 1's subscriber gets every
 /// message once, in order, without a disconnect.
-pub async fn restart_keeps_everything(broker: &mut dyn OwnBroker, engine: &str) {
+pub(crate) async fn restart_keeps_everything(broker: &mut dyn OwnBroker, engine: &str) {
     let engine = engine.to_owned();
     let nodes = start_nodes(&engine, 2).await;
     let channel = "chat:restart";
@@ -509,7 +513,10 @@ pub async fn restart_keeps_everything(broker: &mut dyn OwnBroker, engine: &str) 
 
 /// The broker restarts empty: subscribers are disconnected with 4009 and learn
 /// `recovered: false` and a new epoch.
-pub async fn restart_without_data_sends_clients_back(broker: &mut dyn OwnBroker, engine: &str) {
+pub(crate) async fn restart_without_data_sends_clients_back(
+    broker: &mut dyn OwnBroker,
+    engine: &str,
+) {
     let engine = engine.to_owned();
     let nodes = start_nodes(&engine, 2).await;
     let channel = "chat:wiped";
@@ -571,7 +578,7 @@ pub async fn restart_without_data_sends_clients_back(broker: &mut dyn OwnBroker,
 }
 
 /// Subscribes with `since`, retrying while the node is still reconnecting to the broker.
-pub async fn eventually_subscribe_since(
+pub(crate) async fn eventually_subscribe_since(
     client: &mut switchboard_client::WsClient,
     channel: &str,
     offset: u64,

@@ -13,20 +13,20 @@ use switchboard_server::config::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const SECRET: &str = "test-secret";
-pub const API_KEY: &str = "test-api-key";
+pub(crate) const SECRET: &str = "test-secret";
+pub(crate) const API_KEY: &str = "test-api-key";
 /// How long a test waits for something that should happen at once.
-pub const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
 /// How long a test waits to be sure something does not happen.
-pub const QUIET: Duration = Duration::from_millis(300);
+pub(crate) const QUIET: Duration = Duration::from_millis(300);
 
 /// The `[auth]` table most tests use.
-pub fn auth_toml() -> String {
+pub(crate) fn auth_toml() -> String {
     format!("[auth]\ntoken_secret = \"{SECRET}\"\napi_key = \"{API_KEY}\"\n")
 }
 
 /// The error `Server::bind` gives for `config` (which must be refused).
-pub async fn refused_at_startup(config: &str) -> String {
+pub(crate) async fn refused_at_startup(config: &str) -> String {
     let resolved = Config::from_toml(config)
         .unwrap()
         .with_listen(Some("127.0.0.1:0".into()))
@@ -38,7 +38,7 @@ pub async fn refused_at_startup(config: &str) -> String {
     }
 }
 
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub addr: SocketAddr,
     pub base: String,
     stop: Option<oneshot::Sender<()>>,
@@ -50,12 +50,12 @@ pub struct TestServer {
 
 impl TestServer {
     /// A server with token auth (HS256 with [`SECRET`]) and API key [`API_KEY`].
-    pub async fn start() -> TestServer {
+    pub(crate) async fn start() -> TestServer {
         Self::with_config(&auth_toml()).await
     }
 
     /// A server from a complete TOML config (`listen` is forced to a free port).
-    pub async fn with_config(toml: &str) -> TestServer {
+    pub(crate) async fn with_config(toml: &str) -> TestServer {
         let config = Config::from_toml(toml)
             .expect("test config parses")
             .with_listen(Some("127.0.0.1:0".into()));
@@ -82,7 +82,7 @@ impl TestServer {
 
     /// The real binary in a process of its own, from a complete TOML config (`listen` is
     /// set to a free port): what a deployment of several nodes runs. Killed when dropped.
-    pub fn process(toml: &str) -> TestServer {
+    pub(crate) fn process(toml: &str) -> TestServer {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("sb-node-{}-{n}", std::process::id()));
@@ -101,7 +101,7 @@ impl TestServer {
     }
 
     /// Triggers a graceful shutdown and waits for it to finish.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -113,28 +113,28 @@ impl TestServer {
         }
     }
 
-    pub fn api(&self) -> ApiClient {
+    pub(crate) fn api(&self) -> ApiClient {
         ApiClient::new(&self.base, Some(API_KEY))
     }
 
-    pub fn ws_url(&self, path_and_query: &str) -> String {
+    pub(crate) fn ws_url(&self, path_and_query: &str) -> String {
         WsClient::ws_url(&self.base, path_and_query)
     }
 
     /// Connects with `token` (or none) and returns the client and its `connected` frame.
-    pub async fn connect(&self, token: Option<&str>) -> (WsClient, Value) {
+    pub(crate) async fn connect(&self, token: Option<&str>) -> (WsClient, Value) {
         WsClient::connect(&self.base, token)
             .await
             .expect("websocket connects")
     }
 
     /// Connects as `user` allowed to subscribe and publish to every channel.
-    pub async fn connect_as(&self, user: &str) -> WsClient {
+    pub(crate) async fn connect_as(&self, user: &str) -> WsClient {
         self.connect(Some(&token(user, &["*"], &["*"]))).await.0
     }
 
     /// Fetches `/metrics` and returns the value of one sample line.
-    pub async fn metric(&self, name: &str) -> f64 {
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
         let (status, text) = self
             .api()
             .call_text(reqwest::Method::GET, "/metrics", None)
@@ -164,7 +164,7 @@ impl Drop for TestServer {
 }
 
 /// An HS256 token for `user` with these subscribe and publish patterns, valid for an hour.
-pub fn token(user: &str, subscribe: &[&str], publish: &[&str]) -> String {
+pub(crate) fn token(user: &str, subscribe: &[&str], publish: &[&str]) -> String {
     token_with(TokenClaims {
         sub: Some(user.into()),
         exp: Some(switchboard_core::unix_now() + 3600),
@@ -174,12 +174,12 @@ pub fn token(user: &str, subscribe: &[&str], publish: &[&str]) -> String {
     })
 }
 
-pub fn token_with(claims: TokenClaims) -> String {
+pub(crate) fn token_with(claims: TokenClaims) -> String {
     mint_hs256(SECRET, &claims)
 }
 
 /// A well-formed token for `user`, allowed everything, but signed with another secret.
-pub fn forged_token(user: &str) -> String {
+pub(crate) fn forged_token(user: &str) -> String {
     mint_hs256(
         "not-the-test-secret",
         &TokenClaims {
@@ -193,7 +193,7 @@ pub fn forged_token(user: &str) -> String {
 }
 
 /// A token for `user` allowed everything, with this `info` claim.
-pub fn token_with_info(user: &str, info: &Value) -> String {
+pub(crate) fn token_with_info(user: &str, info: &Value) -> String {
     token_with(TokenClaims {
         sub: Some(user.into()),
         exp: Some(switchboard_core::unix_now() + 3600),
@@ -205,12 +205,12 @@ pub fn token_with_info(user: &str, info: &Value) -> String {
 }
 
 /// A server with the test `[auth]` table and `extra` TOML after it.
-pub async fn server_with(extra: &str) -> TestServer {
+pub(crate) async fn server_with(extra: &str) -> TestServer {
     TestServer::with_config(&format!("{}\n{extra}", auth_toml())).await
 }
 
 /// Asserts that no `message` push arrives within [`QUIET`].
-pub async fn assert_no_message(client: &mut WsClient, what: &str) {
+pub(crate) async fn assert_no_message(client: &mut WsClient, what: &str) {
     match client.next_where(QUIET, |f| f["type"] == "message").await {
         Err(switchboard_client::Error::Timeout(_)) => {}
         Ok(frame) => panic!("{what}: expected no message, got {frame}"),
@@ -219,7 +219,7 @@ pub async fn assert_no_message(client: &mut WsClient, what: &str) {
 }
 
 /// The error code of a failed request (panics if it did not fail with a server error).
-pub fn error_code<T: std::fmt::Debug>(result: switchboard_client::Result<T>) -> String {
+pub(crate) fn error_code<T: std::fmt::Debug>(result: switchboard_client::Result<T>) -> String {
     match result {
         Err(switchboard_client::Error::Server { code, .. }) => code,
         other => panic!("expected a server error, got {other:?}"),
@@ -228,7 +228,7 @@ pub fn error_code<T: std::fmt::Debug>(result: switchboard_client::Result<T>) -> 
 
 /// Starts the real binary with `config` (a TOML file) and returns it with its base URL, read
 /// from its "listening on" line. For tests that must `kill -9` a server.
-pub fn spawn_server(config: &std::path::Path) -> (std::process::Child, String) {
+pub(crate) fn spawn_server(config: &std::path::Path) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
@@ -264,7 +264,7 @@ pub fn spawn_server(config: &std::path::Path) -> (std::process::Child, String) {
 }
 
 /// A free TCP port on loopback (for servers whose config must name its port).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
