@@ -2,11 +2,9 @@
 //! `/app/{key}` WebSocket door's handshake, channel authorization and close codes. (The
 //! unmodified pusher-js and `pusher` SDK drive the same server in `tests/pusher`.)
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestServer, WAIT, auth_toml};
+use crate::common::{TestServer, WAIT, auth_toml, eventually};
 use serde_json::{Value, json};
 use switchboard_client::WsClient;
 use switchboard_server::pusher::signing::{body_md5, sign};
@@ -608,12 +606,14 @@ fn webhooks_delay() -> Duration {
     switchboard_server::pusher::webhooks::LEAVE_DELAY
 }
 
+/// Waits (past the delay webhooks wait for) until `check` holds.
 async fn wait_for(check: impl Fn() -> bool, what: &str) {
-    let deadline = tokio::time::Instant::now() + webhooks_delay() + Duration::from_secs(5);
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "no {what} webhook");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let within = webhooks_delay() + Duration::from_secs(5);
+    eventually(within, &format!("a {what} webhook"), || {
+        let done = check();
+        async move { done }
+    })
+    .await;
 }
 
 fn clear_redis(prefix: &str) {

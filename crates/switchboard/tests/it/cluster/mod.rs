@@ -81,22 +81,6 @@ pub(crate) async fn read_messages(
     got
 }
 
-/// Polls `check` until it holds or `within` passes; returns how long it took.
-pub(crate) async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if check().await {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not true within {within:?}");
-}
-
 /// A server process (so it can be `kill -9`ed) on `engine`.
 pub(crate) fn spawn_node(
     dir: &std::path::Path,

@@ -6,12 +6,11 @@
 //!
 //! Bodies are read chunk by chunk and parsed as a browser would: SSE events are split on blank
 //! lines with `id:`/`data:`/`retry:` fields and `:` comments, whatever the chunk boundaries.
-mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use switchboard_client::percent_encode;
 use switchboard_core::unix_now;

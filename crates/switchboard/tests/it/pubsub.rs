@@ -1,12 +1,11 @@
 //! Publish/subscribe over real sockets: fan-out, ordering and offsets, unsubscribe,
 //! concurrent publishers, history bounds and limits, recovery with `since`, presence and
 //! join/leave pushes (PROTOCOL.md §3, §4, §7).
-mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use switchboard_client::{Error, WsClient};
 

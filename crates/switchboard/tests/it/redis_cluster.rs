@@ -2,14 +2,12 @@
 //! recovery, presence, rooms and the server API across nodes; a `kill -9`ed node's members
 //! vanish within `node_ttl`; a Redis restart loses nothing it kept and tells clients when it
 //! lost something.
-mod cluster;
-mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster::*;
-use common::*;
+use crate::cluster::*;
+use crate::common::*;
 use serde_json::json;
 
 const REDIS: &str = "redis://127.0.0.1:6379";

@@ -1,10 +1,9 @@
 //! The server API (PROTOCOL.md §6) over real HTTP: authorisation, every call with its real
 //! effect on WebSocket clients, and the error answers.
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 use switchboard_client::{ApiClient, Error};

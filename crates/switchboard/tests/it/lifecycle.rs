@@ -1,10 +1,9 @@
 //! Connection lifecycle over real sockets: slow consumers, keep-alives and graceful shutdown.
-mod common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use switchboard_client::WsClient;

@@ -1,13 +1,12 @@
 //! The embedded TURN server: clients allocate relays with the credentials `join_room` and
 //! `/api/ice-servers` hand out, data flows through the relay, and bad or expired credentials,
 //! loopback peers (unless allowed) and allocations past the per-user limit are refused.
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use tokio::net::UdpSocket;
 use turn::client::{Client, ClientConfig};

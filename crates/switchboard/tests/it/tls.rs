@@ -1,11 +1,10 @@
 //! TLS on the one listener (spec §1): WSS and HTTPS with a certificate from the config.
-mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;

@@ -1,8 +1,7 @@
 //! The memory engine with `[engine] data_dir`: every acknowledged message survives `kill -9`,
 //! with the same epoch and offsets, and clients recover across the restart.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use switchboard_client::{ApiClient, WsClient};
 

@@ -1,7 +1,6 @@
 //! The shortest path a user takes: connect, subscribe, publish through the API, receive.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test]

@@ -2,9 +2,8 @@
 //! `{"type":"error","id"(when readable),"code","message"}` and the connection and its other
 //! subscriptions go on. After each bad input the tests prove it: the existing subscription
 //! still receives a message published through the server API, and a ping gets its pong.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use switchboard_client::{Message, WsClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

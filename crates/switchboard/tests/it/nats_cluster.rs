@@ -2,14 +2,12 @@
 //! delivery, offsets, recovery, presence, rooms and the server API across nodes; a `kill -9`ed
 //! node's members vanish within `node_ttl`; a NATS restart loses nothing JetStream kept and
 //! tells clients when it lost something.
-mod cluster;
-mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster::*;
-use common::*;
+use crate::cluster::*;
+use crate::common::*;
 use futures_util::StreamExt;
 
 /// The machine's NATS (`.ci/run` starts it with JetStream when it is down).

@@ -1,8 +1,7 @@
 //! WebRTC signaling rooms (spec §3): membership, peer events, signal relay and its refusals,
 //! ICE servers with TURN credentials, and rooms through the server API and a one-way door.
-mod common;
 
-use common::*;
+use crate::common::*;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use switchboard_client::WsClient;

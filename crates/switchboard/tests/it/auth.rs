@@ -2,7 +2,6 @@
 //! header or in a `connect` frame; anonymous clients; every refusal; live expiry and `refresh`;
 //! RS256/ES256 tokens; subscribe/publish claims, personal `#user` channels and namespace
 //! overrides. Every test runs its own server and talks to it over real sockets.
-mod common;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use switchboard_client::{Error, WsClient};
 use switchboard_core::unix_now;
@@ -803,7 +802,9 @@ async fn es256_tokens_are_accepted_with_a_public_key_file_and_forgeries_refused(
         .unwrap();
     assert_eq!(connected["user"], "erin");
     // HS256 with the configured secret still works alongside.
-    let (_, connected) = server.connect(Some(&common::token("hal", &[], &[]))).await;
+    let (_, connected) = server
+        .connect(Some(&crate::common::token("hal", &[], &[])))
+        .await;
     assert_eq!(connected["user"], "hal");
 
     let unauthorized = (401, "unauthorized".to_string());
@@ -857,7 +858,7 @@ async fn subscribe_presence_and_history_need_a_matching_subscribe_pattern() {
     }
     // A token with no subscribe claim may subscribe to nothing.
     let (mut nothing, _) = server
-        .connect(Some(&common::token("bob", &[], &["*"])))
+        .connect(Some(&crate::common::token("bob", &[], &["*"])))
         .await;
     assert_code(nothing.subscribe("chat:room").await, "forbidden");
     // The refusals did not hurt the allowed subscriptions.

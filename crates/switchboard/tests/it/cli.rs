@@ -1,12 +1,11 @@
 //! The `switchboard` binary as a user runs it: development mode, config layering, signals and
 //! the companion commands.
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use switchboard_client::{ApiClient, WsClient};
 
