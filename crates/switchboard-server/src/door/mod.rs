@@ -9,6 +9,7 @@
 //! - A door is then a codec (its wire form) and a driver: a few dozen lines that move bytes
 //!   between the machine and a socket or an HTTP body.
 
+pub(crate) mod body;
 pub(crate) mod codec;
 pub(crate) mod machine;
 pub(crate) mod outbox;

@@ -29,6 +29,7 @@ use super::codec::{Framing, PusherCodec};
 use super::conn::{PusherConn, new_socket_id};
 use super::door::PusherDoor;
 use super::http_sessions::{Drained, HttpSession};
+use crate::door::body::poll_chunk;
 use crate::door::{Deadline, Framing as Transfer, Machine, Outbox, Overflow};
 /// How long a long poll waits for something to send.
 const POLL_WAIT: Duration = Duration::from_secs(25);
@@ -159,8 +160,8 @@ async fn poll(door: &PusherDoor, id: &str, session: &Arc<HttpSession>, new: bool
                 door.http_sessions.close(id);
                 break;
             }
-            Drained::Waiting(_) if !out.is_empty() => break,
-            Drained::Waiting(_) => {}
+            Drained::Waiting if !out.is_empty() => break,
+            Drained::Waiting => {}
         }
         if !receiver.is_current() {
             // A newer poll took over.
@@ -291,22 +292,16 @@ impl http_body::Body for XhrStream {
                 }
                 continue;
             }
-            let mut chunk = BytesMut::new();
-            match session.drain(&mut chunk, 0) {
-                _ if !chunk.is_empty() => return this.emit(chunk.freeze()),
-                Drained::Closed => {
+            let polled = poll_chunk(&mut session.machine.lock(), &mut this.deadline, cx);
+            return match polled {
+                Poll::Ready(Some(chunk)) => this.emit(chunk),
+                Poll::Ready(None) => {
                     this.ended = true;
                     this.door.http_sessions.close(&this.id);
-                    return Poll::Ready(None);
+                    Poll::Ready(None)
                 }
-                Drained::Waiting(at) => {
-                    this.deadline.set(at);
-                    let woken = session.outbox.poll_woken(cx).is_ready();
-                    if !woken && this.deadline.poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                }
-            }
+                Poll::Pending => Poll::Pending,
+            };
         }
     }
 }

@@ -90,7 +90,7 @@ impl HttpSessions {
 /// What driving a session's machine came to.
 pub(crate) enum Drained {
     /// Nothing more to send for now.
-    Waiting(Option<Instant>),
+    Waiting,
     /// The session is over (its goodbye is in what was drained).
     Closed,
 }
@@ -107,10 +107,10 @@ impl HttpSession {
                         out.extend_from_slice(&chunk);
                     }
                     if out.len() >= max {
-                        return Drained::Waiting(None);
+                        return Drained::Waiting;
                     }
                 }
-                Output::Wait(at) => return Drained::Waiting(at),
+                Output::Wait(_) => return Drained::Waiting,
                 Output::Close(_) => return Drained::Closed,
             }
         }

@@ -5,13 +5,13 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::stream::OpenStream;
-use crate::door::{Deadline, Output};
+use crate::door::Deadline;
+use crate::door::body::poll_chunk;
 
 pub(crate) struct StreamBody {
     stream: OpenStream,
@@ -36,24 +36,8 @@ impl Body for StreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        let machine = &mut this.stream.machine;
-        loop {
-            match machine.poll_output(Instant::now()) {
-                Output::Write => {
-                    if let Some(chunk) = machine.take_chunk() {
-                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
-                    }
-                }
-                Output::Close(_) => return Poll::Ready(None),
-                Output::Wait(at) => {
-                    this.deadline.set(at);
-                    let woken = machine.outbox().poll_woken(cx).is_ready();
-                    if !woken && this.deadline.poll(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                }
-            }
-        }
+        poll_chunk(&mut this.stream.machine, &mut this.deadline, cx)
+            .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -20,7 +20,7 @@ use super::codec::{Cursor, StreamCodec, StreamKind};
 use super::cursor::CursorPosition;
 use super::state::StreamsState;
 use super::stream::{Handoff, OpenStream, Registration};
-use crate::door::{CLOSE_GRACE, Framing, Machine, Outbox, Overflow};
+use crate::door::{CLOSE_GRACE, Framing, Machine, NoControl, Outbox, Overflow};
 use crate::http::{ApiError, request_token};
 use crate::state::AppState;
 
@@ -148,15 +148,14 @@ pub(crate) async fn start_positions(
     Ok(starts)
 }
 
-/// Subscribes a door's URL channels from their start positions; a refusal is reported to the
-/// client through `report` as an error frame.
+/// Subscribes a door's URL channels from their start positions, announcing each as
+/// `announce` says; a refusal goes to the client as an error frame.
 pub(crate) async fn subscribe_channels(
     state: &AppState,
     session: &mut Session,
-    channels: &[String],
-    starts: Vec<(u64, Arc<str>)>,
+    (channels, starts): (&[String], Vec<(u64, Arc<str>)>),
     announce: Announce,
-    report: impl Fn(Bytes),
+    outbox: &Outbox<NoControl>,
 ) {
     for (channel, (offset, epoch)) in channels.iter().zip(starts) {
         let since = Some(Position {
@@ -165,7 +164,7 @@ pub(crate) async fn subscribe_channels(
         });
         if let Err(e) = session.subscribe_for_door(channel, since, announce).await {
             state.count_error();
-            report(switchboard_core::session::error_frame(&e));
+            outbox.push_own(switchboard_core::session::error_frame(&e));
         }
     }
 }
@@ -217,20 +216,16 @@ async fn open_stream(streams: Arc<StreamsState>, request: Request, kind: StreamK
     }
     let heartbeat = state.limits.ping_interval.as_secs();
     outbox.push_own(session.connected_frame(None, heartbeat, Some(&session_id)));
-    let announce = if door.cursor.is_some() {
-        Announce::Resumed
-    } else {
-        Announce::Always
+    let announce = match door.cursor {
+        Some(_) => Announce::Resumed,
+        None => Announce::Always,
     };
     subscribe_channels(
         state,
         &mut session,
-        &door.channels,
-        starts,
+        (&door.channels, starts),
         announce,
-        |frame| {
-            outbox.push_own(frame);
-        },
+        &outbox,
     )
     .await;
 

@@ -122,12 +122,9 @@ pub(crate) async fn poll(State(streams): State<Arc<StreamsState>>, request: Requ
     subscribe_channels(
         state,
         &mut session,
-        &door.channels,
-        starts,
+        (&door.channels, starts),
         announce,
-        |frame| {
-            outbox.push_own(frame);
-        },
+        &outbox,
     )
     .await;
     let session_door = poll_session.as_deref().and_then(|cell| cell.poll.as_ref());
