@@ -5,6 +5,8 @@
 //!
 //! [`Machine`]: super::Machine
 
+use std::collections::VecDeque;
+
 use bytes::{Bytes, BytesMut};
 use switchboard_core::StreamPosition;
 use switchboard_proto::{Disconnect, Outgoing};
@@ -52,12 +54,12 @@ pub(crate) struct Heartbeat {
 /// that small per-client parts are cut from, so a batch of frames costs one allocation
 /// however many cursors it carries.
 pub(crate) struct Out<'a> {
-    list: &'a mut Vec<Bytes>,
+    list: &'a mut VecDeque<Bytes>,
     scratch: BytesMut,
 }
 
 impl<'a> Out<'a> {
-    pub(crate) fn new(list: &'a mut Vec<Bytes>) -> Self {
+    pub(crate) fn new(list: &'a mut VecDeque<Bytes>) -> Self {
         Out {
             list,
             scratch: BytesMut::new(),
@@ -67,7 +69,7 @@ impl<'a> Out<'a> {
     /// Sends `bytes` as they are (shared, not copied).
     pub(crate) fn push(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
-            self.list.push(bytes);
+            self.list.push_back(bytes);
         }
     }
 
@@ -94,7 +96,7 @@ pub(crate) mod testing {
 
     /// Runs `f` on a fresh [`Out`] and returns what it sent, concatenated.
     pub(crate) fn written(f: impl FnOnce(&mut Out<'_>)) -> String {
-        let mut list = Vec::new();
+        let mut list = VecDeque::new();
         f(&mut Out::new(&mut list));
         list.iter()
             .map(|b| String::from_utf8(b.to_vec()).expect("test frames are UTF-8"))
@@ -103,8 +105,8 @@ pub(crate) mod testing {
 
     /// How many buffers `f` sent.
     pub(crate) fn pieces(f: impl FnOnce(&mut Out<'_>)) -> Vec<Bytes> {
-        let mut list = Vec::new();
+        let mut list = VecDeque::new();
         f(&mut Out::new(&mut list));
-        list
+        list.into()
     }
 }

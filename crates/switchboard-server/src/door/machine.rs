@@ -178,9 +178,10 @@ impl<C: DoorCodec> Machine<C> {
         }
     }
 
-    /// Encodes the next batch into the write list; false when there was nothing to do.
+    /// Encodes the next batch into the (empty) write list; false when there was nothing to do.
     fn fill(&mut self, now: Instant) -> bool {
-        let mut batch = Vec::new();
+        // Taken out for the codec to write into (an empty list costs nothing to move).
+        let mut batch = std::mem::take(&mut self.pending);
         let mut out = Out::new(&mut batch);
         let taken = self.outbox.take(BATCH_BYTES);
         let mut progress = !taken.items.is_empty();
@@ -233,22 +234,18 @@ impl<C: DoorCodec> Machine<C> {
         false
     }
 
-    fn queue_batch(&mut self, batch: Vec<Bytes>, last: bool) {
-        match self.framing {
-            Framing::Plain => self.pending.extend(batch),
-            Framing::Chunked => {
-                let len: usize = batch.iter().map(Bytes::len).sum();
-                if len > 0 {
-                    self.pending
-                        .push_back(Bytes::from(format!("{len:x}\r\n").into_bytes()));
-                    self.pending.extend(batch);
-                    self.pending.push_back(Bytes::from_static(b"\r\n"));
-                }
-                if last {
-                    self.pending.push_back(Bytes::from_static(b"0\r\n\r\n"));
-                }
+    fn queue_batch(&mut self, mut batch: VecDeque<Bytes>, last: bool) {
+        if self.framing == Framing::Chunked {
+            let len: usize = batch.iter().map(Bytes::len).sum();
+            if len > 0 {
+                batch.push_front(Bytes::from(format!("{len:x}\r\n").into_bytes()));
+                batch.push_back(Bytes::from_static(b"\r\n"));
+            }
+            if last {
+                batch.push_back(Bytes::from_static(b"0\r\n\r\n"));
             }
         }
+        self.pending = batch;
     }
 
     /// Fills `slices` with what to write next; returns how many it filled.
