@@ -51,7 +51,9 @@ impl Default for NamespaceConfig {
             history_size: default_history_size(),
             history_ttl: default_history_ttl(),
             presence: true,
-            join_leave: true,
+            // Off unless a namespace turns it on (spec §7): every arrival would cost every
+            // subscriber a frame.
+            join_leave: false,
             allow_client_publish: None,
             allow_anonymous: None,
         }
@@ -72,6 +74,11 @@ pub struct HubConfig {
     pub stream_idle_ttl: Duration,
     /// Most peers in one signaling room.
     pub max_room_peers: usize,
+    /// Most rooms one connection may be in.
+    pub max_rooms: usize,
+    /// Channel prefixes whose joins and leaves are announced whatever their namespace says
+    /// (a Pusher app's `presence-` channels, whose clients need them).
+    pub announce_prefixes: Vec<String>,
     /// This node's name in the node list (`/api/info`).
     pub node_name: String,
 }
@@ -85,6 +92,8 @@ impl Default for HubConfig {
             max_subscriptions: 128,
             stream_idle_ttl: Duration::from_secs(24 * 3600),
             max_room_peers: 32,
+            max_rooms: 16,
+            announce_prefixes: Vec::new(),
             node_name: "switchboard".into(),
         }
     }
@@ -110,6 +119,15 @@ impl HubConfig {
             history_size: ns.history_size,
             history_ttl: ns.history_ttl,
         }
+    }
+
+    /// Whether joins and leaves of `channel` are pushed to its subscribers.
+    pub fn join_leave(&self, channel: &str) -> bool {
+        self.namespace(channel).join_leave
+            || self
+                .announce_prefixes
+                .iter()
+                .any(|p| channel.starts_with(p.as_str()))
     }
 
     /// Anonymous clients are admitted at all: server-wide, or by at least one namespace.

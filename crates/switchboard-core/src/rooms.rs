@@ -28,6 +28,8 @@ pub enum RoomError {
     AlreadyJoined(String),
     #[error("room is full (at most {0} peers)")]
     Full(usize),
+    #[error("too many rooms (at most {0} per connection)")]
+    TooMany(usize),
     #[error(transparent)]
     Engine(EngineError),
 }
@@ -59,6 +61,13 @@ impl Hub {
         room: &str,
         meta: Option<Bytes>,
     ) -> Result<(RoomPeer, Vec<RoomPeer>), RoomError> {
+        if client.in_room(room) {
+            return Err(RoomError::AlreadyJoined(room.into()));
+        }
+        let max_rooms = self.config.max_rooms;
+        if max_rooms > 0 && client.room_count() >= max_rooms {
+            return Err(RoomError::TooMany(max_rooms));
+        }
         if !client.enter_room(room) {
             return Err(RoomError::AlreadyJoined(room.into()));
         }

@@ -58,11 +58,17 @@ fn put_message(out: &mut Vec<u8>, channel: &str, publication: &Publication) {
     out.extend_from_slice(br#","epoch":"#);
     put_string(out, &publication.epoch);
     out.extend_from_slice(br#","data":"#);
-    let start = out.len();
-    out.extend_from_slice(&publication.data);
-    for byte in &mut out[start..] {
-        if *byte == b'\n' || *byte == b'\r' {
-            *byte = b' ';
+    // Checked once per publication: a damaged record (from a broker or the disk) must not
+    // make frames that are not JSON.
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&publication.data).is_err() {
+        out.extend_from_slice(b"null");
+    } else {
+        let start = out.len();
+        out.extend_from_slice(&publication.data);
+        for byte in &mut out[start..] {
+            if *byte == b'\n' || *byte == b'\r' {
+                *byte = b' ';
+            }
         }
     }
     out.push(b'}');
@@ -465,6 +471,15 @@ mod tests {
         let escaped = message("a\"b", &publication(1, b"1"));
         let v: serde_json::Value = serde_json::from_slice(&escaped).unwrap();
         assert_eq!(v["channel"], "a\"b");
+    }
+
+    #[test]
+    fn data_that_is_not_json_is_sent_as_null() {
+        for bad in [&b"{not json"[..], b"", b"1 2", b"\xff"] {
+            let frame = message("c", &publication(1, bad));
+            let v: serde_json::Value = serde_json::from_slice(&frame).expect("still JSON");
+            assert_eq!(v["data"], serde_json::Value::Null);
+        }
     }
 
     #[test]

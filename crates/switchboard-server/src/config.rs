@@ -104,6 +104,23 @@ pub struct LimitsConfig {
     pub ping_interval: Duration,
     /// Largest server API request body in bytes.
     pub max_api_body: usize,
+    /// Client connections this node holds at most (0: no limit); past it new ones get 503.
+    pub max_connections: usize,
+    /// Client connections from one IP address at most (0: no limit); past it 429.
+    pub max_connections_per_ip: usize,
+    /// Connections of one user at most (0: no limit); a new one past it is refused with
+    /// `rate_limited`, older ones live.
+    pub max_connections_per_user: usize,
+    /// How long a client has for a request head (and a request body) to arrive in full.
+    #[serde(deserialize_with = "duration", serialize_with = "secs")]
+    pub handshake_timeout: Duration,
+    /// Commands per second per connection (0: no limit), in bursts of `client_burst`.
+    pub client_rate: u32,
+    pub client_burst: u32,
+    /// Rooms one connection may be in at most.
+    pub max_rooms: usize,
+    /// Proxies (IP addresses or CIDR ranges) whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for LimitsConfig {
@@ -115,6 +132,14 @@ impl Default for LimitsConfig {
             connect_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             max_api_body: 1024 * 1024,
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            max_connections_per_user: 0,
+            handshake_timeout: Duration::from_secs(10),
+            client_rate: 0,
+            client_burst: 0,
+            max_rooms: 16,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -337,6 +362,14 @@ impl Config {
             allow_anonymous: self.auth.allow_anonymous.unwrap_or(false),
             max_subscriptions: self.limits.max_subscriptions,
             max_room_peers: self.webrtc.max_room_peers,
+            max_rooms: self.limits.max_rooms,
+            // pusher-js presence channels need member_added/member_removed.
+            announce_prefixes: self
+                .pusher
+                .apps
+                .iter()
+                .map(|app| switchboard_proto::pusher::hub_channel(&app.namespace, "presence-"))
+                .collect(),
             node_name: self.engine.node_name.clone().unwrap_or_else(host_name),
             ..HubConfig::default()
         }

@@ -122,6 +122,10 @@ impl ClientEntry {
         }
     }
 
+    pub(crate) fn room_count(&self) -> usize {
+        self.extras.lock().as_ref().map_or(0, |e| e.rooms.len())
+    }
+
     pub(crate) fn in_room(&self, room: &str) -> bool {
         self.extras
             .lock()
@@ -494,7 +498,7 @@ impl Hub {
         if ns.presence && !client.observer {
             let _ = self.engine.presence_add(channel, member.clone()).await;
         }
-        if ns.join_leave && !client.observer {
+        if self.config.join_leave(channel) && !client.observer {
             let _ = self
                 .engine
                 .publish_presence_event(channel, PresenceEvent::Join, member)
@@ -595,7 +599,7 @@ impl Hub {
         if ns.presence && !client.observer {
             let _ = self.engine.presence_remove(channel, &client.id_str).await;
         }
-        if ns.join_leave && !client.observer {
+        if self.config.join_leave(channel) && !client.observer {
             let _ = self
                 .engine
                 .publish_presence_event(channel, PresenceEvent::Leave, member)
@@ -776,7 +780,7 @@ impl EngineHandler for Hub {
     }
 
     fn announces_presence(&self, channel: &str) -> bool {
-        self.config.namespace(channel).join_leave
+        self.config.join_leave(channel)
     }
 
     fn on_presence_event(&self, channel: &str, event: PresenceEvent, member: &PresenceMember) {

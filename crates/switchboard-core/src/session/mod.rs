@@ -439,14 +439,27 @@ pub fn may_join_room(hub: &Hub, claims: &Claims, room: &str) -> bool {
     }
 }
 
-/// Whether a client with `claims` may publish to `channel` from the client side.
+/// Whether a client with `claims` may publish to `channel` from the client side (spec §2,
+/// §8): a personal channel by its user only; an anonymous client where the server admits
+/// anonymous clients everywhere (development mode) or the namespace lets clients publish;
+/// anyone else as the namespace, else the claims, say.
 pub fn may_publish(hub: &Hub, claims: &Claims, channel: &str) -> bool {
     let ns = hub.config.namespace(channel);
-    let anonymous_allowed = ns.allow_anonymous.unwrap_or(hub.config.allow_anonymous);
+    if let Some((_, owner)) = channel.rsplit_once('#') {
+        // Its user's whatever the claims say, unless the namespace lets no client publish.
+        let owner = !claims.anonymous && !claims.user.is_empty() && owner == claims.user;
+        return owner && ns.allow_client_publish != Some(false);
+    }
+    if claims.anonymous {
+        // A namespace's `allow_anonymous` admits readers; publishing needs more.
+        let admitted = ns.allow_anonymous.unwrap_or(hub.config.allow_anonymous);
+        return admitted
+            && ns
+                .allow_client_publish
+                .unwrap_or(hub.config.allow_anonymous);
+    }
     match ns.allow_client_publish {
-        Some(false) => false,
-        Some(true) => !claims.anonymous || anonymous_allowed,
-        None if claims.anonymous => anonymous_allowed,
+        Some(allowed) => allowed,
         None => claims.may_publish_by_claims(channel),
     }
 }
@@ -473,7 +486,7 @@ fn room_error(id: Option<u64>, e: RoomError) -> CommandError {
         RoomError::NotInRoom(_) => ErrorCode::Forbidden,
         RoomError::UnknownPeer(_) => ErrorCode::NotFound,
         RoomError::AlreadyJoined(_) => ErrorCode::BadRequest,
-        RoomError::Full(_) => ErrorCode::RateLimited,
+        RoomError::Full(_) | RoomError::TooMany(_) => ErrorCode::RateLimited,
         RoomError::Engine(_) => ErrorCode::Unavailable,
     };
     err(id, code, e.to_string())

@@ -170,6 +170,91 @@ async fn a_personal_channel_is_its_owner_s_alone() {
     assert!(may_subscribe(&t.hub, &ann, "inbox#ann"));
     assert!(!may_subscribe(&t.hub, &ann, "inbox#bob"));
     assert!(!may_subscribe(&t.hub, &Claims::anonymous(), "inbox#"));
+    // Claims that would allow any channel do not open another user's inbox for writing.
+    let everything = Claims {
+        publish: vec!["*".into()],
+        ..claims("mallory", None)
+    };
+    assert!(may_publish(&t.hub, &everything, "mallory:x"));
+    assert!(!may_publish(&t.hub, &everything, "inbox#victim"));
+    assert!(
+        may_publish(&t.hub, &ann, "inbox#ann"),
+        "its own, whatever the claims"
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_open_to_anonymous_readers_is_not_open_to_anonymous_writers() {
+    let namespace = |name: &str, publish: Option<bool>| crate::config::NamespaceConfig {
+        name: name.into(),
+        allow_anonymous: Some(true),
+        allow_client_publish: publish,
+        ..Default::default()
+    };
+    let config = HubConfig {
+        namespaces: vec![namespace("read", None), namespace("write", Some(true))],
+        ..HubConfig::default()
+    };
+    let t = TestHub::new(config);
+    let anonymous = Claims::anonymous();
+    assert!(may_subscribe(&t.hub, &anonymous, "read:a"));
+    assert!(!may_publish(&t.hub, &anonymous, "read:a"));
+    assert!(may_publish(&t.hub, &anonymous, "write:a"));
+    assert!(!may_publish(&t.hub, &anonymous, "elsewhere"));
+    let development = TestHub::new(HubConfig {
+        allow_anonymous: true,
+        ..HubConfig::default()
+    });
+    assert!(may_publish(&development.hub, &anonymous, "anything"));
+}
+
+#[tokio::test]
+async fn a_connection_is_in_at_most_max_rooms_rooms() {
+    let t = TestHub::new(HubConfig {
+        max_rooms: 2,
+        ..HubConfig::default()
+    });
+    let (mut s, _) = session(&t, "ann");
+    for (id, room) in [(1, "call:1"), (2, "call:2")] {
+        let joined = command(&mut s, json!({"type": "join_room", "id": id, "room": room})).await;
+        assert!(!joined.unwrap().is_error());
+    }
+    let third = command(
+        &mut s,
+        json!({"type": "join_room", "id": 3, "room": "call:3"}),
+    )
+    .await;
+    assert_eq!(parse(&third.unwrap())["code"], "rate_limited");
+    command(
+        &mut s,
+        json!({"type": "leave_room", "id": 4, "room": "call:1"}),
+    )
+    .await;
+    let again = command(
+        &mut s,
+        json!({"type": "join_room", "id": 5, "room": "call:3"}),
+    )
+    .await;
+    assert!(!again.unwrap().is_error(), "room again after leaving one");
+}
+
+#[tokio::test]
+async fn a_malformed_stored_message_reads_as_null_not_a_panic() {
+    let t = TestHub::new(HubConfig::default());
+    // What a damaged record from Redis, NATS or the disk could hand back.
+    t.hub
+        .publish("chat:bad", bytes::Bytes::from_static(b"{not json"))
+        .await
+        .unwrap();
+    let (mut s, _) = session(&t, "ann");
+    let answer = command(
+        &mut s,
+        json!({"type": "history", "id": 1, "channel": "chat:bad"}),
+    )
+    .await
+    .unwrap();
+    let reply = parse(&answer);
+    assert_eq!(reply["messages"][0]["data"], Value::Null);
 }
 
 #[tokio::test]

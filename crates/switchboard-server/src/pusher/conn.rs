@@ -373,7 +373,7 @@ impl Live {
         channel_data: Option<&str>,
     ) -> Result<(String, Option<Bytes>), (u16, String)> {
         let ns = self.state.hub.config.namespace(hub_channel);
-        if !ns.presence || !ns.join_leave {
+        if !ns.presence || !self.state.hub.config.join_leave(hub_channel) {
             return Err((
                 403,
                 "presence channels need `presence` and `join_leave` on in their namespace".into(),

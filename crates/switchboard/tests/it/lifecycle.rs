@@ -236,7 +236,8 @@ async fn shutdown_tells_clients_to_reconnect() {
 
 #[tokio::test]
 async fn client_close_is_answered_and_cleans_up() {
-    let server = TestServer::start().await;
+    // Join/leave announced (off by default since contract v1.1 §7).
+    let server = server_with(JOIN_LEAVE).await;
     let mut watcher = server.connect_as("watcher").await;
     watcher.subscribe("room").await.unwrap();
     let leaver = {

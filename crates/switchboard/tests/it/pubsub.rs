@@ -813,7 +813,7 @@ async fn presence_lists_members_with_info() {
 
 #[tokio::test]
 async fn join_is_pushed_to_the_joiner_after_its_reply_and_to_others() {
-    let server = TestServer::start().await;
+    let server = server_with(JOIN_LEAVE).await;
     let alice_info = json!({"name": "Alice"});
     let bob_info = json!({"name": "Bob"});
     let (mut alice, alice_id) = connect_with_info(&server, "alice", &alice_info).await;
@@ -860,7 +860,7 @@ async fn join_is_pushed_to_the_joiner_after_its_reply_and_to_others() {
 
 #[tokio::test]
 async fn leave_is_pushed_on_unsubscribe_and_on_connection_close() {
-    let server = TestServer::start().await;
+    let server = server_with(JOIN_LEAVE).await;
     let (mut alice, alice_id) = connect_with_info(&server, "alice", &json!({"n": 1})).await;
     let (mut bob, bob_id) = connect_with_info(&server, "bob", &json!({"n": 2})).await;
     let (mut carol, carol_id) = connect_with_info(&server, "carol", &json!({"n": 3})).await;
@@ -924,6 +924,21 @@ async fn presence_disabled_namespace_answers_not_found() {
         "not_found"
     );
     server.stop().await;
+}
+
+#[tokio::test]
+async fn joins_and_leaves_are_announced_only_where_a_namespace_asks() {
+    // Spec §7 (v1.1): with no namespace configured, presence is kept but nobody is told of
+    // every arrival and departure.
+    let server = TestServer::start().await;
+    let mut alice = server.connect_as("alice").await;
+    alice.subscribe("plain").await.unwrap();
+    let mut bob = server.connect_as("bob").await;
+    bob.subscribe("plain").await.unwrap();
+    let members = server.api().presence("plain").await.unwrap();
+    assert_eq!(members["members"].as_array().unwrap().len(), 2);
+    bob.unsubscribe("plain").await.unwrap();
+    assert_quiet(&mut alice, "default namespace").await;
 }
 
 #[tokio::test]

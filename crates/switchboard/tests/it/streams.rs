@@ -766,7 +766,8 @@ async fn stream_two_interleaved_channels_in_order_without_gap_or_repeat() {
 
 #[tokio::test]
 async fn sse_stream_client_is_in_presence_and_sees_join_and_leave() {
-    let server = server_with("[[namespace]]\nname = \"quiet\"\njoin_leave = false\n").await;
+    let config = format!("{JOIN_LEAVE}[[namespace]]\nname = \"quiet\"\njoin_leave = false\n");
+    let server = server_with(&config).await;
     let (mut door, _) = open_fresh(&server, Kind::Sse, "alice", &["room:1", "quiet:1"]).await;
     let me = str_of(&door.connected, "client").to_owned();
     assert!(presence_clients(&server, "room:1").await.contains(&me));

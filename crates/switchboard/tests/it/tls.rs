@@ -101,7 +101,7 @@ fn make_certificate() -> (PathBuf, PathBuf, PathBuf) {
 async fn tls_server() -> (TestServer, TlsConnector) {
     let (ca, cert, key) = make_certificate();
     let config = format!(
-        "{}[tls]\ncert = {:?}\nkey = {:?}\n",
+        "{}{JOIN_LEAVE}[tls]\ncert = {:?}\nkey = {:?}\n",
         auth_toml(),
         cert.to_str().unwrap(),
         key.to_str().unwrap()

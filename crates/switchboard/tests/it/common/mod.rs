@@ -204,6 +204,10 @@ pub(crate) fn token_with_info(user: &str, info: &Value) -> String {
     })
 }
 
+/// Config that announces joins and leaves on every channel outside a namespace (they are off
+/// by default, spec §7).
+pub(crate) const JOIN_LEAVE: &str = "[default_namespace]\njoin_leave = true\n";
+
 /// A server with the test `[auth]` table and `extra` TOML after it.
 pub(crate) async fn server_with(extra: &str) -> TestServer {
     TestServer::with_config(&format!("{}\n{extra}", auth_toml())).await
