@@ -24,7 +24,7 @@ use switchboard_proto::ErrorCode;
 use switchboard_proto::command::MAX_CHANNEL_LEN;
 
 use crate::auth::constant_time_eq;
-use crate::http::{ApiError, bearer, error_response};
+use crate::http::{ApiError, bearer, error_response, read_body};
 use crate::state::AppState;
 
 pub(crate) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
@@ -89,13 +89,8 @@ async fn require_api_key(
 }
 
 async fn read_json<T: DeserializeOwned>(state: &AppState, body: Body) -> Result<T, ApiError> {
-    let limit = state.limits.max_api_body;
-    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        fail(
-            ErrorCode::TooLarge,
-            format!("request body larger than {limit} bytes"),
-        )
-    })?;
+    let limits = &state.limits;
+    let bytes = read_body(body, limits.max_api_body, limits.handshake_timeout).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| fail(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
 }

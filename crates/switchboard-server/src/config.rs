@@ -294,6 +294,14 @@ impl Config {
             && a.token_public_key.is_none()
             && a.api_key.is_none()
             && a.allow_anonymous.is_none();
+        if dev_mode && !listen.ip().is_loopback() {
+            // Development mode lets anyone do anything: it must never face a network.
+            return Err(ConfigError::Invalid(format!(
+                "development mode (no [auth] configured) serves only loopback addresses, not \
+                 {listen}: configure [auth] (token_secret or token_public_key, and api_key) \
+                 to listen there"
+            )));
+        }
         if dev_mode {
             self.auth.allow_anonymous = Some(true);
             // A page on any origin may try the one-way doors while developing.
@@ -433,6 +441,29 @@ join_leave = false
         assert_eq!(chat.history_size, 7);
         assert_eq!(chat.history_ttl, Duration::from_secs(120));
         assert!(chat.presence && !chat.join_leave);
+    }
+
+    #[test]
+    fn development_mode_listens_on_loopback_only() {
+        for listen in ["0.0.0.0:7700", "192.168.1.5:7700", "[::]:7700"] {
+            let refused = Config::default()
+                .with_listen(Some(listen.into()))
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(refused.contains("loopback"), "{listen}: {refused}");
+        }
+        for listen in ["127.0.0.1:7700", "[::1]:7700"] {
+            let resolved = Config::default().with_listen(Some(listen.into())).resolve();
+            assert!(resolved.unwrap().dev_mode, "{listen}");
+        }
+        let auth = "[auth]\ntoken_secret = \"0123456789abcdef0123456789abcdef\"\napi_key = \"k\"\n";
+        let configured = Config::from_toml(auth)
+            .unwrap()
+            .with_listen(Some("0.0.0.0:7700".into()))
+            .resolve()
+            .unwrap();
+        assert!(!configured.dev_mode);
     }
 
     #[test]

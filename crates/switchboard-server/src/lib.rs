@@ -32,6 +32,7 @@ use crate::auth::JwtAuthenticator;
 use crate::config::Resolved;
 use crate::metrics::ServerStats;
 use crate::state::AppState;
+use crate::streams::direct::Peeked;
 
 /// Lets a request drop its own HTTP connection (a streaming response whose client stopped
 /// reading cannot otherwise be ended: hyper only polls a body when it can write).
@@ -237,7 +238,15 @@ impl Server {
             }
         };
         let router = app::router(&doors);
-        let result = serve_http(self.listener, self.tls, router, on_shutdown).await;
+        let handshake_timeout = state.limits.handshake_timeout;
+        let result = serve_http(
+            self.listener,
+            self.tls,
+            router,
+            handshake_timeout,
+            on_shutdown,
+        )
+        .await;
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while state.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -250,9 +259,6 @@ impl Server {
     }
 }
 
-/// How long a client has to complete the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Accepts connections and serves HTTP/1.1 on each (with upgrades, which the WebSocket door
 /// takes over), over TLS when configured, until `shutdown`; then lets in-flight requests
 /// finish.
@@ -260,6 +266,7 @@ async fn serve_http(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
+    handshake_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -285,16 +292,24 @@ async fn serve_http(
         let stopped = stopped.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            // Every step a client must take before it is served is bounded by the handshake
+            // timeout: a slow or silent client (slowloris) holds nothing for long.
             match acceptor {
-                None => match streams::direct::peek_stream_request(&tcp).await {
-                    Some(head) => streams::direct::serve(tcp, head, router, stopped).await,
-                    None => serve_connection(tcp, router, stopped).await,
+                None => match streams::direct::peek_stream_request(&tcp, handshake_timeout).await {
+                    Peeked::Stream(head) => {
+                        streams::direct::serve(tcp, *head, router, stopped).await
+                    }
+                    Peeked::Other => {
+                        serve_connection(tcp, router, handshake_timeout, stopped).await
+                    }
+                    Peeked::TooSlow => tracing::debug!("request head too slow"),
                 },
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
                     match handshake.await {
-                        Ok(Ok(stream)) => serve_connection(stream, router, stopped).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, router, handshake_timeout, stopped).await
+                        }
                         Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -315,6 +330,7 @@ async fn serve_http(
 async fn serve_connection<I>(
     io: I,
     router: axum::Router,
+    handshake_timeout: Duration,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -329,6 +345,8 @@ async fn serve_connection<I>(
         async move { router.call(request).await }
     });
     let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
         .with_upgrades();
     let mut connection = std::pin::pin!(connection);

@@ -1,11 +1,12 @@
-//! Origin checks and CORS for the doors a browser reaches with `fetch`/`EventSource`
-//! (`/sse`, `/stream`, `/poll`, `/session/...`). Requests without an `Origin` (not from a
-//! browser) pass; same-origin requests pass; others only from `[auth] allowed_origins`.
+//! Origin checks: CORS for the doors a browser reaches with `fetch`/`EventSource` (`/sse`,
+//! `/stream`, `/poll`, `/session/...`), and the check of a browser's WebSocket upgrade.
+//! Requests without an `Origin` (not from a browser) pass; same-origin requests pass; others
+//! only from `[auth] allowed_origins`.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use switchboard_proto::ErrorCode;
@@ -22,6 +23,32 @@ pub(super) fn origin_allowed(allowed: &[String], origin: &str, host: Option<&str
         || allowed
             .iter()
             .any(|a| a == "*" || a.trim_end_matches('/') == origin)
+}
+
+/// Whether a request with these headers comes from an origin that may use the doors: no
+/// `Origin` (not a browser), the server's own, or a listed one.
+fn request_allowed(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    origin
+        .to_str()
+        .is_ok_and(|o| origin_allowed(&state.allowed_origins, o, host))
+}
+
+/// The refusal of a browser's WebSocket upgrade (`/ws`, `/app/...`): with `[auth]
+/// allowed_origins` set, one from another origin is refused with 403 (spec §8). Browsers apply no CORS to WebSocket:
+/// without this check a page on any origin could open connections to the server.
+pub(crate) fn check_upgrade_origin(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    if state.allowed_origins.is_empty() || request_allowed(state, headers) {
+        return None;
+    }
+    state.count_error();
+    Some(error_response(
+        ErrorCode::Forbidden,
+        "origin not allowed (see [auth] allowed_origins)",
+    ))
 }
 
 pub(crate) async fn cors(

@@ -20,6 +20,7 @@ use switchboard_proto::pusher::{self as proto, USER_CHANNEL_PREFIX, valid_channe
 
 use super::door::PusherDoor;
 use super::{App, signing};
+use crate::http::{BodyError, read_body};
 use crate::state::AppState;
 
 pub(crate) fn router() -> Router<Arc<PusherDoor>> {
@@ -81,17 +82,20 @@ async fn route(door: &PusherDoor, request: Request) -> ApiResult {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
-    let body = axum::body::to_bytes(request.into_body(), state.limits.max_api_body)
-        .await
-        .map_err(|_| {
-            fail(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body larger than {} bytes",
-                    state.limits.max_api_body
-                ),
-            )
-        })?;
+    let limits = &state.limits;
+    let body = read_body(
+        request.into_body(),
+        limits.max_api_body,
+        limits.handshake_timeout,
+    )
+    .await
+    .map_err(|e| {
+        let status = match e {
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::TooSlow(_) => StatusCode::REQUEST_TIMEOUT,
+        };
+        fail(status, e.message())
+    })?;
     let params = signing::parse_query(&query);
     let (app, tail) = match path.strip_prefix("/apps/") {
         Some(rest) => {

@@ -342,6 +342,14 @@ impl Live {
             let why = format!("too many subscriptions (at most {max} per connection)");
             return Err((429, "LimitReached", why));
         }
+        let public = !is_private(channel) && !channel.starts_with(proto::USER_CHANNEL_PREFIX);
+        if public && !self.may_read_public(channel) {
+            let why = "public channels of a Pusher app in the default namespace are read as an \
+                       anonymous client would, and anonymous clients may not read it: give the \
+                       app a `namespace` of its own, or set [default_namespace] allow_anonymous \
+                       = true";
+            return Err((403, "AuthError", why.into()));
+        }
         if is_private(channel) {
             let config = &self.app.config;
             let data = if is_presence(channel) {
@@ -363,6 +371,20 @@ impl Live {
             }
         }
         Ok(())
+    }
+
+    /// Whether this connection may read public channel `channel`. Pusher clients hold no
+    /// token: an app with a namespace of its own has its public channels there, readable by
+    /// its clients as Pusher's are; an app in the default namespace shares it with native
+    /// channels, so its clients read like anonymous native clients, never past the claims a
+    /// native channel needs.
+    fn may_read_public(&self, channel: &str) -> bool {
+        !self.app.config.namespace.is_empty()
+            || switchboard_core::session::may_subscribe(
+                &self.state.hub,
+                &switchboard_core::Claims::anonymous(),
+                &self.app.hub_channel(channel),
+            )
     }
 
     /// The presence identity of `channel_data` (`{"user_id","user_info"}`), within the

@@ -31,6 +31,7 @@ use super::door::PusherDoor;
 use super::http_sessions::{Drained, HttpSession};
 use crate::door::body::poll_chunk;
 use crate::door::{Deadline, Framing as Transfer, Machine, Outbox, Overflow};
+use crate::http::{BodyError, read_body};
 /// How long a long poll waits for something to send.
 const POLL_WAIT: Duration = Duration::from_secs(25);
 /// Longest `{server}` and `{session}` path parts.
@@ -120,8 +121,13 @@ fn open(door: &PusherDoor, app: Arc<super::App>, id: &str) -> Arc<HttpSession> {
 async fn send(door: &PusherDoor, session: &HttpSession, request: Request) -> Response {
     let state = &door.shared;
     let limit = state.limits.max_frame_size * 16;
-    let Ok(body) = axum::body::to_bytes(request.into_body(), limit).await else {
-        return text_response(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    let timeout = state.limits.handshake_timeout;
+    let body = match read_body(request.into_body(), limit, timeout).await {
+        Ok(body) => body,
+        Err(e @ BodyError::TooLarge(_)) => {
+            return text_response(StatusCode::PAYLOAD_TOO_LARGE, e.message());
+        }
+        Err(e) => return text_response(StatusCode::REQUEST_TIMEOUT, e.message()),
     };
     let Ok(messages) = serde_json::from_slice::<Vec<String>>(&body) else {
         return text_response(StatusCode::BAD_REQUEST, "expected a JSON array of strings");

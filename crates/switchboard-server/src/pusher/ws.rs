@@ -31,6 +31,9 @@ pub(crate) async fn upgrade(
         Ok(k) => k,
         Err(response) => return *response,
     };
+    if let Some(refusal) = crate::http::check_upgrade_origin(&door.shared, request.headers()) {
+        return refusal;
+    }
     let protocol = signing::parse_query(request.uri().query().unwrap_or(""))
         .into_iter()
         .find(|(k, _)| k == "protocol")

@@ -13,7 +13,7 @@ use switchboard_core::session::Answer;
 use switchboard_proto::{ErrorCode, parse_request};
 
 use super::state::StreamsState;
-use crate::http::error_response;
+use crate::http::{ApiError, error_response, read_body};
 
 /// Most commands in one `POST /session/...`.
 const MAX_COMMANDS: usize = 100;
@@ -30,13 +30,13 @@ pub(crate) async fn post_session(
         state.count_error();
         return error_response(ErrorCode::NotFound, "unknown or expired session");
     };
-    let limit = state.limits.max_api_body;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        state.count_error();
-        return error_response(
-            ErrorCode::TooLarge,
-            &format!("request body larger than {limit} bytes"),
-        );
+    let limits = &state.limits;
+    let bytes = match read_body(body, limits.max_api_body, limits.handshake_timeout).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            state.count_error();
+            return ApiError::from(e).into_response();
+        }
     };
     let frames: Vec<Box<RawValue>> = match serde_json::from_slice::<Box<RawValue>>(&bytes) {
         Ok(raw) if raw.get().trim_start().starts_with('[') => {

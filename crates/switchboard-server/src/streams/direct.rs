@@ -25,8 +25,8 @@ use crate::door::{Deadline, Output};
 /// The most of a request head this path reads; a longer one goes to hyper.
 const MAX_HEAD: usize = 4096;
 const MAX_HEADERS: usize = 48;
-/// How long a client may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a fresh socket may take to accept a stream's response head.
+const HEAD_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A request head read off the socket: the request, and its length in bytes.
 pub(crate) struct Head {
@@ -34,30 +34,43 @@ pub(crate) struct Head {
     len: usize,
 }
 
-/// Waits for the first request head on `tcp` without consuming it. `Some` when it is a
-/// `GET /sse` or `GET /stream` that fits in [`MAX_HEAD`]; `None` leaves the connection to
-/// hyper untouched.
-pub(crate) async fn peek_stream_request(tcp: &TcpStream) -> Option<Head> {
+/// What the start of a new plain-TCP connection turned out to be.
+pub(crate) enum Peeked {
+    /// A complete `GET /sse` or `GET /stream` head that fits in [`MAX_HEAD`].
+    Stream(Box<Head>),
+    /// Anything else: for hyper (which has not lost a byte: nothing was consumed).
+    Other,
+    /// No complete head within the handshake timeout: the connection is dropped.
+    TooSlow,
+}
+
+/// Waits (at most `timeout`) for the first request head on `tcp` without consuming it.
+pub(crate) async fn peek_stream_request(tcp: &TcpStream, timeout: Duration) -> Peeked {
     let mut buf = vec![0u8; MAX_HEAD];
-    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut seen = 0;
     loop {
-        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
+        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) => return Peeked::Other,
+            Err(_) => return Peeked::TooSlow,
+        };
         if n == 0 || !could_be_stream_request(&buf[..n]) {
-            return None;
+            return Peeked::Other;
         }
-        if let Some(head) = parse_head(&buf[..n]) {
-            return head;
-        }
-        if n == MAX_HEAD {
-            return None;
+        match parse_head(&buf[..n]) {
+            Some(Some(head)) => return Peeked::Stream(Box::new(head)),
+            Some(None) => return Peeked::Other,
+            None if n == MAX_HEAD => return Peeked::Other,
+            None => {}
         }
         if n == seen {
-            // The rest of the head has not arrived; peeking again at once would spin.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // The rest of the head has not arrived: peek returns at once what is there, so
+            // wait a little (and no longer than the deadline) before looking again.
+            if tokio::time::Instant::now() >= deadline {
+                return Peeked::TooSlow;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         seen = n;
     }
@@ -159,7 +172,10 @@ pub(crate) async fn serve(
     wire.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
     // The head goes first, before anything the stream queued; a fresh socket takes it at once.
     let head = tokio::io::AsyncWriteExt::write_all(&mut tcp, &wire);
-    if !matches!(tokio::time::timeout(HEAD_TIMEOUT, head).await, Ok(Ok(()))) {
+    if !matches!(
+        tokio::time::timeout(HEAD_WRITE_TIMEOUT, head).await,
+        Ok(Ok(()))
+    ) {
         return;
     }
     // A task of its own: this one carried the router's and the head's futures, which would

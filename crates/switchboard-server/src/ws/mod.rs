@@ -23,7 +23,7 @@ use self::codec::WsCodec;
 use self::native::Native;
 use crate::door::socket::Socket;
 use crate::door::{Framing, Machine, Outbox, Overflow};
-use crate::http::{auth_error_response, error_response, request_token};
+use crate::http::{auth_error_response, check_upgrade_origin, error_response, request_token};
 use crate::state::AppState;
 use crate::tls::TlsSocket;
 
@@ -131,6 +131,9 @@ pub(crate) async fn upgrade(State(state): State<Arc<AppState>>, mut request: Req
         Ok(key) => key,
         Err(response) => return *response,
     };
+    if let Some(refusal) = check_upgrade_origin(&state, request.headers()) {
+        return refusal;
+    }
     let identity = match request_token(request.uri().query(), request.headers()) {
         Some(token) => match state.auth.verify(&token) {
             Ok(claims) => Identity::Known(Box::new(claims)),

@@ -6,6 +6,7 @@
 mod cluster;
 mod common;
 
+mod abuse;
 mod api;
 mod auth;
 mod bad_input;

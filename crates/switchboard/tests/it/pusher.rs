@@ -208,7 +208,12 @@ async fn api_limits_and_queries() {
 
 /// Opens the Pusher door and returns the client and its socket id.
 async fn pusher_client(server: &TestServer) -> (WsClient, String) {
-    let url = server.ws_url(&format!("/app/{KEY}?protocol=7&client=rust&version=1"));
+    pusher_client_of(server, KEY).await
+}
+
+/// The same, for the app of `key`.
+async fn pusher_client_of(server: &TestServer, key: &str) -> (WsClient, String) {
+    let url = server.ws_url(&format!("/app/{key}?protocol=7&client=rust&version=1"));
     let mut ws = WsClient::open(&url, &[]).await.unwrap();
     let established = ws.next_frame(WAIT).await.unwrap();
     assert_eq!(established["event"], "pusher:connection_established");
@@ -285,6 +290,27 @@ async fn websocket_door_close_codes() {
     let (closed, _) = ws.wait_close(WAIT).await.unwrap();
     assert_eq!(closed, Some(4200));
     stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn public_channels_never_read_past_the_native_claims() {
+    // The test app shares the default namespace, closed to anonymous readers here: a native
+    // channel only some tokens may read must not be readable through the Pusher door.
+    let server = server().await;
+    let (mut ws, _) = pusher_client(&server).await;
+    ws.send_text(&json!({"event": "pusher:subscribe", "data": {"channel": "secret"}}).to_string())
+        .await
+        .unwrap();
+    let refused = next_event(&mut ws, "pusher:subscription_error").await;
+    let data = &refused["data"];
+    assert_eq!(
+        (data["status"].clone(), data["type"].clone()),
+        (json!(403), json!("AuthError"))
+    );
+    // An app with a namespace of its own keeps Pusher's public channels.
+    let (mut own, _) = pusher_client_of(&server, "quiet-key").await;
+    subscribe(&mut own, "secret").await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -406,7 +432,12 @@ async fn max_connections_refuses_with_4004_until_a_slot_frees() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pusher_app_on_two_redis_nodes_acts_as_one_server() {
     let prefix = format!("sbtest-pusher-{}", std::process::id());
-    let engine = format!("[engine]\nkind = \"redis\"\nprefix = \"{prefix}\"\nnode_ttl = 2\n");
+    // The app shares the default namespace: its public channels need it open to anonymous
+    // readers.
+    let engine = format!(
+        "[engine]\nkind = \"redis\"\nprefix = \"{prefix}\"\nnode_ttl = 2\n\
+         [default_namespace]\nallow_anonymous = true\n"
+    );
     let (a, b) = (server_with(&engine).await, server_with(&engine).await);
 
     let (mut ws, socket_id) = pusher_client(&b).await;
@@ -555,6 +586,7 @@ async fn occupancy_webhooks_of_two_redis_nodes_are_reported_once() {
     let prefix = format!("sbtest-pusher-hooks-{}", std::process::id());
     let config = format!(
         "{}\n[engine]\nkind = \"redis\"\nprefix = \"{prefix}\"\nnode_ttl = 2\n\
+         [default_namespace]\nallow_anonymous = true\n\
          [[pusher.apps]]\nid = \"{APP_ID}\"\nkey = \"{KEY}\"\nsecret = \"{SECRET}\"\n\
          [[pusher.apps.webhooks]]\nurl = \"{}\"\nevents = [\"channel_occupied\", \"channel_vacated\"]\n",
         auth_toml(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use serde_json::{Value, json};
-use switchboard_client::percent_encode;
+use switchboard_client::{WsClient, percent_encode};
 use switchboard_core::unix_now;
 use switchboard_server::auth::{TokenClaims, mint_hs256};
 use tokio::time::Instant;
@@ -2096,6 +2096,34 @@ async fn cross_origin_requests_need_an_allowed_origin() {
     door.subscribed(&["cors:a"]).await;
     let mut door = open(&server, Kind::Ndjson, &q).await;
     door.subscribed(&["cors:a"]).await;
+}
+
+#[tokio::test]
+async fn websocket_upgrades_from_other_origins_are_refused_when_origins_are_listed() {
+    let server = TestServer::with_config(&format!(
+        "{}allowed_origins = [\"http://app.example\"]\n",
+        auth_toml()
+    ))
+    .await;
+    let token = all("alice");
+    for path in [
+        format!("/ws?token={token}"),
+        "/app/any-key?protocol=7".to_owned(),
+    ] {
+        let url = server.ws_url(&path);
+        let refused = WsClient::open(&url, &[("Origin", "http://evil.example")]).await;
+        let Err(error) = refused else {
+            panic!("{path}: upgraded from another origin");
+        };
+        let error = error.to_string();
+        assert!(error.contains("403"), "{path}: {error}");
+        for origin in [&[("Origin", "http://app.example")][..], &[]] {
+            assert!(
+                WsClient::open(&url, origin).await.is_ok(),
+                "{path} {origin:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
