@@ -122,6 +122,13 @@ impl Disconnect {
         ws_close: 1000,
         reconnect: false,
     };
+    /// The user already holds its most connections on this node (`max_connections_per_user`).
+    pub const TOO_MANY_CONNECTIONS: Disconnect = Disconnect {
+        code: "rate_limited",
+        message: "this user has its most connections",
+        ws_close: 4029,
+        reconnect: false,
+    };
     /// The client broke the WebSocket protocol (unmasked frame, bad opcode, ...).
     pub const PROTOCOL_ERROR: Disconnect = Disconnect {
         code: "bad_request",

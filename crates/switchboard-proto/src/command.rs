@@ -130,6 +130,16 @@ struct Envelope<'a> {
     to: Option<&'a RawValue>,
 }
 
+/// The `id` of a command frame, where it has a readable one (to answer a command refused
+/// before it is parsed, such as one past the client's rate).
+pub fn request_id(frame: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: Option<u64>,
+    }
+    serde_json::from_slice::<Id>(frame).ok()?.id
+}
+
 /// Parses one command frame (the UTF-8 JSON text of one WebSocket message, or one element of a
 /// session POST body).
 pub fn parse_request(frame: &[u8]) -> Result<Request, CommandError> {

@@ -2,6 +2,7 @@
 //! same way), the server API, auth, config and metrics, around the hub of
 //! `switchboard-core`.
 
+mod admission;
 mod api;
 mod app;
 pub mod auth;
@@ -168,6 +169,7 @@ impl Server {
         let stats = Arc::new(ServerStats::default());
         let apps = pusher::Pusher::new(&config.pusher, &stats, &hub)?;
         apps.observe(&hub);
+        let admission = Arc::new(admission::Admission::new(&config.limits, stats.clone())?);
         let shared = Arc::new(AppState {
             hub,
             auth,
@@ -176,10 +178,14 @@ impl Server {
             api_key: config.auth.api_key.clone(),
             shutting_down: AtomicBool::new(false),
             allowed_origins: config.auth.allowed_origins.clone(),
+            admission,
         });
         let streams = Arc::new(streams::StreamsState {
             shared: shared.clone(),
-            sessions: streams::sessions::Sessions::default(),
+            sessions: streams::sessions::Sessions::new(
+                config.limits.client_rate,
+                config.limits.client_burst,
+            ),
             cursor_key: Arc::new(streams::cursor::CursorKey::new(
                 config.cursor_secret().as_bytes(),
             )),
@@ -275,7 +281,7 @@ async fn serve_http(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -297,10 +303,10 @@ async fn serve_http(
             match acceptor {
                 None => match streams::direct::peek_stream_request(&tcp, handshake_timeout).await {
                     Peeked::Stream(head) => {
-                        streams::direct::serve(tcp, *head, router, stopped).await
+                        streams::direct::serve(tcp, *head, peer, router, stopped).await
                     }
                     Peeked::Other => {
-                        serve_connection(tcp, router, handshake_timeout, stopped).await
+                        serve_connection(tcp, peer, router, handshake_timeout, stopped).await
                     }
                     Peeked::TooSlow => tracing::debug!("request head too slow"),
                 },
@@ -308,7 +314,7 @@ async fn serve_http(
                     let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
                     match handshake.await {
                         Ok(Ok(stream)) => {
-                            serve_connection(stream, router, handshake_timeout, stopped).await
+                            serve_connection(stream, peer, router, handshake_timeout, stopped).await
                         }
                         Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -329,6 +335,7 @@ async fn serve_http(
 /// Serves one HTTP/1.1 connection until it ends, is upgraded, or shutdown asks it to stop.
 async fn serve_connection<I>(
     io: I,
+    peer: SocketAddr,
     router: axum::Router,
     handshake_timeout: Duration,
     mut stopped: tokio::sync::watch::Receiver<bool>,
@@ -341,6 +348,7 @@ async fn serve_connection<I>(
     let handle = kill.clone();
     let service = hyper::service::service_fn(move |mut request: axum::http::Request<_>| {
         request.extensions_mut().insert(handle.clone());
+        request.extensions_mut().insert(admission::PeerAddr(peer));
         let mut router = router.clone();
         async move { router.call(request).await }
     });

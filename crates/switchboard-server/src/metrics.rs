@@ -23,6 +23,13 @@ pub struct ServerStats {
     pub errors: AtomicU64,
     /// Clients disconnected because their send queue overflowed.
     pub queue_drops: AtomicU64,
+    /// Client commands refused as past `client_rate`.
+    pub rate_limited: AtomicU64,
+    /// Connections refused by `max_connections`, `max_connections_per_ip` and
+    /// `max_connections_per_user`.
+    pub refused_connections: AtomicU64,
+    pub refused_per_ip: AtomicU64,
+    pub refused_per_user: AtomicU64,
     pub api_requests: AtomicU64,
     /// Pusher webhook requests answered 2xx, and attempts that failed (each retry counts).
     pub webhooks_sent: AtomicU64,
@@ -131,6 +138,30 @@ impl Collector for SwitchboardCollector {
             "switchboard_sent_bytes",
             "Bytes written to client sockets",
             get(&s.bytes_written),
+        )?;
+        counter(
+            &mut e,
+            "switchboard_rate_limited",
+            "Client commands refused as past limits.client_rate",
+            get(&s.rate_limited),
+        )?;
+        counter(
+            &mut e,
+            "switchboard_refused_connections",
+            "Connections refused by limits.max_connections (503)",
+            get(&s.refused_connections),
+        )?;
+        counter(
+            &mut e,
+            "switchboard_refused_connections_per_ip",
+            "Connections refused by limits.max_connections_per_ip (429)",
+            get(&s.refused_per_ip),
+        )?;
+        counter(
+            &mut e,
+            "switchboard_refused_connections_per_user",
+            "Connections refused by limits.max_connections_per_user",
+            get(&s.refused_per_user),
         )?;
         counter(
             &mut e,

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use switchboard_core::{Authenticator, Hub};
 
+use crate::admission::Admission;
 use crate::config::LimitsConfig;
 use crate::metrics::ServerStats;
 
@@ -19,6 +20,8 @@ pub(crate) struct AppState {
     pub shutting_down: AtomicBool,
     /// Browser origins besides the server's own that may use the browser-facing doors.
     pub allowed_origins: Vec<String>,
+    /// Who may open a connection: the connection limits of this node.
+    pub admission: Arc<Admission>,
 }
 
 impl AppState {

@@ -389,6 +389,11 @@ impl Hub {
         }
     }
 
+    /// Connections of `user` on this node (not counting long polls in flight).
+    pub fn user_connection_count(&self, user: &str) -> usize {
+        self.clients_of(user).iter().filter(|c| !c.observer).count()
+    }
+
     /// Disconnects every connection of `user`; returns how many.
     pub fn disconnect_user(&self, user: &str, reason: Disconnect) -> usize {
         let clients = self.clients_of(user);

@@ -21,6 +21,7 @@ use switchboard_proto::Disconnect;
 
 use super::codec::{DoorCodec, Out};
 use super::outbox::{Item, Outbox};
+use super::rate::Bucket;
 
 /// How long a closing connection may take to write its last bytes.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -64,6 +65,8 @@ pub(crate) struct Machine<C: DoorCodec> {
     connect_by: Option<Instant>,
     /// Boxed: a connection carries it only once it is closing.
     closing: Option<Box<Closing>>,
+    /// The client's command rate, where one is configured.
+    commands: Option<Box<Bucket>>,
 }
 
 struct Closing {
@@ -85,6 +88,22 @@ impl<C: DoorCodec> Machine<C> {
             active: true,
             connect_by: None,
             closing: None,
+            commands: None,
+        }
+    }
+
+    /// Limits the client to `rate` commands a second, `burst` at once (0: no limit).
+    pub(crate) fn limit_commands(&mut self, rate: u32, burst: u32, now: Instant) {
+        self.commands = Bucket::new(rate, burst, now);
+    }
+
+    /// A command (or a ping) arrived from the client: whether it may run now. A refused one
+    /// is answered `rate_limited`; the connection lives.
+    pub(crate) fn admit_command(&mut self, now: Instant) -> bool {
+        self.active = true;
+        match &mut self.commands {
+            Some(bucket) => bucket.take(now),
+            None => true,
         }
     }
 

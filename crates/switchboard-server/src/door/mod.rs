@@ -13,6 +13,7 @@ pub(crate) mod body;
 pub(crate) mod codec;
 pub(crate) mod machine;
 pub(crate) mod outbox;
+pub(crate) mod rate;
 pub(crate) mod socket;
 mod timer;
 

@@ -43,6 +43,12 @@ impl From<&switchboard_core::AuthError> for ApiError {
     }
 }
 
+impl From<crate::admission::Refused> for ApiError {
+    fn from(r: crate::admission::Refused) -> Self {
+        ApiError::new(r.code, r.message)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         error_response(self.code, &self.message)

@@ -53,7 +53,7 @@ pub(super) const TERMINATED: Disconnect = Disconnect {
 /// Longest event name (Pusher's limit).
 pub(super) const MAX_EVENT_NAME: usize = 200;
 /// Client event rate limit error (the connection goes on).
-const RATE_LIMITED: u16 = 4301;
+pub(crate) const RATE_LIMITED: u16 = 4301;
 
 /// A fresh Pusher socket id, `<digits>.<digits>`.
 pub(crate) fn new_socket_id() -> Arc<str> {

@@ -26,9 +26,10 @@ use parking_lot::Mutex;
 use switchboard_core::{ClientSink, unix_now};
 
 use super::codec::{Framing, PusherCodec};
-use super::conn::{PusherConn, new_socket_id};
+use super::conn::{PusherConn, RATE_LIMITED, new_socket_id};
 use super::door::PusherDoor;
 use super::http_sessions::{Drained, HttpSession};
+use crate::admission::Permit;
 use crate::door::body::poll_chunk;
 use crate::door::{Deadline, Framing as Transfer, Machine, Outbox, Overflow};
 use crate::http::{BodyError, read_body};
@@ -83,7 +84,14 @@ pub(crate) async fn handle(
         "xhr_streaming" | "xhr" => {
             let (session, new) = match sessions.get(&id) {
                 Some(s) => (s, false),
-                None => (open(&door, app, &id), true),
+                None => {
+                    let (headers, extensions) = (request.headers(), request.extensions());
+                    let permit = match crate::http::admit(&door.shared, headers, extensions) {
+                        Ok(permit) => permit,
+                        Err(refusal) => return refusal.into_response(),
+                    };
+                    (open(&door, app, &id, permit), true)
+                }
             };
             if kind == "xhr" {
                 poll(&door, &id, &session, new).await
@@ -95,7 +103,7 @@ pub(crate) async fn handle(
     }
 }
 
-fn open(door: &PusherDoor, app: Arc<super::App>, id: &str) -> Arc<HttpSession> {
+fn open(door: &PusherDoor, app: Arc<super::App>, id: &str, permit: Permit) -> Arc<HttpSession> {
     let state = &door.shared;
     let socket_id = new_socket_id();
     let outbox = Arc::new(Outbox::new(
@@ -105,13 +113,21 @@ fn open(door: &PusherDoor, app: Arc<super::App>, id: &str) -> Arc<HttpSession> {
     ));
     let conn = PusherConn::open(state, app, socket_id.clone(), &outbox);
     let codec = PusherCodec::new(socket_id, Framing::Sockjs);
+    let mut machine = Machine::new(codec, outbox.clone(), Transfer::Plain);
+    let limits = &state.limits;
+    machine.limit_commands(
+        limits.client_rate,
+        limits.client_burst,
+        std::time::Instant::now(),
+    );
     let session = Arc::new(HttpSession {
-        machine: Mutex::new(Machine::new(codec, outbox.clone(), Transfer::Plain)),
+        machine: Mutex::new(machine),
         outbox,
         conn: tokio::sync::Mutex::new(Some(conn)),
         generation: AtomicU64::new(0),
         receiving: AtomicBool::new(false),
         last_seen: AtomicU64::new(unix_now()),
+        _permit: permit,
     });
     door.http_sessions.insert(id, session.clone());
     session
@@ -143,6 +159,20 @@ async fn send(door: &PusherDoor, session: &HttpSession, request: Request) -> Res
                 &format!("message larger than {} bytes", state.limits.max_frame_size),
             );
             session.outbox.push_own(too_large);
+            continue;
+        }
+        if !session
+            .machine
+            .lock()
+            .admit_command(std::time::Instant::now())
+        {
+            state.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let message = format!(
+                "too many messages (at most {} a second)",
+                state.limits.client_rate
+            );
+            let refused = switchboard_proto::pusher::error_frame(Some(RATE_LIMITED), &message);
+            session.outbox.push_own(refused);
             continue;
         }
         conn.handle(&session.outbox, message.as_bytes()).await;

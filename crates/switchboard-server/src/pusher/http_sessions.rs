@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 
 use super::codec::PusherCodec;
 use super::conn::{PusherConn, PusherOutbox};
+use crate::admission::Permit;
 use crate::door::{Machine, Output};
 
 /// A session without a receiving request for this long is closed. pusher-js opens the next
@@ -33,6 +34,8 @@ pub(crate) struct HttpSession {
     pub receiving: AtomicBool,
     /// When the last receiving request ended (Unix seconds).
     pub last_seen: AtomicU64,
+    /// The session's place in the node's connection limits.
+    pub _permit: Permit,
 }
 
 /// The live HTTP-transport sessions, by `{key}/{server}/{session}`.

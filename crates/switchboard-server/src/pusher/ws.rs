@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use switchboard_proto::pusher as proto;
 
@@ -34,6 +34,10 @@ pub(crate) async fn upgrade(
     if let Some(refusal) = crate::http::check_upgrade_origin(&door.shared, request.headers()) {
         return refusal;
     }
+    let permit = match crate::http::admit(&door.shared, request.headers(), request.extensions()) {
+        Ok(permit) => permit,
+        Err(refusal) => return refusal.into_response(),
+    };
     let protocol = signing::parse_query(request.uri().query().unwrap_or(""))
         .into_iter()
         .find(|(k, _)| k == "protocol")
@@ -66,7 +70,7 @@ pub(crate) async fn upgrade(
         };
         let codec = PusherCodec::new(socket_id, Framing::WebSocket);
         let machine = Machine::new(codec, outbox, Transfer::Plain);
-        crate::ws::conn::run_protocol(state, socket, early, machine, conn)
+        crate::ws::conn::run_protocol(state, permit, socket, early, machine, conn)
     })
 }
 
@@ -87,6 +91,11 @@ impl Protocol for PusherConn {
 
     fn too_large(&self, limit: usize) -> Bytes {
         proto::error_frame(None, &format!("message larger than {limit} bytes"))
+    }
+
+    fn rate_limited(&self, _payload: &[u8], rate: u32) -> Bytes {
+        let message = format!("too many messages (at most {rate} a second)");
+        proto::error_frame(Some(super::conn::RATE_LIMITED), &message)
     }
 
     fn is_connected(&self) -> bool {

@@ -2,6 +2,7 @@
 //! frame names its live session; the body's command frames run as that client.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -10,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use switchboard_core::session::Answer;
-use switchboard_proto::{ErrorCode, parse_request};
+use switchboard_proto::command::request_id;
+use switchboard_proto::{ErrorCode, encode, parse_request};
 
 use super::state::StreamsState;
 use crate::http::{ApiError, error_response, read_body};
@@ -65,9 +67,23 @@ pub(crate) async fn post_session(
     };
     let mut replies: Vec<Bytes> = Vec::with_capacity(frames.len());
     for frame in &frames {
-        let reply = match parse_request(frame.get().as_bytes()) {
-            Ok(request) => Box::pin(session.handle(request)).await,
-            Err(e) => Some(e.into()),
+        let bytes = frame.get().as_bytes();
+        let reply = if !cell.admit_command() {
+            state.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let message = format!(
+                "too many commands (at most {} a second)",
+                limits.client_rate
+            );
+            Some(Answer::Error(encode::error(
+                request_id(bytes),
+                ErrorCode::RateLimited,
+                &message,
+            )))
+        } else {
+            match parse_request(bytes) {
+                Ok(request) => Box::pin(session.handle(request)).await,
+                Err(e) => Some(e.into()),
+            }
         };
         if reply.as_ref().is_some_and(Answer::is_error) {
             state.count_error();

@@ -119,6 +119,7 @@ fn parse_head(bytes: &[u8]) -> Option<Option<Head>> {
 pub(crate) async fn serve(
     mut tcp: TcpStream,
     head: Head,
+    peer: std::net::SocketAddr,
     mut router: axum::Router,
     stopped: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -131,6 +132,9 @@ pub(crate) async fn serve(
     let handoff = Handoff::default();
     let mut request = head.request;
     request.extensions_mut().insert(handoff.clone());
+    request
+        .extensions_mut()
+        .insert(crate::admission::PeerAddr(peer));
     let Ok(response) = router.call(request).await;
     let (parts, body) = response.into_parts();
     let stream = handoff.0.lock().take();

@@ -21,7 +21,7 @@ use super::cursor::CursorPosition;
 use super::state::StreamsState;
 use super::stream::{Handoff, OpenStream, Registration};
 use crate::door::{CLOSE_GRACE, Framing, Machine, NoControl, Outbox, Overflow};
-use crate::http::{ApiError, request_token};
+use crate::http::{ApiError, admit, admit_user, request_token};
 use crate::state::AppState;
 
 /// The reconnection delay SSE asks browsers for, in milliseconds.
@@ -189,6 +189,13 @@ async fn open_stream(streams: Arc<StreamsState>, request: Request, kind: StreamK
             return refusal.into_response();
         }
     };
+    let permit = match admit(state, &parts.headers, &parts.extensions) {
+        Ok(permit) => permit,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if let Err(refusal) = admit_user(state, &door.claims.user) {
+        return refusal.into_response();
+    }
     let starts = match start_positions(state, &door).await {
         Ok(starts) => starts,
         Err(refusal) => return refusal.into_response(),
@@ -248,6 +255,7 @@ async fn open_stream(streams: Arc<StreamsState>, request: Request, kind: StreamK
         machine,
         _registration: Registration {
             streams: streams.clone(),
+            _permit: permit,
             session_id,
             cell,
             finished,

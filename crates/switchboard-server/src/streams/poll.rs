@@ -22,8 +22,9 @@ use super::codec::{Cursor, StreamCodec, StreamKind};
 use super::open::{no_buffering, read_request, start_positions, subscribe_channels};
 use super::sessions::PollDoor;
 use super::state::StreamsState;
+use crate::admission::Permit;
 use crate::door::{Framing, Machine, NoControl, Outbox, Output, Overflow};
-use crate::http::error_response;
+use crate::http::{admit, admit_user, error_response};
 
 const DEFAULT_TIMEOUT: u64 = 25;
 /// Longest wait, below the 60 s idle timeout of common proxies.
@@ -32,7 +33,12 @@ const MAX_TIMEOUT: u64 = 55;
 /// Opens the session a long poller talks back through (spec §5): a client of the hub whose
 /// frames wait in its outbox for the next poll that names it (`&session=`). Returns its id and
 /// the `connected` frame that announces it.
-fn open_poll_session(streams: &StreamsState, claims: Claims, heartbeat: u64) -> (String, Bytes) {
+fn open_poll_session(
+    streams: &StreamsState,
+    claims: Claims,
+    permit: Permit,
+    heartbeat: u64,
+) -> (String, Bytes) {
     let state = &streams.shared;
     let outbox = Arc::new(Outbox::new(
         state.limits.client_queue_bytes,
@@ -46,7 +52,7 @@ fn open_poll_session(streams: &StreamsState, claims: Claims, heartbeat: u64) -> 
     session.return_replies();
     let id = crate::config::random_hex(16);
     let connected = session.connected_frame(None, heartbeat, Some(&id));
-    let door = PollDoor::new(outbox, machine);
+    let door = PollDoor::new(outbox, machine, permit);
     streams.sessions.insert_poll(id.clone(), session, door);
     (id, connected)
 }
@@ -104,8 +110,17 @@ pub(crate) async fn poll(State(streams): State<Arc<StreamsState>>, request: Requ
     );
     let first = door.cursor.is_none();
     if first {
+        // The session is the long poller's connection: it counts against the limits.
+        let permit = match admit(state, &parts.headers, &parts.extensions) {
+            Ok(permit) => permit,
+            Err(refusal) => return refusal.into_response(),
+        };
+        if let Err(refusal) = admit_user(state, &door.claims.user) {
+            return refusal.into_response();
+        }
         let heartbeat = state.limits.ping_interval.as_secs();
-        let (id, connected) = open_poll_session(&streams, door.claims.clone(), heartbeat);
+        let claims = door.claims.clone();
+        let (id, connected) = open_poll_session(&streams, claims, permit, heartbeat);
         outbox.push_own(connected);
         tracing::debug!("long-poll session {id} opened");
     }

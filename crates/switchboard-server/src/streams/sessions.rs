@@ -13,6 +13,8 @@ use switchboard_proto::Disconnect;
 use tokio::sync::Notify;
 
 use super::codec::StreamCodec;
+use crate::admission::Permit;
+use crate::door::rate::Bucket;
 use crate::door::{Machine, NoControl, Outbox};
 
 /// A door's session, shared by the registry and whatever owns its lifetime: a stream's driver,
@@ -24,6 +26,8 @@ pub(crate) struct SessionCell {
     pub(crate) poll: Option<PollDoor>,
     /// Unix seconds of the last poll (long polling only).
     last_seen: AtomicU64,
+    /// The rate of the commands posted to the session, where one is configured.
+    commands: Mutex<Option<Box<Bucket>>>,
 }
 
 /// A long-poll session's side of the door core: its frames wait in the outbox (bounded; past
@@ -35,10 +39,16 @@ pub(crate) struct PollDoor {
     /// Notified whenever the outbox wakes: several polls may wait on one session at once
     /// (a client changing its channel list), and the outbox wakes a single task.
     pub arrived: Arc<Notify>,
+    /// The session's place in the node's connection limits.
+    _permit: Permit,
 }
 
 impl PollDoor {
-    pub(crate) fn new(outbox: Arc<Outbox<NoControl>>, machine: Machine<StreamCodec>) -> Self {
+    pub(crate) fn new(
+        outbox: Arc<Outbox<NoControl>>,
+        machine: Machine<StreamCodec>,
+        permit: Permit,
+    ) -> Self {
         let arrived = Arc::new(Notify::new());
         let (forward, notify) = (outbox.clone(), arrived.clone());
         // Ends with the session: a closed outbox is woken one last time.
@@ -55,6 +65,7 @@ impl PollDoor {
             outbox,
             machine: Mutex::new(machine),
             arrived,
+            _permit: permit,
         }
     }
 
@@ -68,9 +79,19 @@ impl PollDoor {
 #[derive(Default)]
 pub(crate) struct Sessions {
     cells: Mutex<HashMap<String, Arc<SessionCell>>>,
+    /// `client_rate` and `client_burst`: each session's commands are limited like a
+    /// WebSocket client's.
+    command_rate: (u32, u32),
 }
 
 impl Sessions {
+    pub(crate) fn new(client_rate: u32, client_burst: u32) -> Self {
+        Sessions {
+            cells: Mutex::default(),
+            command_rate: (client_rate, client_burst),
+        }
+    }
+
     pub(crate) fn insert(&self, id: String, session: Session) -> (String, Arc<SessionCell>) {
         self.insert_cell(id, session, None)
     }
@@ -95,10 +116,12 @@ impl Sessions {
         session: Session,
         poll: Option<PollDoor>,
     ) -> (String, Arc<SessionCell>) {
+        let (rate, burst) = self.command_rate;
         let cell = Arc::new(SessionCell {
             session: tokio::sync::Mutex::new(Some(session)),
             poll,
             last_seen: AtomicU64::new(switchboard_core::unix_now()),
+            commands: Mutex::new(Bucket::new(rate, burst, std::time::Instant::now())),
         });
         self.cells.lock().insert(id.clone(), cell.clone());
         (id, cell)
@@ -139,6 +162,14 @@ impl Sessions {
 }
 
 impl SessionCell {
+    /// Whether one more command posted to this session may run now (`client_rate`).
+    pub(crate) fn admit_command(&self) -> bool {
+        match self.commands.lock().as_mut() {
+            Some(bucket) => bucket.take(std::time::Instant::now()),
+            None => true,
+        }
+    }
+
     /// Ends the session: it leaves the hub (and a long-poll session's door closes, ending
     /// its forwarding task).
     pub(crate) async fn close(&self) {

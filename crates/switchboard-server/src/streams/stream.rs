@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use super::codec::StreamCodec;
 use super::sessions::SessionCell;
 use super::state::StreamsState;
+use crate::admission::Permit;
 use crate::door::Machine;
 
 /// A live stream, whichever driver writes it: its machine, and its registration (dropped with
@@ -21,6 +22,8 @@ pub(crate) struct OpenStream {
 
 pub(crate) struct Registration {
     pub streams: Arc<StreamsState>,
+    /// The stream's place in the node's connection limits.
+    pub _permit: Permit,
     pub session_id: String,
     pub cell: Arc<SessionCell>,
     /// Set when the stream is over, so a pending kill leaves a reused connection alone.

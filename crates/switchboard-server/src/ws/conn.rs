@@ -14,6 +14,7 @@ use bytes::Bytes;
 use switchboard_proto::Disconnect;
 use switchboard_proto::ws::{self, Decoder, WsEvent};
 
+use crate::admission::Permit;
 use crate::door::socket::{Socket, Wake, poll_wake, write_from};
 use crate::door::{Deadline, DoorCodec, Machine, Outbox, Output};
 use crate::state::AppState;
@@ -55,6 +56,10 @@ pub(crate) trait Protocol: Send + Sized + 'static {
     /// was dropped unread and the connection goes on).
     fn too_large(&self, limit: usize) -> Bytes;
 
+    /// The error frame (JSON) for a client message past the client's command rate (it is not
+    /// run, the connection goes on).
+    fn rate_limited(&self, payload: &[u8], rate: u32) -> Bytes;
+
     /// The client is past its connect step.
     fn is_connected(&self) -> bool;
 
@@ -64,6 +69,8 @@ pub(crate) trait Protocol: Send + Sized + 'static {
 
 struct Conn<P: Protocol> {
     state: Arc<AppState>,
+    /// The connection's place in the node's connection limits.
+    _permit: Permit,
     socket: Socket,
     machine: Machine<P::Codec>,
     decoder: Decoder,
@@ -79,16 +86,20 @@ struct Conn<P: Protocol> {
 /// connection read past the handshake.
 pub(crate) fn run_protocol<P: Protocol>(
     state: Arc<AppState>,
+    permit: Permit,
     socket: Socket,
     early: Bytes,
     mut machine: Machine<P::Codec>,
     protocol: P,
 ) -> impl Future<Output = ()> + Send {
+    let now = Instant::now();
     if !protocol.is_connected() {
-        machine.expect_connect(Instant::now() + state.limits.connect_timeout);
+        machine.expect_connect(now + state.limits.connect_timeout);
     }
+    machine.limit_commands(state.limits.client_rate, state.limits.client_burst, now);
     let mut conn = Conn {
         state,
+        _permit: permit,
         socket,
         machine,
         decoder: Decoder::default(),
@@ -212,15 +223,19 @@ impl<P: Protocol> Conn<P> {
         for event in events {
             match event {
                 WsEvent::Message { payload } => {
-                    self.machine.client_activity();
                     self.state.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-                    if !self.machine.is_closing() {
+                    if !self.machine.admit_command(Instant::now()) {
+                        self.refuse_rate(&payload);
+                    } else if !self.machine.is_closing() {
                         self.on_message(&payload).await;
                     }
                 }
                 WsEvent::Ping(payload) => {
-                    self.machine.client_activity();
-                    self.machine.outbox().push_wire(ws::encode_pong(&payload));
+                    // A ping costs the server a pong: it counts like a command, and one past
+                    // the rate goes unanswered.
+                    if self.machine.admit_command(Instant::now()) {
+                        self.machine.outbox().push_wire(ws::encode_pong(&payload));
+                    }
                 }
                 WsEvent::Pong => self.machine.client_activity(),
                 WsEvent::Close(code) => {
@@ -254,6 +269,18 @@ impl<P: Protocol> Conn<P> {
         if self.protocol.is_connected() {
             self.machine.connected();
         }
+    }
+
+    fn refuse_rate(&mut self, payload: &[u8]) {
+        self.state.count_error();
+        self.state
+            .stats
+            .rate_limited
+            .fetch_add(1, Ordering::Relaxed);
+        let frame = self
+            .protocol
+            .rate_limited(payload, self.state.limits.client_rate);
+        self.machine.outbox().push_own(frame);
     }
 
     fn close(&mut self, reason: Disconnect, goodbye: Vec<Bytes>) {

@@ -23,7 +23,9 @@ use self::codec::WsCodec;
 use self::native::Native;
 use crate::door::socket::Socket;
 use crate::door::{Framing, Machine, Outbox, Overflow};
-use crate::http::{auth_error_response, check_upgrade_origin, error_response, request_token};
+use crate::http::{
+    admit, admit_user, auth_error_response, check_upgrade_origin, error_response, request_token,
+};
 use crate::state::AppState;
 use crate::tls::TlsSocket;
 
@@ -134,6 +136,10 @@ pub(crate) async fn upgrade(State(state): State<Arc<AppState>>, mut request: Req
     if let Some(refusal) = check_upgrade_origin(&state, request.headers()) {
         return refusal;
     }
+    let permit = match admit(&state, request.headers(), request.extensions()) {
+        Ok(permit) => permit,
+        Err(refusal) => return refusal.into_response(),
+    };
     let identity = match request_token(request.uri().query(), request.headers()) {
         Some(token) => match state.auth.verify(&token) {
             Ok(claims) => Identity::Known(Box::new(claims)),
@@ -147,6 +153,11 @@ pub(crate) async fn upgrade(State(state): State<Arc<AppState>>, mut request: Req
         }
         None => Identity::AwaitConnect,
     };
+    if let Identity::Known(claims) = &identity
+        && let Err(refusal) = admit_user(&state, &claims.user)
+    {
+        return refusal.into_response();
+    }
     accept(&mut request, &key, move |socket, early| {
         let outbox = Arc::new(Outbox::new(
             state.limits.client_queue_bytes,
@@ -159,6 +170,6 @@ pub(crate) async fn upgrade(State(state): State<Arc<AppState>>, mut request: Req
         };
         let native = Native::new(&state, &outbox, claims);
         let machine = Machine::new(WsCodec, outbox, Framing::Plain);
-        conn::run_protocol(state, socket, early, machine, native)
+        conn::run_protocol(state, permit, socket, early, machine, native)
     })
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use switchboard_core::{AuthError, Claims, ClientSink, Session};
+use switchboard_proto::command::request_id;
 use switchboard_proto::{Command, Disconnect, ErrorCode, encode, parse_request, ws};
 
 use super::codec::WsCodec;
@@ -57,6 +58,11 @@ impl Native {
         };
         match state.auth.verify(&token) {
             Ok(claims) => {
+                let existing = state.hub.user_connection_count(&claims.user);
+                if let Err(refused) = state.admission.admit_user(&claims.user, existing) {
+                    let frame = encode::error(request.id, refused.code, &refused.message);
+                    return Some(refuse(state, frame, Disconnect::TOO_MANY_CONNECTIONS));
+                }
                 self.start_session(state, outbox, claims, request.id);
                 None
             }
@@ -112,6 +118,11 @@ impl Protocol for Native {
     fn too_large(&self, limit: usize) -> Bytes {
         let message = format!("frame larger than {limit} bytes");
         encode::error(None, ErrorCode::TooLarge, &message)
+    }
+
+    fn rate_limited(&self, payload: &[u8], rate: u32) -> Bytes {
+        let message = format!("too many commands (at most {rate} a second)");
+        encode::error(request_id(payload), ErrorCode::RateLimited, &message)
     }
 
     fn is_connected(&self) -> bool {

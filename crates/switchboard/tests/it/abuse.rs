@@ -80,3 +80,161 @@ async fn a_body_sent_too_slowly_is_refused_after_the_handshake_timeout() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("not received within"), "{answer}");
 }
+
+/// The status of a refused WebSocket upgrade (the client's error names it).
+async fn upgrade_refused(url: &str, headers: &[(&str, &str)]) -> String {
+    match switchboard_client::WsClient::open(url, headers).await {
+        Ok(_) => panic!("{url}: upgraded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn past_max_connections_new_ones_get_503_and_a_freed_place_is_taken_again() {
+    let server = server_with("[limits]\nmax_connections = 2\n").await;
+    let first = server.connect_as("a").await;
+    let _second = server.connect_as("b").await;
+    let url = server.ws_url(&format!("/ws?token={}", token("c", &["*"], &["*"])));
+    assert!(upgrade_refused(&url, &[]).await.contains("503"));
+    let sse = reqwest::get(format!(
+        "{}/sse?channel=x&token={}",
+        server.base,
+        token("c", &["*"], &[])
+    ))
+    .await
+    .unwrap();
+    assert_eq!(sse.status(), 503, "streams count too");
+    assert_eq!(
+        server.metric("switchboard_refused_connections_total").await,
+        2.0
+    );
+    first.close().await.unwrap();
+    eventually(WAIT, "a freed place", || {
+        let url = url.clone();
+        async move { switchboard_client::WsClient::open(&url, &[]).await.is_ok() }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_address_behind_a_trusted_proxy_is_limited_alone() {
+    let server =
+        server_with("[limits]\nmax_connections_per_ip = 1\ntrusted_proxies = [\"127.0.0.1\"]\n")
+            .await;
+    let url = server.ws_url(&format!("/ws?token={}", token("a", &["*"], &["*"])));
+    let from = |ip: &'static str| [("X-Forwarded-For", ip)];
+    let _held = switchboard_client::WsClient::open(&url, &from("203.0.113.1"))
+        .await
+        .unwrap();
+    assert!(
+        upgrade_refused(&url, &from("203.0.113.1"))
+            .await
+            .contains("429")
+    );
+    let other = switchboard_client::WsClient::open(&url, &from("203.0.113.2")).await;
+    assert!(other.is_ok(), "another address is not held back");
+}
+
+#[tokio::test]
+async fn a_user_past_max_connections_per_user_is_refused_and_its_others_live() {
+    let server = server_with("[limits]\nmax_connections_per_user = 1\n").await;
+    let mut first = server.connect_as("alice").await;
+    first.subscribe("kept").await.unwrap();
+    let alice = token("alice", &["*"], &["*"]);
+    let url = server.ws_url(&format!("/ws?token={alice}"));
+    assert!(upgrade_refused(&url, &[]).await.contains("429"));
+    let sse = reqwest::get(format!("{}/sse?channel=x&token={alice}", server.base))
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 429);
+    // Through a connect frame: refused with rate_limited, then closed.
+    let mut late = switchboard_client::WsClient::open(&server.ws_url("/ws"), &[])
+        .await
+        .unwrap();
+    late.send(serde_json::json!({"type": "connect", "id": 1, "token": alice}))
+        .await
+        .unwrap();
+    let refused = late.next_frame(WAIT).await.unwrap();
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    // Another user connects, and the first connection still gets its messages.
+    server.connect_as("bob").await;
+    server
+        .api()
+        .publish("kept", &serde_json::json!(1))
+        .await
+        .unwrap();
+    assert_eq!(first.next_message("kept", WAIT).await.unwrap()["data"], 1);
+}
+
+#[tokio::test]
+async fn commands_past_client_rate_are_refused_while_the_connection_and_others_go_on() {
+    let server = server_with("[limits]\nclient_rate = 5\nclient_burst = 5\n").await;
+    let mut calm = server.connect_as("calm").await;
+    calm.subscribe("feed").await.unwrap();
+    let mut flood = server.connect_as("flood").await;
+    for id in 1..=30u64 {
+        flood
+            .send(serde_json::json!({"type": "ping", "id": id}))
+            .await
+            .unwrap();
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    for _ in 1..=30 {
+        let frame = flood.next_frame(WAIT).await.unwrap();
+        match frame["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") if frame["code"] == "rate_limited" => {
+                assert!(frame["id"].is_u64(), "answered with its id: {frame}");
+                limited += 1;
+            }
+            _ => panic!("{frame}"),
+        }
+    }
+    assert!((5..=7).contains(&pongs), "{pongs} pongs");
+    assert_eq!(pongs + limited, 30);
+    // Meanwhile a well-behaved client loses nothing, and the flooder itself goes on.
+    for n in 1..=20 {
+        server
+            .api()
+            .publish("feed", &serde_json::json!(n))
+            .await
+            .unwrap();
+    }
+    for n in 1..=20 {
+        assert_eq!(calm.next_message("feed", WAIT).await.unwrap()["data"], n);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(flood.ping().await.unwrap()["type"], "pong");
+    assert!(server.metric("switchboard_rate_limited_total").await >= 23.0);
+}
+
+#[tokio::test]
+async fn commands_posted_to_a_session_share_its_rate() {
+    let server = server_with("[limits]\nclient_rate = 5\nclient_burst = 5\n").await;
+    let token = token("poller", &["*"], &["*"]);
+    let first: serde_json::Value =
+        reqwest::get(format!("{}/poll?channel=p&token={token}", server.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let session = first["messages"][0]["session"].as_str().unwrap().to_owned();
+    let pings: Vec<_> = (1..=20)
+        .map(|id| serde_json::json!({"type": "ping", "id": id}))
+        .collect();
+    let replies: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/session/{session}", server.base))
+        .json(&pings)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let replies = replies.as_array().unwrap();
+    let pongs = replies.iter().filter(|r| r["type"] == "pong").count();
+    assert_eq!(pongs, 5, "{replies:?}");
+    assert!(replies[5..].iter().all(|r| r["code"] == "rate_limited"));
+    assert_eq!(replies[19]["id"], 20);
+}
