@@ -17,7 +17,7 @@ pub(crate) fn poll_chunk<C: DoorCodec>(
     cx: &mut Context<'_>,
 ) -> Poll<Option<Bytes>> {
     loop {
-        match machine.poll_output(Instant::now()) {
+        match machine.poll_output(Instant::now) {
             Output::Write => {
                 if let Some(chunk) = machine.take_chunk() {
                     return Poll::Ready(Some(chunk));

@@ -9,6 +9,8 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use switchboard_core::StreamPosition;
+
+use super::outbox::Item;
 use switchboard_proto::{Disconnect, Outgoing};
 
 pub(crate) trait DoorCodec: Send + 'static {
@@ -19,25 +21,25 @@ pub(crate) trait DoorCodec: Send + 'static {
 
     /// A frame the hub queued, shared by every recipient. Appends nothing when this door does
     /// not show it to this client.
-    fn shared(&mut self, frame: &Outgoing, out: &mut Out<'_>);
+    fn shared(&mut self, frame: &Outgoing, out: &mut Out<'_, Self::Control>);
 
     /// A frame this door's own protocol made for this client alone (as JSON): a reply, an
     /// error, `connected`.
-    fn own(&mut self, json: Bytes, out: &mut Out<'_>);
+    fn own(&mut self, json: Bytes, out: &mut Out<'_, Self::Control>);
 
     /// A subscription of this client starts at `position` (queued under the channel's lock,
     /// ahead of the channel's first message).
     fn subscribed(&mut self, _channel: &str, _position: &StreamPosition) {}
 
     /// Applies a [`Self::Control`].
-    fn control(&mut self, _control: Self::Control, _out: &mut Out<'_>) {}
+    fn control(&mut self, _control: Self::Control, _out: &mut Out<'_, Self::Control>) {}
 
     /// What keeps this connection alive on the server's ping interval, if anything.
     fn heartbeat(&mut self) -> Option<Heartbeat>;
 
     /// The last bytes before closing: a `disconnect` frame and, where the door has one, its
     /// own close.
-    fn goodbye(&mut self, reason: &Disconnect, out: &mut Out<'_>);
+    fn goodbye(&mut self, reason: &Disconnect, out: &mut Out<'_, Self::Control>);
 }
 
 /// The control type of a door that has none.
@@ -53,13 +55,13 @@ pub(crate) struct Heartbeat {
 /// Where a codec writes: a list of buffers to send in order, plus one scratch buffer per batch
 /// that small per-client parts are cut from, so a batch of frames costs one allocation
 /// however many cursors it carries.
-pub(crate) struct Out<'a> {
-    list: &'a mut VecDeque<Bytes>,
+pub(crate) struct Out<'a, K> {
+    list: &'a mut VecDeque<Item<K>>,
     scratch: BytesMut,
 }
 
-impl<'a> Out<'a> {
-    pub(crate) fn new(list: &'a mut VecDeque<Bytes>) -> Self {
+impl<'a, K> Out<'a, K> {
+    pub(crate) fn new(list: &'a mut VecDeque<Item<K>>) -> Self {
         Out {
             list,
             scratch: BytesMut::new(),
@@ -69,7 +71,7 @@ impl<'a> Out<'a> {
     /// Sends `bytes` as they are (shared, not copied).
     pub(crate) fn push(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
-            self.list.push_back(bytes);
+            self.list.push_back(Item::Wire(bytes));
         }
     }
 
@@ -95,18 +97,22 @@ pub(crate) mod testing {
     use super::*;
 
     /// Runs `f` on a fresh [`Out`] and returns what it sent, concatenated.
-    pub(crate) fn written(f: impl FnOnce(&mut Out<'_>)) -> String {
-        let mut list = VecDeque::new();
-        f(&mut Out::new(&mut list));
-        list.iter()
+    pub(crate) fn written<K>(f: impl FnOnce(&mut Out<'_, K>)) -> String {
+        pieces(f)
+            .iter()
             .map(|b| String::from_utf8(b.to_vec()).expect("test frames are UTF-8"))
             .collect()
     }
 
-    /// How many buffers `f` sent.
-    pub(crate) fn pieces(f: impl FnOnce(&mut Out<'_>)) -> Vec<Bytes> {
+    /// The buffers `f` sent.
+    pub(crate) fn pieces<K>(f: impl FnOnce(&mut Out<'_, K>)) -> Vec<Bytes> {
         let mut list = VecDeque::new();
         f(&mut Out::new(&mut list));
-        list.into()
+        list.into_iter()
+            .filter_map(|item| match item {
+                Item::Wire(bytes) => Some(bytes),
+                _ => None,
+            })
+            .collect()
     }
 }

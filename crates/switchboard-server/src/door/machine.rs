@@ -56,8 +56,9 @@ pub(crate) enum Framing {
 pub(crate) struct Machine<C: DoorCodec> {
     codec: C,
     outbox: Arc<Outbox<C::Control>>,
-    /// Bytes to write, in order; the first may be partly written.
-    pending: VecDeque<Bytes>,
+    /// Bytes to write (`Item::Wire` only), in order; the first may be partly written. A
+    /// batch of the queue that holds nothing but wire bytes becomes this list as it is.
+    pending: VecDeque<Item<C::Control>>,
     framing: Framing,
     /// The client said something since the last heartbeat that needed an answer.
     active: bool,
@@ -99,10 +100,10 @@ impl<C: DoorCodec> Machine<C> {
 
     /// A command (or a ping) arrived from the client: whether it may run now. A refused one
     /// is answered `rate_limited`; the connection lives.
-    pub(crate) fn admit_command(&mut self, now: Instant) -> bool {
+    pub(crate) fn admit_command(&mut self, clock: impl Fn() -> Instant) -> bool {
         self.active = true;
         match &mut self.commands {
-            Some(bucket) => bucket.take(now),
+            Some(bucket) => bucket.take(clock()),
             None => true,
         }
     }
@@ -154,7 +155,12 @@ impl<C: DoorCodec> Machine<C> {
 
     /// What to do next. Takes what the outbox holds (when the write list is empty), starts
     /// heartbeats and closes, and watches the deadlines.
-    pub(crate) fn poll_output(&mut self, now: Instant) -> Output {
+    /// `clock` is read only when the machine needs the time (a deadline, a close, a
+    /// heartbeat): most calls, one per delivery under load, need none.
+    pub(crate) fn poll_output(&mut self, clock: impl Fn() -> Instant) -> Output {
+        let read = std::cell::OnceCell::new();
+        let now = || *read.get_or_init(&clock);
+        let now: &dyn Fn() -> Instant = &now;
         if self.closing.is_none()
             && let Some(reason) = self.outbox.closing_reason()
         {
@@ -164,19 +170,19 @@ impl<C: DoorCodec> Machine<C> {
                 reason,
                 goodbye: None,
                 goodbye_queued: false,
-                deadline: now + CLOSE_GRACE,
+                deadline: now() + CLOSE_GRACE,
             }));
         }
         loop {
             if let Some(closing) = &self.closing {
                 let flushed = closing.goodbye_queued && self.pending.is_empty();
-                if flushed || now >= closing.deadline {
+                if flushed || now() >= closing.deadline {
                     return Output::Close(closing.reason);
                 }
             }
-            if self.connect_by.is_some_and(|by| now >= by) {
+            if self.connect_by.is_some_and(|by| now() >= by) {
                 self.connect_by = None;
-                self.close(Disconnect::CONNECT_TIMEOUT, None, now);
+                self.close(Disconnect::CONNECT_TIMEOUT, None, now());
             }
             if !self.pending.is_empty() {
                 return Output::Write;
@@ -198,13 +204,23 @@ impl<C: DoorCodec> Machine<C> {
     }
 
     /// Encodes the next batch into the (empty) write list; false when there was nothing to do.
-    fn fill(&mut self, now: Instant) -> bool {
-        // Taken out for the codec to write into (an empty list costs nothing to move).
-        let mut batch = std::mem::take(&mut self.pending);
-        let mut out = Out::new(&mut batch);
+    fn fill(&mut self, now: &dyn Fn() -> Instant) -> bool {
+        if self.outbox.is_quiet() {
+            // The common case right after a write: skip the lock and the bookkeeping.
+            return false;
+        }
         let taken = self.outbox.take(BATCH_BYTES);
         let mut progress = !taken.items.is_empty();
-        encode(&mut self.codec, taken.items, &mut out);
+        let mut batch = if taken.items.iter().all(|item| matches!(item, Item::Wire(_))) {
+            // Already wire bytes (a WebSocket's shared frames): the batch is the write list,
+            // with no copy and no allocation.
+            taken.items
+        } else {
+            let mut batch = VecDeque::with_capacity(taken.items.len() * 3);
+            encode(&mut self.codec, taken.items, &mut Out::new(&mut batch));
+            batch
+        };
+        let mut out = Out::new(&mut batch);
         // After what was queued: a stream's first bytes are its own, not a keep-alive.
         if self.closing.is_none() && self.outbox.take_ping_due() {
             // A close begun here is taken up on the next round.
@@ -217,7 +233,7 @@ impl<C: DoorCodec> Machine<C> {
                     reason,
                     goodbye: None,
                     goodbye_queued: false,
-                    deadline: now + CLOSE_GRACE,
+                    deadline: now() + CLOSE_GRACE,
                 })
             });
             if !closing.goodbye_queued {
@@ -238,13 +254,13 @@ impl<C: DoorCodec> Machine<C> {
 
     /// Sends a keep-alive, or closes a client that did not answer the last one; true when it
     /// closed.
-    fn heartbeat(&mut self, out: &mut Out<'_>, now: Instant) -> bool {
+    fn heartbeat(&mut self, out: &mut Out<'_, C::Control>, now: &dyn Fn() -> Instant) -> bool {
         let Some(heartbeat) = self.codec.heartbeat() else {
             return false;
         };
         if heartbeat.expects_answer {
             if !self.active {
-                self.close(Disconnect::NO_PONG, None, now);
+                self.close(Disconnect::NO_PONG, None, now());
                 return true;
             }
             self.active = false;
@@ -253,58 +269,86 @@ impl<C: DoorCodec> Machine<C> {
         false
     }
 
-    fn queue_batch(&mut self, mut batch: VecDeque<Bytes>, last: bool) {
+    fn queue_batch(&mut self, mut batch: VecDeque<Item<C::Control>>, last: bool) {
         if self.framing == Framing::Chunked {
-            let len: usize = batch.iter().map(Bytes::len).sum();
+            let len: usize = batch.iter().map(wire_len).sum();
             if len > 0 {
-                batch.push_front(Bytes::from(format!("{len:x}\r\n").into_bytes()));
-                batch.push_back(Bytes::from_static(b"\r\n"));
+                let header = Bytes::from(format!("{len:x}\r\n").into_bytes());
+                batch.push_front(Item::Wire(header));
+                batch.push_back(Item::Wire(Bytes::from_static(b"\r\n")));
             }
             if last {
-                batch.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                batch.push_back(Item::Wire(Bytes::from_static(b"0\r\n\r\n")));
             }
         }
         self.pending = batch;
     }
 
+    /// Whether bytes wait to be written.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Fills `slices` with what to write next; returns how many it filled.
     pub(crate) fn io_slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let wire = self.pending.iter().filter_map(|item| match item {
+            Item::Wire(bytes) => Some(bytes),
+            _ => None,
+        });
         let mut n = 0;
-        for (slot, bytes) in slices.iter_mut().zip(self.pending.iter()) {
+        for (slot, bytes) in slices.iter_mut().zip(wire) {
             *slot = IoSlice::new(bytes);
             n += 1;
         }
         n
     }
 
+    /// The bytes waiting to be written when they are a single buffer.
+    pub(crate) fn only_pending(&self) -> Option<&[u8]> {
+        match self.pending.front() {
+            Some(Item::Wire(bytes)) if self.pending.len() == 1 => Some(bytes),
+            _ => None,
+        }
+    }
+
     /// The transport took `n` bytes of what [`Machine::io_slices`] offered.
-    pub(crate) fn written(&mut self, mut n: usize) {
+    pub(crate) fn written(&mut self, n: usize) {
         self.outbox
             .stats()
             .bytes_written
             .fetch_add(n as u64, Ordering::Relaxed);
-        while n > 0 {
-            let Some(head) = self.pending.front_mut() else {
+        // Count the buffers written whole first, then drop them together: cheaper than
+        // taking them out one by one, which shows in a busy fan-out.
+        let mut left = n;
+        let mut whole = 0;
+        for item in &self.pending {
+            let len = wire_len(item);
+            if len > left {
                 break;
-            };
-            if head.len() <= n {
-                n -= head.len();
-                self.pending.pop_front();
-            } else {
-                head.advance(n);
-                n = 0;
             }
+            left -= len;
+            whole += 1;
         }
-        if self.pending.is_empty() {
+        if whole == self.pending.len() {
             // Give the list's memory back: an idle connection holds none.
             self.pending = VecDeque::new();
+            return;
+        }
+        self.pending.drain(..whole);
+        if let Some(Item::Wire(head)) = self.pending.front_mut() {
+            head.advance(left);
         }
     }
 
     /// Hands over the next buffer whole, for a transport that takes ownership (a response
     /// body); it counts as written.
     pub(crate) fn take_chunk(&mut self) -> Option<Bytes> {
-        let chunk = self.pending.pop_front()?;
+        let chunk = loop {
+            match self.pending.pop_front()? {
+                Item::Wire(bytes) => break bytes,
+                _ => continue,
+            }
+        };
         self.outbox
             .stats()
             .bytes_written
@@ -316,8 +360,20 @@ impl<C: DoorCodec> Machine<C> {
     }
 }
 
+/// The bytes a write-list item holds.
+fn wire_len<K>(item: &Item<K>) -> usize {
+    match item {
+        Item::Wire(bytes) => bytes.len(),
+        _ => 0,
+    }
+}
+
 /// Turns queued items into wire bytes, in order.
-fn encode<C: DoorCodec>(codec: &mut C, items: VecDeque<Item<C::Control>>, out: &mut Out<'_>) {
+fn encode<C: DoorCodec>(
+    codec: &mut C,
+    items: VecDeque<Item<C::Control>>,
+    out: &mut Out<'_, C::Control>,
+) {
     for item in items {
         match item {
             Item::Shared(frame) => codec.shared(&frame, out),
@@ -343,11 +399,11 @@ mod tests {
 
     impl DoorCodec for Test {
         type Control = NoControl;
-        fn shared(&mut self, frame: &Outgoing, out: &mut Out<'_>) {
+        fn shared(&mut self, frame: &Outgoing, out: &mut Out<'_, Self::Control>) {
             out.push(frame.json().clone());
             out.push(Bytes::from_static(b"|"));
         }
-        fn own(&mut self, json: Bytes, out: &mut Out<'_>) {
+        fn own(&mut self, json: Bytes, out: &mut Out<'_, Self::Control>) {
             out.write(|b| {
                 b.extend_from_slice(b"own:");
                 b.extend_from_slice(&json);
@@ -360,7 +416,7 @@ mod tests {
                 expects_answer: true,
             })
         }
-        fn goodbye(&mut self, reason: &Disconnect, out: &mut Out<'_>) {
+        fn goodbye(&mut self, reason: &Disconnect, out: &mut Out<'_, Self::Control>) {
             out.write(|b| b.extend_from_slice(format!("bye:{}|", reason.code).as_bytes()));
         }
     }
@@ -400,7 +456,7 @@ mod tests {
     fn run(m: &mut Machine<Test>, now: Instant) -> (String, Output) {
         let mut text = String::new();
         loop {
-            match m.poll_output(now) {
+            match m.poll_output(|| now) {
                 Output::Write => text.push_str(&write_all(m)),
                 other => return (text, other),
             }
@@ -423,11 +479,11 @@ mod tests {
         let t0 = Instant::now();
         let mut m = machine(1000, Framing::Plain);
         m.outbox().send(&frame("hello"));
-        assert_eq!(m.poll_output(t0), Output::Write);
+        assert_eq!(m.poll_output(|| t0), Output::Write);
         m.written(3);
-        assert_eq!(m.poll_output(t0), Output::Write);
+        assert_eq!(m.poll_output(|| t0), Output::Write);
         assert_eq!(write_all(&mut m), "lo|");
-        assert_eq!(m.poll_output(t0), Output::Wait(None));
+        assert_eq!(m.poll_output(|| t0), Output::Wait(None));
     }
 
     #[test]
@@ -482,14 +538,14 @@ mod tests {
         let t0 = Instant::now();
         let mut m = machine(1000, Framing::Plain);
         m.outbox().send(&frame("stuck"));
-        assert_eq!(m.poll_output(t0), Output::Write);
+        assert_eq!(m.poll_output(|| t0), Output::Write);
         m.outbox().disconnect(Disconnect::SHUTDOWN);
         // Nothing is written: the socket is full.
-        assert_eq!(m.poll_output(t0), Output::Write);
+        assert_eq!(m.poll_output(|| t0), Output::Write);
         m.written(6);
-        assert_eq!(m.poll_output(t0), Output::Write, "the goodbye waits");
+        assert_eq!(m.poll_output(|| t0), Output::Write, "the goodbye waits");
         let later = t0 + CLOSE_GRACE;
-        assert_eq!(m.poll_output(later), Output::Close(Disconnect::SHUTDOWN));
+        assert_eq!(m.poll_output(|| later), Output::Close(Disconnect::SHUTDOWN));
     }
 
     #[test]
@@ -497,12 +553,12 @@ mod tests {
         let t0 = Instant::now();
         let mut m = machine(1000, Framing::Plain);
         m.outbox().send(&frame("stuck"));
-        assert_eq!(m.poll_output(t0), Output::Write);
+        assert_eq!(m.poll_output(|| t0), Output::Write);
         m.outbox().disconnect(Disconnect::SLOW_CONSUMER);
-        assert_eq!(m.poll_output(t0), Output::Write, "nothing was written");
+        assert_eq!(m.poll_output(|| t0), Output::Write, "nothing was written");
         assert_eq!(m.deadline(), Some(t0 + CLOSE_GRACE));
         assert_eq!(
-            m.poll_output(t0 + CLOSE_GRACE),
+            m.poll_output(|| t0 + CLOSE_GRACE),
             Output::Close(Disconnect::SLOW_CONSUMER)
         );
     }
@@ -525,7 +581,7 @@ mod tests {
         let mut m = machine(1000, Framing::Plain);
         m.expect_connect(t0 + Duration::from_secs(10));
         assert_eq!(
-            m.poll_output(t0),
+            m.poll_output(|| t0),
             Output::Wait(Some(t0 + Duration::from_secs(10)))
         );
         let (text, output) = run(&mut m, t0 + Duration::from_secs(10));
@@ -536,7 +592,7 @@ mod tests {
         m.expect_connect(t0 + Duration::from_secs(10));
         m.connected();
         assert_eq!(
-            m.poll_output(t0 + Duration::from_secs(60)),
+            m.poll_output(|| t0 + Duration::from_secs(60)),
             Output::Wait(None)
         );
     }
@@ -564,7 +620,7 @@ mod tests {
         for _ in 0..4 {
             m.outbox().send(&frame(big));
         }
-        assert_eq!(m.poll_output(t0), Output::Write);
+        assert_eq!(m.poll_output(|| t0), Output::Write);
         let first = write_all(&mut m);
         assert_eq!(first.len(), 2 * (big.len() + 1), "two frames per batch");
         assert!(!m.outbox().is_empty());

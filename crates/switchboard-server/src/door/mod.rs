@@ -19,5 +19,5 @@ mod timer;
 
 pub(crate) use codec::{DoorCodec, Heartbeat, NoControl, Out};
 pub(crate) use machine::{CLOSE_GRACE, Framing, Machine, Output};
-pub(crate) use outbox::{Outbox, Overflow};
+pub(crate) use outbox::{Outbox, Overflow, Shared};
 pub(crate) use timer::Deadline;

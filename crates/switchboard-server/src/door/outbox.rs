@@ -44,6 +44,17 @@ impl<K> Item<K> {
     }
 }
 
+/// What the queue keeps of a frame the hub shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shared {
+    /// The frame itself: the door's codec makes this client's bytes when draining.
+    Frame,
+    /// Its WebSocket frame bytes, for a door that sends every shared frame as exactly that
+    /// (the native WebSocket door): no per-client bytes to make, and one reference count
+    /// fewer to move per delivery than keeping the frame.
+    WebSocketFrame,
+}
+
 /// What a full queue does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Overflow {
@@ -81,10 +92,14 @@ pub(crate) struct Outbox<K> {
     /// Something was queued, a close began or a heartbeat is due since it last looked.
     woken: AtomicBool,
     ping_due: AtomicBool,
+    /// The queue holds items: set by the push that finds it empty, cleared by the take that
+    /// empties it, so the machine can skip the lock when there is nothing to take.
+    queued: AtomicBool,
     /// Set once a close began, so the machine notices without taking the lock.
     closing: AtomicBool,
     limit: usize,
     overflow: Overflow,
+    shared: Shared,
     stats: Arc<ServerStats>,
 }
 
@@ -109,10 +124,25 @@ impl<K: Send> Outbox<K> {
             waker: AtomicWaker::new(),
             woken: AtomicBool::new(false),
             ping_due: AtomicBool::new(false),
+            queued: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             limit,
             overflow,
+            shared: Shared::Frame,
             stats,
+        }
+    }
+
+    /// Keeps shared frames as `shared` says.
+    pub(crate) fn keeping(mut self, shared: Shared) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    fn shared_item(&self, frame: &Arc<Outgoing>) -> Item<K> {
+        match self.shared {
+            Shared::Frame => Item::Shared(frame.clone()),
+            Shared::WebSocketFrame => Item::Wire(frame.ws_frame()),
         }
     }
 
@@ -157,6 +187,9 @@ impl<K: Send> Outbox<K> {
         // takes this too. State changes (no charge) don't count as waiting: a long poll
         // holding only those still waits to be woken by a frame.
         let was_idle = q.bytes == charge;
+        if q.items.is_empty() {
+            self.queued.store(true, Ordering::Release);
+        }
         q.items.push_back(item);
         if was_idle {
             self.wake();
@@ -215,9 +248,8 @@ impl<K: Send> Outbox<K> {
     /// reason once everything before the close is taken.
     pub(crate) fn take(&self, max: usize) -> Taken<K> {
         let mut q = self.queue.lock();
-        let items = if q.bytes <= max {
-            q.bytes = 0;
-            std::mem::take(&mut q.items)
+        let (items, taken_charge) = if q.bytes <= max {
+            (std::mem::take(&mut q.items), std::mem::take(&mut q.bytes))
         } else {
             let mut taken = VecDeque::new();
             let mut charge = 0;
@@ -228,12 +260,16 @@ impl<K: Send> Outbox<K> {
                 taken.push_back(item);
             }
             q.bytes -= charge;
-            taken
+            (taken, charge)
         };
-        let taken_charge: usize = items.iter().map(Item::charge).sum();
         // Recovered messages were queued before anything live that followed them.
         q.recovering = q.recovering.saturating_sub(taken_charge);
-        let closing = if q.items.is_empty() { q.closing } else { None };
+        let closing = if q.items.is_empty() {
+            self.queued.store(false, Ordering::Relaxed);
+            q.closing
+        } else {
+            None
+        };
         Taken { items, closing }
     }
 
@@ -258,9 +294,18 @@ impl<K: Send> Outbox<K> {
         self.waker.wake();
     }
 
+    /// Whether there is nothing for the machine to take: no items, no heartbeat due and no
+    /// close. Read without the lock; a push racing with it wakes the machine again.
+    pub(crate) fn is_quiet(&self) -> bool {
+        !self.queued.load(Ordering::Acquire)
+            && !self.ping_due.load(Ordering::Relaxed)
+            && !self.closing.load(Ordering::Acquire)
+    }
+
     /// Takes the heartbeat flag set by the server's ping interval.
     pub(crate) fn take_ping_due(&self) -> bool {
-        self.ping_due.swap(false, Ordering::Relaxed)
+        // Read first: a swap on every drain would take the cache line for nothing.
+        self.ping_due.load(Ordering::Relaxed) && self.ping_due.swap(false, Ordering::Relaxed)
     }
 
     pub(crate) fn is_closing(&self) -> bool {
@@ -302,11 +347,11 @@ impl<K: Send> Outbox<K> {
 
 impl<K: Send> ClientSink for Outbox<K> {
     fn send(&self, frame: &Arc<Outgoing>) -> bool {
-        self.push(Item::Shared(frame.clone()), false)
+        self.push(self.shared_item(frame), false)
     }
 
     fn send_recovered(&self, frame: &Arc<Outgoing>) -> bool {
-        self.push(Item::Shared(frame.clone()), true)
+        self.push(self.shared_item(frame), true)
     }
 
     fn subscribed(&self, channel: &str, position: &StreamPosition) {
@@ -349,6 +394,32 @@ mod tests {
                 Item::Control(never) => match *never {},
             })
             .collect()
+    }
+
+    #[test]
+    fn quiet_only_when_there_is_nothing_to_take() {
+        let (outbox, _) = outbox(100, Overflow::Disconnect);
+        assert!(outbox.is_quiet());
+        outbox.push_own(Bytes::from_static(b"1234"));
+        outbox.push_own(Bytes::from_static(b"5678"));
+        assert!(!outbox.is_quiet(), "items wait");
+        assert_eq!(texts(&outbox.take(4)), ["1234"]);
+        assert!(!outbox.is_quiet(), "a partial take leaves the rest");
+        assert_eq!(texts(&outbox.take(4)), ["5678"]);
+        assert!(outbox.is_quiet());
+        let position = StreamPosition {
+            offset: 1,
+            epoch: "e".into(),
+        };
+        ClientSink::subscribed(&outbox, "news", &position);
+        assert!(!outbox.is_quiet(), "a state change waits too");
+        outbox.take(usize::MAX);
+        ClientSink::heartbeat(&outbox);
+        assert!(!outbox.is_quiet(), "a heartbeat is due");
+        assert!(outbox.take_ping_due());
+        assert!(outbox.is_quiet());
+        outbox.close(Disconnect::SHUTDOWN);
+        assert!(!outbox.is_quiet(), "a close is news");
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub(crate) enum PresenceControl {
     Forget { hub: Arc<str> },
 }
 
+/// What the Pusher door's queue carries besides frames.
+type Control = Box<PresenceControl>;
+
 pub(crate) struct PusherCodec {
     socket_id: Arc<str>,
     framing: Framing,
@@ -139,7 +142,7 @@ impl PusherCodec {
         }
     }
 
-    fn message(&mut self, frame: &Outgoing, channel: &str, out: &mut Out<'_>) {
+    fn message(&mut self, frame: &Outgoing, channel: &str, out: &mut Out<'_, Control>) {
         let Some(message) = frame.pusher() else {
             return;
         };
@@ -158,7 +161,7 @@ impl PusherCodec {
         out.push(bytes);
     }
 
-    fn presence_change(&mut self, change: &PresenceChange, out: &mut Out<'_>) {
+    fn presence_change(&mut self, change: &PresenceChange, out: &mut Out<'_, Control>) {
         let Some(view) = self.presence.get_mut(&*change.channel) else {
             return;
         };
@@ -179,7 +182,7 @@ impl PusherCodec {
 impl DoorCodec for PusherCodec {
     type Control = Box<PresenceControl>;
 
-    fn shared(&mut self, frame: &Outgoing, out: &mut Out<'_>) {
+    fn shared(&mut self, frame: &Outgoing, out: &mut Out<'_, Self::Control>) {
         match frame.kind() {
             FrameKind::Message(meta) => self.message(frame, &meta.channel, out),
             FrameKind::Presence(change) => self.presence_change(change, out),
@@ -188,11 +191,11 @@ impl DoorCodec for PusherCodec {
         }
     }
 
-    fn own(&mut self, json: Bytes, out: &mut Out<'_>) {
+    fn own(&mut self, json: Bytes, out: &mut Out<'_, Self::Control>) {
         out.push(self.wire(&json));
     }
 
-    fn control(&mut self, control: Box<PresenceControl>, out: &mut Out<'_>) {
+    fn control(&mut self, control: Box<PresenceControl>, out: &mut Out<'_, Self::Control>) {
         match *control {
             PresenceControl::Watch { hub, channel } => {
                 self.presence.insert(hub, PresenceView::new(channel));
@@ -236,7 +239,7 @@ impl DoorCodec for PusherCodec {
         })
     }
 
-    fn goodbye(&mut self, reason: &Disconnect, out: &mut Out<'_>) {
+    fn goodbye(&mut self, reason: &Disconnect, out: &mut Out<'_, Self::Control>) {
         let code = close_code(reason);
         let error = proto::error_frame(Some(code), reason.message);
         out.push(self.wire(&error));

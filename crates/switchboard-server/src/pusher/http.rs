@@ -164,7 +164,7 @@ async fn send(door: &PusherDoor, session: &HttpSession, request: Request) -> Res
         if !session
             .machine
             .lock()
-            .admit_command(std::time::Instant::now())
+            .admit_command(std::time::Instant::now)
         {
             state.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             let message = format!(

@@ -104,7 +104,7 @@ impl HttpSession {
     pub(crate) fn drain(&self, out: &mut BytesMut, max: usize) -> Drained {
         let mut machine = self.machine.lock();
         loop {
-            match machine.poll_output(Instant::now()) {
+            match machine.poll_output(Instant::now) {
                 Output::Write => {
                     while let Some(chunk) = machine.take_chunk() {
                         out.extend_from_slice(&chunk);

@@ -96,7 +96,7 @@ impl StreamCodec {
     }
 
     /// A frame without a cursor.
-    fn plain(&mut self, json: Bytes, out: &mut Out<'_>) {
+    fn plain(&mut self, json: Bytes, out: &mut Out<'_, NoControl>) {
         match self.kind {
             StreamKind::Sse => {
                 out.push(Bytes::from_static(b"data: "));
@@ -114,7 +114,7 @@ impl StreamCodec {
         }
     }
 
-    fn separate(&mut self, out: &mut Out<'_>) {
+    fn separate(&mut self, out: &mut Out<'_, NoControl>) {
         if std::mem::replace(&mut self.started, true) {
             out.push(Bytes::from_static(b","));
         }
@@ -124,7 +124,7 @@ impl StreamCodec {
 impl DoorCodec for StreamCodec {
     type Control = NoControl;
 
-    fn shared(&mut self, frame: &Outgoing, out: &mut Out<'_>) {
+    fn shared(&mut self, frame: &Outgoing, out: &mut Out<'_, Self::Control>) {
         let json = frame.json();
         // Messages of channels outside the URL (subscribed through the session) carry no
         // cursor: the cursor stands for the URL's channels only.
@@ -160,7 +160,7 @@ impl DoorCodec for StreamCodec {
         });
     }
 
-    fn own(&mut self, json: Bytes, out: &mut Out<'_>) {
+    fn own(&mut self, json: Bytes, out: &mut Out<'_, Self::Control>) {
         self.plain(json, out);
     }
 
@@ -186,7 +186,7 @@ impl DoorCodec for StreamCodec {
         })
     }
 
-    fn goodbye(&mut self, reason: &Disconnect, out: &mut Out<'_>) {
+    fn goodbye(&mut self, reason: &Disconnect, out: &mut Out<'_, Self::Control>) {
         self.plain(encode::disconnect(reason), out);
     }
 }

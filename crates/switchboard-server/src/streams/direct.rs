@@ -208,7 +208,7 @@ async fn drive_loop(socket: &mut Socket, stream: &mut OpenStream, deadline: &mut
     loop {
         let machine = &mut stream.machine;
         let mut writing = false;
-        match machine.poll_output(Instant::now()) {
+        match machine.poll_output(Instant::now) {
             Output::Write => match write_from(socket, machine) {
                 Ok(true) => continue,
                 Ok(false) => writing = true,

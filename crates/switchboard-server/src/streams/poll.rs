@@ -196,7 +196,7 @@ pub(crate) async fn poll(State(streams): State<Arc<StreamsState>>, request: Requ
 fn drain(machine: &mut Machine<StreamCodec>) -> (Vec<Bytes>, bool) {
     let mut frames = Vec::new();
     loop {
-        match machine.poll_output(Instant::now()) {
+        match machine.poll_output(Instant::now) {
             Output::Write => frames.extend(std::iter::from_fn(|| machine.take_chunk())),
             Output::Wait(_) => return (frames, false),
             Output::Close(_) => return (frames, true),

@@ -14,11 +14,11 @@ pub(crate) struct WsCodec;
 impl DoorCodec for WsCodec {
     type Control = NoControl;
 
-    fn shared(&mut self, frame: &Outgoing, out: &mut Out<'_>) {
+    fn shared(&mut self, frame: &Outgoing, out: &mut Out<'_, Self::Control>) {
         out.push(frame.ws_frame());
     }
 
-    fn own(&mut self, json: Bytes, out: &mut Out<'_>) {
+    fn own(&mut self, json: Bytes, out: &mut Out<'_, Self::Control>) {
         out.push(ws::encode_text(&json));
     }
 
@@ -29,7 +29,7 @@ impl DoorCodec for WsCodec {
         })
     }
 
-    fn goodbye(&mut self, reason: &Disconnect, out: &mut Out<'_>) {
+    fn goodbye(&mut self, reason: &Disconnect, out: &mut Out<'_, Self::Control>) {
         out.push(ws::encode_text(&encode::disconnect(reason)));
         out.push(ws::encode_close(reason.ws_close, reason.message));
     }

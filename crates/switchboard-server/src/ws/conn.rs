@@ -130,7 +130,7 @@ impl<P: Protocol> Conn<P> {
     async fn serve(&mut self) {
         loop {
             let mut writing = false;
-            match self.machine.poll_output(Instant::now()) {
+            match self.machine.poll_output(Instant::now) {
                 Output::Write => match write_from(&mut self.socket, &mut self.machine) {
                     Ok(true) => continue,
                     Ok(false) => writing = true,
@@ -224,7 +224,7 @@ impl<P: Protocol> Conn<P> {
             match event {
                 WsEvent::Message { payload } => {
                     self.state.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-                    if !self.machine.admit_command(Instant::now()) {
+                    if !self.machine.admit_command(Instant::now) {
                         self.refuse_rate(&payload);
                     } else if !self.machine.is_closing() {
                         self.on_message(&payload).await;
@@ -233,7 +233,7 @@ impl<P: Protocol> Conn<P> {
                 WsEvent::Ping(payload) => {
                     // A ping costs the server a pong: it counts like a command, and one past
                     // the rate goes unanswered.
-                    if self.machine.admit_command(Instant::now()) {
+                    if self.machine.admit_command(Instant::now) {
                         self.machine.outbox().push_wire(ws::encode_pong(&payload));
                     }
                 }

@@ -22,7 +22,7 @@ use tokio_rustls::server::TlsStream;
 use self::codec::WsCodec;
 use self::native::Native;
 use crate::door::socket::Socket;
-use crate::door::{Framing, Machine, Outbox, Overflow};
+use crate::door::{Framing, Machine, Outbox, Overflow, Shared};
 use crate::http::{
     admit, admit_user, auth_error_response, check_upgrade_origin, error_response, request_token,
 };
@@ -159,11 +159,12 @@ pub(crate) async fn upgrade(State(state): State<Arc<AppState>>, mut request: Req
         return refusal.into_response();
     }
     accept(&mut request, &key, move |socket, early| {
-        let outbox = Arc::new(Outbox::new(
+        let outbox = Outbox::new(
             state.limits.client_queue_bytes,
             Overflow::Disconnect,
             state.stats.clone(),
-        ));
+        );
+        let outbox = Arc::new(outbox.keeping(Shared::WebSocketFrame));
         let claims = match identity {
             Identity::Known(claims) => Some(*claims),
             Identity::AwaitConnect => None,
