@@ -129,7 +129,10 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     // Messages after the reply come after `since` when the epoch is the one we resume (the
     // server recovers the rest), or after the reply's offset otherwise: a new stream or a
     // first subscribe gets nothing older than where it starts.
-    if (!since || since.epoch !== reply.epoch) this.position = { offset: reply.offset, epoch: reply.epoch };
+    // Offset 0 had seen nothing, so it continues any epoch.
+    if (!since || (since.offset !== 0 && since.epoch !== reply.epoch)) {
+      this.position = { offset: reply.offset, epoch: reply.epoch };
+    }
     this.state = "subscribed";
     const held = this.held ?? [];
     this.held = null;

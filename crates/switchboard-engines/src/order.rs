@@ -51,11 +51,12 @@ impl ChannelOrder {
 
     pub(crate) fn arrival(&self, publication: &Publication) -> Arrival {
         match &self.last {
-            Some((last, epoch)) if *epoch == publication.epoch => {
+            // Offset 0 has seen nothing, so it continues any epoch.
+            Some((last, epoch)) if *epoch == publication.epoch || *last == 0 => {
                 if publication.offset <= *last {
                     Arrival::Repeat
                 } else if publication.offset > last + 1 {
-                    Arrival::Gap((*last, epoch.clone()))
+                    Arrival::Gap((*last, publication.epoch.clone()))
                 } else {
                     Arrival::Next
                 }
@@ -99,6 +100,15 @@ impl ChannelOrder {
             (None, None) => CatchUp::Nothing,
             // The stream began while we were away: all of it is new to us.
             (None, Some((_, epoch))) => CatchUp::Fill((0, epoch.clone())),
+            // Nothing seen then (offset 0 continues any epoch): all of it is new to us.
+            (Some((0, _)), None) => CatchUp::Nothing,
+            (Some((0, _)), Some((top, now_epoch))) => {
+                if *top > 0 {
+                    CatchUp::Fill((0, now_epoch.clone()))
+                } else {
+                    CatchUp::Nothing
+                }
+            }
             // The stream is gone: what we had cannot be continued.
             (Some(_), None) => CatchUp::Lost,
             (Some((last, epoch)), Some((top, now_epoch))) => {
@@ -202,5 +212,21 @@ mod tests {
         assert_eq!(empty.catch_up(&at(2, "e")), CatchUp::Fill((0, "e".into())));
         let unknown = ChannelOrder::starting_at(None);
         assert_eq!(unknown.catch_up(&at(3, "e")), CatchUp::Lost);
+    }
+
+    #[test]
+    fn offset_zero_continues_any_epoch() {
+        // A reader of an unpublished channel got offset 0 of an epoch that was never kept;
+        // the first publish starts the stream with another one.
+        let order = ChannelOrder::starting_at(Some(Some((0, "read".into()))));
+        assert_eq!(order.arrival(&publication(1, "e")), Arrival::Next);
+        assert_eq!(
+            order.arrival(&publication(3, "e")),
+            Arrival::Gap((0, "e".into()))
+        );
+        let at = |offset: u64, epoch: &str| Ok::<_, ()>(Some((offset, Arc::from(epoch))));
+        assert_eq!(order.catch_up(&at(2, "e")), CatchUp::Fill((0, "e".into())));
+        assert_eq!(order.catch_up(&at(0, "e")), CatchUp::Nothing);
+        assert_eq!(order.catch_up(&Ok::<_, ()>(None)), CatchUp::Nothing);
     }
 }

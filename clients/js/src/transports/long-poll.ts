@@ -185,7 +185,8 @@ export const longPoll: TransportFactory = {
         const from = command ? command.since : positions.get(channel);
         let missed: MessageFrame[] = [];
         let recovered = true;
-        if (from && from.epoch !== start.epoch) {
+        // Offset 0 had seen nothing, so it continues any epoch.
+        if (from && from.offset !== 0 && from.epoch !== start.epoch) {
           recovered = false;
         } else if (from && from.offset < start.offset) {
           const want = start.offset - from.offset;

@@ -347,16 +347,18 @@ impl Engine for MemoryEngine {
         }
         let now = self.clock.unix_now();
         let mut shard = self.shard(channel).lock();
-        let stream = shard
-            .streams
-            .entry(channel.to_owned())
-            .or_insert_with(|| Stream::new(now, options));
+        // Reading never starts a stream (spec §8): a channel nobody published to and nobody
+        // here subscribes to answers an empty stream that is not kept.
+        let Some(stream) = shard.streams.get_mut(channel) else {
+            return Ok(HistoryResult::unstarted(&query, new_epoch()));
+        };
         stream.expire(now, options);
         let position = stream.position();
         let held = stream.history.iter().map(|(_, p)| p);
         let (publications, complete) = match &query.since {
+            // Offset 0 has seen nothing, so it continues any epoch.
             Some((offset, epoch)) => {
-                if **epoch != *stream.epoch || *offset > stream.top {
+                if (*offset != 0 && **epoch != *stream.epoch) || *offset > stream.top {
                     (Vec::new(), false)
                 } else {
                     let oldest = stream.history.front().map(|(_, p)| p.offset);
@@ -384,11 +386,30 @@ impl Engine for MemoryEngine {
         })
     }
 
-    async fn subscribe(&self, _channel: &str) -> Result<(), EngineError> {
+    /// Starts the channel's stream if it has none, so every subscriber and the first publish
+    /// agree on its epoch.
+    async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
+        let now = self.clock.unix_now();
+        let mut shard = self.shard(channel).lock();
+        if !shard.streams.contains_key(channel) {
+            let options = StreamOptions {
+                history_size: 0,
+                history_ttl: std::time::Duration::ZERO,
+            };
+            shard
+                .streams
+                .insert(channel.to_owned(), Stream::new(now, options));
+        }
         Ok(())
     }
 
-    async fn unsubscribe(&self, _channel: &str) -> Result<(), EngineError> {
+    /// Drops the stream [`Engine::subscribe`] started when nothing was published to it:
+    /// readers leave nothing behind.
+    async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
+        let mut shard = self.shard(channel).lock();
+        if shard.streams.get(channel).is_some_and(|s| s.assigned == 0) {
+            shard.streams.remove(channel);
+        }
         Ok(())
     }
 
@@ -627,6 +648,81 @@ mod tests {
         let second = e.publish("c", data(2), opts(3)).await.unwrap();
         assert_eq!(second.offset, 1);
         assert_ne!(first.epoch, second.epoch);
+    }
+
+    fn stream_count(e: &MemoryEngine) -> usize {
+        e.shards.iter().map(|s| s.lock().streams.len()).sum()
+    }
+
+    #[tokio::test]
+    async fn reading_leaves_nothing_behind() {
+        let e = MemoryEngine::new(Duration::from_secs(3600));
+        let all = || HistoryQuery {
+            since: None,
+            limit: None,
+        };
+        for n in 0..100 {
+            let h = e.history(&format!("c{n}"), all(), opts(3)).await.unwrap();
+            assert_eq!(h.position.offset, 0);
+            assert!(h.complete && h.publications.is_empty());
+        }
+        assert_eq!(stream_count(&e), 0, "history reads kept streams");
+
+        // A subscriber's stream lives while it is subscribed (one epoch for everyone) and
+        // goes with the last one when nothing was published.
+        e.subscribe("s").await.unwrap();
+        let a = e.history("s", all(), opts(3)).await.unwrap().position;
+        let b = e.history("s", all(), opts(3)).await.unwrap().position;
+        assert_eq!(a, b);
+        e.unsubscribe("s").await.unwrap();
+        assert_eq!(
+            stream_count(&e),
+            0,
+            "an unpublished subscribed stream stayed"
+        );
+
+        e.subscribe("p").await.unwrap();
+        let started = e.history("p", all(), opts(3)).await.unwrap().position;
+        let published = e.publish("p", data(1), opts(3)).await.unwrap();
+        assert_eq!(
+            published.epoch, started.epoch,
+            "the first publish kept the epoch"
+        );
+        e.unsubscribe("p").await.unwrap();
+        assert_eq!(stream_count(&e), 1, "a published stream is kept");
+    }
+
+    #[tokio::test]
+    async fn offset_zero_continues_any_epoch() {
+        let e = MemoryEngine::new(Duration::from_secs(3600));
+        let since = |offset: u64, epoch: &str| HistoryQuery {
+            since: Some((offset, epoch.to_owned())),
+            limit: None,
+        };
+        // Nothing there: offset 0 misses nothing, a later offset names a stream now gone.
+        assert!(
+            e.history("c", since(0, "x"), opts(3))
+                .await
+                .unwrap()
+                .complete
+        );
+        assert!(
+            !e.history("c", since(2, "x"), opts(3))
+                .await
+                .unwrap()
+                .complete
+        );
+        for n in 1..=2 {
+            e.publish("c", data(n), opts(3)).await.unwrap();
+        }
+        let h = e.history("c", since(0, "unkept"), opts(3)).await.unwrap();
+        assert!(h.complete);
+        assert_eq!(h.publications.len(), 2);
+        for n in 3..=5 {
+            e.publish("c", data(n), opts(3)).await.unwrap();
+        }
+        let h = e.history("c", since(0, "unkept"), opts(3)).await.unwrap();
+        assert!(!h.complete, "1 and 2 are no longer held");
     }
 
     /// A store that takes 2 ms per write (like an fsync), counting its transactions.

@@ -38,7 +38,8 @@ pub struct StreamOptions {
 /// What to read from a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryQuery {
-    /// Messages after this offset (only when the epoch matches the stream's).
+    /// Messages after this offset (only when the epoch matches the stream's, or the offset is
+    /// 0: a reader that has seen nothing continues any epoch).
     pub since: Option<(u64, String)>,
     /// Most messages to return: the first ones after `since`, else the latest ones.
     pub limit: Option<usize>,
@@ -51,6 +52,22 @@ pub struct HistoryResult {
     pub position: StreamPosition,
     /// With `since`: whether history still held every message after it.
     pub complete: bool,
+}
+
+impl HistoryResult {
+    /// The answer for a channel that has no stream: nothing published, nothing kept, at
+    /// offset 0 of a new `epoch`. A `since` past offset 0 names a stream that is gone, so it
+    /// was not recovered; offset 0 had seen nothing, so it misses nothing.
+    pub fn unstarted(query: &HistoryQuery, epoch: impl Into<Arc<str>>) -> Self {
+        HistoryResult {
+            publications: Vec::new(),
+            position: StreamPosition {
+                offset: 0,
+                epoch: epoch.into(),
+            },
+            complete: query.since.as_ref().is_none_or(|(offset, _)| *offset == 0),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

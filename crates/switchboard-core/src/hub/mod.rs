@@ -552,8 +552,9 @@ impl Hub {
         client.sink.subscribed(channel, &answer.position);
         reply(answer);
         let epoch = history.position.epoch.clone();
+        // Offset 0 has seen nothing, so it continues whatever epoch the stream has.
         let mut last = match since {
-            Some(p) if *p.epoch == *epoch => p.offset,
+            Some(p) if *p.epoch == *epoch || p.offset == 0 => p.offset,
             _ => history.position.offset,
         };
         let mut delivered = 0u64;

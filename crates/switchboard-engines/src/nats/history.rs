@@ -152,7 +152,8 @@ impl Inner {
     }
 
     /// The channel's position, starting a stream (an empty one with a new epoch, marked by an
-    /// offset-0 message) when it has none, so readers and later publishers agree on the epoch.
+    /// offset-0 message) when it has none, so subscribers and later publishers agree on the
+    /// epoch.
     async fn position_or_start(&self, size: usize, channel: &str) -> Result<Last, EngineError> {
         let subject = self.names.history(size, channel);
         for _ in 0..MAX_ATTEMPTS {
@@ -177,6 +178,21 @@ impl Inner {
         )))
     }
 
+    /// When this node's last subscriber of `channel` left: a stream nothing was published to
+    /// (only its offset-0 marker) is dropped, so readers leave nothing behind. A publish racing
+    /// with this comes after the marker and stays.
+    pub(crate) async fn drop_unpublished(&self, channel: &str) -> Result<(), EngineError> {
+        let size = (self.stream_options)(channel).history_size;
+        if let Some(last) = self.last_message(size, channel).await?
+            && last.offset == 0
+        {
+            let stream = self.names.history_stream(size);
+            let subject = self.names.history(size, channel);
+            self.purge_through(&stream, &subject, last.sequence).await?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn history(
         &self,
         channel: &str,
@@ -184,7 +200,10 @@ impl Inner {
         options: StreamOptions,
     ) -> Result<HistoryResult, EngineError> {
         let size = options.history_size;
-        let last = self.position_or_start(size, channel).await?;
+        // Reading never starts a stream (spec §8): subscribing does, and publishing.
+        let Some(last) = self.last_message(size, channel).await? else {
+            return Ok(HistoryResult::unstarted(query, new_epoch()));
+        };
         let (top, epoch) = (last.offset, last.epoch);
         let answer = |publications: Vec<Publication>, complete: bool| HistoryResult {
             publications,
@@ -196,7 +215,8 @@ impl Inner {
         };
         let since = match &query.since {
             Some((offset, since_epoch)) => {
-                if **since_epoch != *epoch || *offset > top {
+                // Offset 0 has seen nothing, so it continues any epoch.
+                if (*offset != 0 && **since_epoch != *epoch) || *offset > top {
                     return Ok(answer(Vec::new(), false));
                 }
                 if *offset == top {

@@ -274,7 +274,7 @@ impl Engine for NatsEngine {
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
         delivery::unsubscribe(&self.inner, Topic::Channel(channel.into())).await;
-        Ok(())
+        self.inner.drop_unpublished(channel).await
     }
 
     async fn presence_add(&self, channel: &str, member: PresenceMember) -> Result<(), EngineError> {

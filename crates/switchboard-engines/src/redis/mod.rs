@@ -356,11 +356,24 @@ impl Engine for RedisEngine {
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
-        self.inner.subscribe(Topic::Channel(channel.into())).await
+        let inner = &self.inner;
+        let mut start = scripts::START.prepare_invoke();
+        start
+            .key(inner.keys.meta(channel))
+            .key(inner.keys.history(channel))
+            .arg(new_epoch())
+            .arg(inner.idle_ttl.as_secs().max(1));
+        let _: String = inner.timed(start.invoke_async(&mut inner.conn())).await?;
+        inner.subscribe(Topic::Channel(channel.into())).await
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
-        self.inner.unsubscribe(Topic::Channel(channel.into()));
+        let inner = &self.inner;
+        inner.unsubscribe(Topic::Channel(channel.into()));
+        let mut drop = scripts::DROP_UNPUBLISHED.prepare_invoke();
+        drop.key(inner.keys.meta(channel))
+            .key(inner.keys.history(channel));
+        let _: i64 = inner.timed(drop.invoke_async(&mut inner.conn())).await?;
         Ok(())
     }
 

@@ -73,15 +73,22 @@ return {top, epoch}
     ))
 });
 
-/// KEYS: meta, history. ARGV: a new epoch, stream idle TTL, now, history TTL, since offset
-/// (empty for none), since epoch, limit (empty for none).
+/// KEYS: meta, history. ARGV: an epoch to answer when the channel has no stream, stream idle
+/// TTL (unused), now, history TTL, since offset (empty for none), since epoch, limit (empty for
+/// none).
 /// Returns `{top, epoch, complete, offset1, data1, offset2, data2, ...}`.
 pub(crate) static HISTORY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{HELPERS}{}",
         r#"
 local meta, hist = KEYS[1], KEYS[2]
-local epoch = ensure_stream(meta, hist, ARGV[1], tonumber(ARGV[2]))
+-- Reading never starts a stream (spec section 8): an unstarted channel answers offset 0 of
+-- an epoch that is not kept; offset 0 had seen nothing, so it misses nothing.
+local epoch = redis.call('hget', meta, 'e')
+if not epoch then
+  if ARGV[5] == '' or tonumber(ARGV[5]) == 0 then return {0, ARGV[1], 1} end
+  return {0, ARGV[1], 0}
+end
 local top = tonumber(redis.call('hget', meta, 't'))
 trim_expired(hist, tonumber(ARGV[3]) - tonumber(ARGV[4]))
 local limit = tonumber(ARGV[7])
@@ -89,7 +96,8 @@ local entries = {}
 local complete = 1
 if ARGV[5] ~= '' then
   local since = tonumber(ARGV[5])
-  if ARGV[6] ~= epoch or since > top then return {top, epoch, 0} end
+  -- Offset 0 has seen nothing, so it continues any epoch.
+  if (ARGV[6] ~= epoch and since ~= 0) or since > top then return {top, epoch, 0} end
   if since == top then return {top, epoch, 1} end
   local first = redis.call('xrange', hist, '-', '+', 'COUNT', 1)
   if #first == 0 or offset_of(first[1][1]) > since + 1 then complete = 0 end
@@ -189,6 +197,28 @@ else
   redis.call('hset', KEYS[2], ARGV[1], ARGV[2])
 end
 return member
+"#,
+    )
+});
+
+/// A subscribed channel's stream is started, so its subscribers and its first publish agree on
+/// the epoch. KEYS: meta, history. ARGV: a new epoch, stream idle TTL.
+pub(crate) static START: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{HELPERS}{}",
+        r#"
+return ensure_stream(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]))
+"#
+    ))
+});
+
+/// When its last subscriber on a node leaves, a stream nothing was published to is dropped:
+/// readers leave nothing behind. KEYS: meta, history.
+pub(crate) static DROP_UNPUBLISHED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('hget', KEYS[1], 't') == '0' then redis.call('del', KEYS[1], KEYS[2]) end
+return 0
 "#,
     )
 });

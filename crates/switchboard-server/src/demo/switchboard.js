@@ -914,7 +914,9 @@ var Subscription = class extends Emitter {
     }
     if (generation !== this.generation) return;
     this.failures = 0;
-    if (!since || since.epoch !== reply.epoch) this.position = { offset: reply.offset, epoch: reply.epoch };
+    if (!since || since.offset !== 0 && since.epoch !== reply.epoch) {
+      this.position = { offset: reply.offset, epoch: reply.epoch };
+    }
     this.state = "subscribed";
     const held = this.held ?? [];
     this.held = null;
@@ -1392,7 +1394,7 @@ var longPoll = {
         const from = command ? command.since : positions.get(channel);
         let missed = [];
         let recovered = true;
-        if (from && from.epoch !== start.epoch) {
+        if (from && from.offset !== 0 && from.epoch !== start.epoch) {
           recovered = false;
         } else if (from && from.offset < start.offset) {
           const want = start.offset - from.offset;

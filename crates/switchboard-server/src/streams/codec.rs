@@ -166,8 +166,10 @@ impl DoorCodec for StreamCodec {
 
     fn subscribed(&mut self, channel: &str, position: &StreamPosition) {
         // Where a channel's stream was reset (new epoch), positions continue from the new one;
-        // otherwise the position the stream resumed from stays until messages move it.
+        // otherwise the position the stream resumed from stays until messages move it. Offset
+        // 0 has seen nothing and continues any epoch: an idle cursor stays the same.
         if let Some(i) = self.cursor.index(channel)
+            && self.cursor.positions[i].0 != 0
             && *self.cursor.positions[i].1 != *position.epoch
         {
             self.cursor.positions[i] = (position.offset, position.epoch.clone());
@@ -285,6 +287,12 @@ mod tests {
             epoch: "new".into(),
         };
         codec.subscribed("a", &reset);
-        assert_eq!(codec.cursor.positions[0], (3, "new".into()));
+        assert_eq!(
+            codec.cursor.positions[0],
+            (0, "e1".into()),
+            "offset 0 continues any epoch"
+        );
+        codec.subscribed("b", &reset);
+        assert_eq!(codec.cursor.positions[1], (3, "new".into()));
     }
 }

@@ -269,3 +269,29 @@ async fn a_nats_that_lost_its_data_sends_clients_back_to_learn_recovered_false()
     let engine = nats_engine(&nats.url(), "wiped");
     restart_without_data_sends_clients_back(&mut nats, &engine).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_leave_no_subjects_behind() {
+    let (nodes, streams) = shared_nats_nodes(1).await;
+    let prefix = format!("{}_history_", streams.prefix);
+    readers_leave_nothing_behind(&nodes, || {
+        let prefix = prefix.clone();
+        async move {
+            let client = async_nats::connect(NATS).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let names: Vec<String> = js
+                .stream_names()
+                .filter_map(|name| async move { name.ok() })
+                .collect()
+                .await;
+            let mut subjects = 0;
+            for name in names.iter().filter(|n| n.starts_with(&prefix)) {
+                let mut stream = js.get_stream(name).await.unwrap();
+                let info = stream.info().await.unwrap();
+                subjects += info.state.subjects_count as usize;
+            }
+            subjects
+        }
+    })
+    .await;
+}

@@ -978,3 +978,30 @@ async fn join_leave_disabled_namespace_pushes_no_events() {
     );
     server.stop().await;
 }
+
+/// A reader of an unpublished channel was told offset 0 of an epoch nobody keeps (reading
+/// leaves nothing behind, spec §8); coming back with that position misses nothing.
+#[tokio::test]
+async fn since_offset_zero_recovers_whatever_epoch_it_names() {
+    let server = TestServer::start().await;
+    let mut early = server.connect_as("early").await;
+    let before = early.history("zero:c", None, None).await.unwrap();
+    assert_eq!(before["offset"], 0);
+    early.close().await.unwrap();
+    for n in 1..=3 {
+        server.api().publish("zero:c", &json!(n)).await.unwrap();
+    }
+    let mut client = server.connect_as("later").await;
+    let reply = client
+        .subscribe_since("zero:c", 0, before["epoch"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let got: Vec<Value> = collect(&mut client, "zero:c", 3)
+        .await
+        .iter()
+        .map(|m| json!([m["offset"], m["data"]]))
+        .collect();
+    assert_eq!(got, vec![json!([1, 1]), json!([2, 2]), json!([3, 3])]);
+    assert_quiet(&mut client, "nothing repeated").await;
+}

@@ -319,3 +319,19 @@ async fn a_redis_that_lost_its_data_sends_clients_back_to_learn_recovered_false(
     let engine = redis_engine(&redis.url(), "wiped");
     restart_without_data_sends_clients_back(&mut redis, &engine).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_leave_no_keys_behind() {
+    let (nodes, keys) = shared_redis_nodes(1).await;
+    // A channel's stream is its meta hash (and, once it keeps history, its entries).
+    let metas = format!("{}:m:*", keys.prefix);
+    let mut conn = redis::Client::open(REDIS)
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    readers_leave_nothing_behind(&nodes, || {
+        let found: Vec<String> = redis::cmd("KEYS").arg(&metas).query(&mut conn).unwrap();
+        std::future::ready(found.len())
+    })
+    .await;
+}

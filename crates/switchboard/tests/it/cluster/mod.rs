@@ -580,3 +580,47 @@ pub(crate) async fn eventually_subscribe_since(
         }
     }
 }
+
+/// Reading channels (subscribe, history, presence, over a socket and the server API) leaves
+/// nothing behind once the readers are gone (spec §8); publishing keeps its stream, and its
+/// first publish keeps the epoch its subscribers were told. `kept` counts the channels the
+/// engine holds a stream for.
+pub(crate) async fn readers_leave_nothing_behind<F, Fut>(nodes: &[TestServer], mut kept: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = usize>,
+{
+    let before = kept().await;
+    let api = nodes[0].api();
+    let (mut reader, _) = member(&nodes[0], "reader").await;
+    let mut subscribed = None;
+    for n in 0..10 {
+        let reply = reader.subscribe(&format!("chat:read{n}")).await.unwrap();
+        subscribed.get_or_insert(reply);
+        reader
+            .history(&format!("chat:hist{n}"), None, None)
+            .await
+            .unwrap();
+        reader
+            .subscribe_since(&format!("chat:since{n}"), 0, "never")
+            .await
+            .unwrap();
+        reader.presence(&format!("chat:who{n}")).await.unwrap();
+        api.history(&format!("chat:api{n}"), Some(5), Some((3, "gone")))
+            .await
+            .unwrap();
+    }
+    let subscribed = subscribed.unwrap();
+    let published = api.publish("chat:read0", &json!("kept")).await.unwrap();
+    assert_eq!(published["epoch"], subscribed["epoch"], "{subscribed}");
+    let message = reader.next_message("chat:read0", WAIT).await.unwrap();
+    assert_eq!(message["epoch"], subscribed["epoch"]);
+    reader.close().await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut now = kept().await;
+    while now != before + 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        now = kept().await;
+    }
+    assert_eq!(now, before + 1, "only the published channel is kept");
+}
