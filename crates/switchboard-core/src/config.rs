@@ -76,6 +76,8 @@ pub struct HubConfig {
     pub max_room_peers: usize,
     /// Most rooms one connection may be in.
     pub max_rooms: usize,
+    /// Largest history or presence reply in bytes (history replies stop short of it).
+    pub max_reply_bytes: usize,
     /// Channel prefixes whose joins and leaves are announced whatever their namespace says
     /// (a Pusher app's `presence-` channels, whose clients need them).
     pub announce_prefixes: Vec<String>,
@@ -93,6 +95,7 @@ impl Default for HubConfig {
             stream_idle_ttl: Duration::from_secs(24 * 3600),
             max_room_peers: 32,
             max_rooms: 16,
+            max_reply_bytes: 1024 * 1024,
             announce_prefixes: Vec::new(),
             node_name: "switchboard".into(),
         }

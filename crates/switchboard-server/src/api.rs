@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use switchboard_core::engine::{HistoryQuery, NodeAnswer, NodeRequest};
+use switchboard_core::hub::HubError;
 use switchboard_core::session::history_page;
 use switchboard_proto::ErrorCode;
 use switchboard_proto::command::MAX_CHANNEL_LEN;
@@ -112,6 +113,13 @@ fn engine_failure(e: impl std::fmt::Display) -> ApiError {
     fail(ErrorCode::Unavailable, e.to_string())
 }
 
+fn hub_failure(e: HubError) -> ApiError {
+    match e {
+        HubError::TooLarge(message) => fail(ErrorCode::TooLarge, message),
+        e => engine_failure(e),
+    }
+}
+
 #[derive(Deserialize)]
 struct PublishBody {
     channel: String,
@@ -130,6 +138,10 @@ async fn publish(State(state): State<Arc<AppState>>, body: Body) -> ApiResult {
     Ok(Json(json!({"offset": position.offset, "epoch": &*position.epoch})).into_response())
 }
 
+/// Most channels in one `/api/broadcast`: each is a publish, and one request should not hold
+/// the engine for long.
+const MAX_BROADCAST_CHANNELS: usize = 1000;
+
 #[derive(Deserialize)]
 struct BroadcastBody {
     channels: Vec<String>,
@@ -140,6 +152,12 @@ async fn broadcast(State(state): State<Arc<AppState>>, body: Body) -> ApiResult 
     let body: BroadcastBody = read_json(&state, body).await?;
     if body.channels.is_empty() {
         return Err(fail(ErrorCode::BadRequest, "`channels` must not be empty"));
+    }
+    if body.channels.len() > MAX_BROADCAST_CHANNELS {
+        return Err(fail(
+            ErrorCode::TooLarge,
+            format!("at most {MAX_BROADCAST_CHANNELS} channels per broadcast"),
+        ));
     }
     let data = Bytes::from(body.data.get().to_owned());
     let mut results = Vec::with_capacity(body.channels.len());
@@ -224,7 +242,11 @@ async fn presence(State(state): State<Arc<AppState>>, Path(channel): Path<String
             "presence is not enabled for this channel's namespace",
         ));
     }
-    let members = state.hub.presence(&channel).await.map_err(engine_failure)?;
+    let members = state
+        .hub
+        .presence_reply(&channel)
+        .await
+        .map_err(hub_failure)?;
     Ok(Json(json!({ "members": members })).into_response())
 }
 
@@ -262,7 +284,7 @@ async fn history(
         .hub
         .history(&channel, HistoryQuery { since, limit })
         .await
-        .map_err(engine_failure)?;
+        .map_err(hub_failure)?;
     Ok(Json(history_page(&channel, &result)).into_response())
 }
 

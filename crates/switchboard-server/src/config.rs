@@ -119,6 +119,8 @@ pub struct LimitsConfig {
     pub client_burst: u32,
     /// Rooms one connection may be in at most.
     pub max_rooms: usize,
+    /// Largest history or presence reply (and `POST /session` answer) in bytes.
+    pub max_reply_bytes: usize,
     /// Proxies (IP addresses or CIDR ranges) whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<String>,
 }
@@ -139,6 +141,7 @@ impl Default for LimitsConfig {
             client_rate: 0,
             client_burst: 0,
             max_rooms: 16,
+            max_reply_bytes: 1024 * 1024,
             trusted_proxies: Vec::new(),
         }
     }
@@ -371,6 +374,7 @@ impl Config {
             max_subscriptions: self.limits.max_subscriptions,
             max_room_peers: self.webrtc.max_room_peers,
             max_rooms: self.limits.max_rooms,
+            max_reply_bytes: self.limits.max_reply_bytes,
             // pusher-js presence channels need member_added/member_removed.
             announce_prefixes: self
                 .pusher

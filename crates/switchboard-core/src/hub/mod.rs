@@ -196,6 +196,9 @@ pub enum HubError {
     Gone,
     #[error("subscription overflowed while recovering")]
     Overflow,
+    /// The answer would be larger than `max_reply_bytes`.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// A map split into independently locked shards.
@@ -623,19 +626,44 @@ impl Hub {
             .await?)
     }
 
+    /// `channel`'s history for a reply: at most `max_reply_bytes` of messages (the first ones
+    /// after `since`, else the latest), so no command builds an unbounded reply; a client
+    /// pages on with `since`.
     pub async fn history(
         &self,
         channel: &str,
         query: HistoryQuery,
     ) -> Result<HistoryResult, HubError> {
-        Ok(self
+        let oldest_first = query.since.is_some();
+        let mut history = self
             .engine
             .history(channel, query, self.stream_options(channel))
-            .await?)
+            .await?;
+        keep_within(
+            &mut history.publications,
+            self.config.max_reply_bytes,
+            oldest_first,
+        );
+        Ok(history)
     }
 
     pub async fn presence(&self, channel: &str) -> Result<Vec<PresenceMember>, HubError> {
         Ok(self.engine.presence(channel).await?)
+    }
+
+    /// `channel`'s members for a reply, refused when they would take more than
+    /// `max_reply_bytes`.
+    pub async fn presence_reply(&self, channel: &str) -> Result<Vec<PresenceMember>, HubError> {
+        let members = self.presence(channel).await?;
+        let size: usize = members.iter().map(member_reply_size).sum();
+        if size > self.config.max_reply_bytes {
+            return Err(HubError::TooLarge(format!(
+                "{} members of {channel} take about {size} bytes, more than max_reply_bytes ({})",
+                members.len(),
+                self.config.max_reply_bytes
+            )));
+        }
+        Ok(members)
     }
 
     /// Channels with subscribers on this node, with their subscriber counts.
@@ -805,3 +833,34 @@ impl EngineHandler for Hub {
 
 #[cfg(test)]
 mod tests;
+
+/// What a message takes in a reply besides its data (`{"type":"message",...}` and position).
+const MESSAGE_REPLY_OVERHEAD: usize = 96;
+
+/// Keeps as many of `publications` as fit in `budget` bytes of reply, from the oldest or
+/// the newest; always one, so paging with `since` moves on.
+fn keep_within(publications: &mut Vec<Publication>, budget: usize, oldest_first: bool) {
+    let cost = |p: &Publication| p.data.len() + p.epoch.len() + MESSAGE_REPLY_OVERHEAD;
+    let mut used = 0;
+    let fit = |p: &&Publication| {
+        used += cost(p);
+        used <= budget
+    };
+    let kept = if oldest_first {
+        publications.iter().take_while(fit).count()
+    } else {
+        publications.iter().rev().take_while(fit).count()
+    }
+    .max(1)
+    .min(publications.len());
+    if oldest_first {
+        publications.truncate(kept);
+    } else {
+        publications.drain(..publications.len() - kept);
+    }
+}
+
+/// About what `member` takes in a presence reply.
+fn member_reply_size(member: &PresenceMember) -> usize {
+    member.client.len() + member.user.len() + member.info.as_ref().map_or(4, |i| i.len()) + 40
+}

@@ -313,7 +313,7 @@ impl Session {
         }
         let members = self
             .hub
-            .presence(channel)
+            .presence_reply(channel)
             .await
             .map_err(|e| hub_error(id, e))?;
         Ok(encode::presence_reply(id, &members))
@@ -496,6 +496,7 @@ fn hub_error(id: Option<u64>, e: HubError) -> CommandError {
     match e {
         HubError::Engine(e) => err(id, ErrorCode::Unavailable, e.to_string()),
         HubError::Gone | HubError::Overflow => err(id, ErrorCode::Unavailable, e.to_string()),
+        HubError::TooLarge(message) => err(id, ErrorCode::TooLarge, message),
     }
 }
 

@@ -66,9 +66,24 @@ pub(crate) async fn post_session(
         return error_response(ErrorCode::NotFound, "unknown or expired session");
     };
     let mut replies: Vec<Bytes> = Vec::with_capacity(frames.len());
+    // The answer is held whole until it is sent: past `max_reply_bytes` the remaining
+    // commands are refused unrun.
+    let mut answer_bytes = 0;
     for frame in &frames {
         let bytes = frame.get().as_bytes();
-        let reply = if !cell.admit_command() {
+        let reply = if bytes.len() > limits.max_frame_size {
+            Some(Answer::Error(encode::error(
+                request_id(bytes),
+                ErrorCode::TooLarge,
+                &format!("frame larger than {} bytes", limits.max_frame_size),
+            )))
+        } else if answer_bytes > limits.max_reply_bytes {
+            Some(Answer::Error(encode::error(
+                request_id(bytes),
+                ErrorCode::TooLarge,
+                "not run: the answer already holds max_reply_bytes; send fewer commands per request",
+            )))
+        } else if !cell.admit_command() {
             state.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             let message = format!(
                 "too many commands (at most {} a second)",
@@ -88,7 +103,9 @@ pub(crate) async fn post_session(
         if reply.as_ref().is_some_and(Answer::is_error) {
             state.count_error();
         }
-        replies.push(reply.map_or(Bytes::from_static(b"null"), Answer::into_frame));
+        let reply = reply.map_or(Bytes::from_static(b"null"), Answer::into_frame);
+        answer_bytes += reply.len();
+        replies.push(reply);
     }
     drop(guard);
     let mut out = Vec::with_capacity(replies.iter().map(|r| r.len() + 1).sum::<usize>() + 2);

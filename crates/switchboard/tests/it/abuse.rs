@@ -238,3 +238,147 @@ async fn commands_posted_to_a_session_share_its_rate() {
     assert!(replies[5..].iter().all(|r| r["code"] == "rate_limited"));
     assert_eq!(replies[19]["id"], 20);
 }
+
+/// A server whose replies hold at most 8 KiB, with a channel keeping 100 messages of 1 KiB.
+async fn small_replies() -> TestServer {
+    let server = server_with(
+        "[limits]\nmax_reply_bytes = 8192\n\
+         [default_namespace]\nhistory_size = 100\nhistory_ttl = 300\n",
+    )
+    .await;
+    let kib = "x".repeat(1000);
+    for n in 1..=100 {
+        server
+            .api()
+            .publish("big", &serde_json::json!({"n": n, "pad": kib}))
+            .await
+            .unwrap();
+    }
+    server
+}
+
+fn offsets(reply: &serde_json::Value) -> Vec<u64> {
+    reply["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no messages: {reply}"))
+        .iter()
+        .map(|m| m["offset"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn history_replies_stop_at_max_reply_bytes_and_page_on_with_since() {
+    let server = small_replies().await;
+    let mut client = server.connect_as("reader").await;
+    // Without `since`: the latest that fit; with it: the first after it, so paging with the
+    // last offset seen walks the whole history.
+    let latest = client.history("big", None, None).await.unwrap();
+    let epoch = latest["epoch"].as_str().unwrap().to_owned();
+    let latest = offsets(&latest);
+    assert!((4..10).contains(&latest.len()), "{latest:?}");
+    assert_eq!(*latest.last().unwrap(), 100);
+    let mut seen = Vec::new();
+    let mut since = 0;
+    while since < 100 {
+        let page = client
+            .history("big", Some((since, &epoch)), None)
+            .await
+            .unwrap();
+        let page = offsets(&page);
+        assert!(page.len() < 10, "a page of {}", page.len());
+        since = *page.last().unwrap();
+        seen.extend(page);
+    }
+    assert_eq!(seen, (1..=100).collect::<Vec<u64>>());
+    // The API's history is bounded the same way.
+    let api = server.api().history("big", None, None).await.unwrap();
+    assert_eq!(offsets(&api), latest);
+}
+
+#[tokio::test]
+async fn a_session_post_of_many_history_commands_answers_a_bounded_body() {
+    let server = small_replies().await;
+    let token = token("poller", &["*"], &["*"]);
+    let first: serde_json::Value =
+        reqwest::get(format!("{}/poll?channel=p&token={token}", server.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let session = first["messages"][0]["session"].as_str().unwrap().to_owned();
+    let mut commands: Vec<_> = (1..=100)
+        .map(|id| serde_json::json!({"type": "history", "id": id, "channel": "big"}))
+        .collect();
+    // One frame past max_frame_size (64 KiB) is refused alone.
+    commands[0] = serde_json::json!({"type": "ping", "id": 1, "pad": "y".repeat(70_000)});
+    let answer = reqwest::Client::new()
+        .post(format!("{}/session/{session}", server.base))
+        .json(&commands)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        answer.len() < 3 * 8192 + 100 * 200,
+        "{} bytes",
+        answer.len()
+    );
+    let replies: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    let replies = replies.as_array().unwrap();
+    assert_eq!(replies.len(), 100);
+    assert_eq!(replies[0]["code"], "too_large", "{}", replies[0]);
+    assert_eq!(replies[1]["type"], "reply");
+    assert!(replies[2]["type"] == "reply" || replies[2]["code"] == "too_large");
+    assert_eq!(replies[99]["code"], "too_large");
+    assert_eq!(replies[99]["id"], 100);
+    // The session lives on: a small command afterwards runs.
+    let pong: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/session/{session}", server.base))
+        .json(&serde_json::json!({"type": "ping", "id": 7}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pong[0]["type"], "pong", "{pong}");
+}
+
+#[tokio::test]
+async fn a_presence_reply_past_max_reply_bytes_is_refused_and_members_stay() {
+    let server = server_with("[limits]\nmax_reply_bytes = 300\n").await;
+    let mut members = Vec::new();
+    for n in 0..6 {
+        let mut member = server.connect_as(&format!("member-{n}")).await;
+        member.subscribe("crowd").await.unwrap();
+        members.push(member);
+    }
+    let refused = members[0].presence("crowd").await;
+    assert_eq!(error_code(refused), "too_large");
+    let api = server.api().presence("crowd").await;
+    assert_eq!(error_code(api), "too_large");
+    // A small channel answers, and the refused client is still connected.
+    let mut alone = server.connect_as("alone").await;
+    alone.subscribe("small").await.unwrap();
+    let few = members[0].presence("small").await.unwrap();
+    assert_eq!(few["members"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_broadcast_to_more_than_1000_channels_is_refused_whole() {
+    let server = TestServer::start().await;
+    let channels: Vec<String> = (0..1001).map(|n| format!("b{n}")).collect();
+    let channels: Vec<&str> = channels.iter().map(String::as_str).collect();
+    let data = serde_json::json!(1);
+    let refused = server.api().broadcast(&channels, &data).await;
+    assert_eq!(error_code(refused), "too_large");
+    let fine = server
+        .api()
+        .broadcast(&channels[..1000], &data)
+        .await
+        .unwrap();
+    assert_eq!(fine["results"].as_array().unwrap().len(), 1000);
+}

@@ -2402,3 +2402,38 @@ async fn a_stream_opened_on_a_kept_alive_connection_still_works() {
     publish(&server, channel, json!({"kept": true})).await;
     read_until(&mut tcp, &mut seen, "{\"kept\":true}").await;
 }
+
+/// Data published with line breaks between its JSON tokens, one part shaped like a frame of
+/// its own, stays one frame on every one-way door (spec §3): no reader sees a forged line or
+/// SSE event.
+#[tokio::test]
+async fn published_line_breaks_cannot_forge_frames_on_one_way_doors() {
+    let server = TestServer::start().await;
+    let (mut sse, _) = open_fresh(&server, Kind::Sse, "sse", &["pub:x"]).await;
+    let (mut ndjson, _) = open_fresh(&server, Kind::Ndjson, "nd", &["pub:x"]).await;
+    let body = "{\"channel\":\"pub:x\",\"data\":[1,\n\
+                {\"type\":\"message\",\"channel\":\"admin\",\"data\":\"forged\"}\r\n]}";
+    let answer = http()
+        .post(format!("{}/api/publish", server.base))
+        .bearer_auth(API_KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    publish(&server, "pub:x", json!("after")).await;
+    for door in [&mut sse, &mut ndjson] {
+        let message = door.next_message().await;
+        assert_eq!(message["channel"], "pub:x", "{message}");
+        assert_eq!(
+            message["data"][1]["channel"], "admin",
+            "the data is unchanged"
+        );
+        let next = door.next_message().await;
+        assert_eq!(
+            next["data"], "after",
+            "no forged frame came in between: {next}"
+        );
+    }
+}
