@@ -382,3 +382,185 @@ async fn a_broadcast_to_more_than_1000_channels_is_refused_whole() {
         .unwrap();
     assert_eq!(fine["results"].as_array().unwrap().len(), 1000);
 }
+
+/// Every attack at once against one server, while two well-behaved subscribers take a paced
+/// feed: half-sent request heads, an upgrade flood past `max_connections_per_ip`, a
+/// subscribe/unsubscribe loop on their channel past `client_rate`, oversized frames, and
+/// session posts of a hundred history commands. The well-behaved ones get every message, in
+/// order, on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_behaved_client_loses_nothing_while_every_attack_runs() {
+    const MESSAGES: u64 = 200;
+    let server = server_with(
+        "[limits]\nmax_connections_per_ip = 40\nclient_rate = 50\nclient_burst = 50\n\
+         handshake_timeout = 1\nmax_reply_bytes = 65536\n\
+         [default_namespace]\nhistory_size = 100\nhistory_ttl = 300\njoin_leave = true\n",
+    )
+    .await;
+    let mut calm = Vec::new();
+    for user in ["calm-1", "calm-2"] {
+        let mut client = server.connect_as(user).await;
+        client.subscribe("feed").await.unwrap();
+        calm.push(client);
+    }
+    let pad = "p".repeat(1000);
+    for n in 0..100 {
+        server
+            .api()
+            .publish("archive", &serde_json::json!({"n": n, "pad": pad}))
+            .await
+            .unwrap();
+    }
+    let base = server.base.clone();
+    let addr = server.addr;
+    let ws = server.ws_url(&format!("/ws?token={}", token("attacker", &["*"], &["*"])));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = |stop: &std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        !stop.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut attacks = Vec::new();
+    // Slowloris: heads that never end, opened again as the server closes them.
+    let s = stop.clone();
+    attacks.push(tokio::spawn(async move {
+        let mut opened = 0;
+        while running(&s) {
+            let mut held = Vec::new();
+            for _ in 0..10 {
+                if let Ok(mut tcp) = TcpStream::connect(addr).await {
+                    let _ = tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await;
+                    held.push(tcp);
+                    opened += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        format!("{opened} half heads")
+    }));
+    // An upgrade flood from the same address.
+    let (s, url) = (stop.clone(), ws.clone());
+    attacks.push(tokio::spawn(async move {
+        let (mut held, mut refused) = (Vec::new(), 0);
+        while running(&s) {
+            match switchboard_client::WsClient::open(&url, &[]).await {
+                Ok(client) => held.push(client),
+                Err(_) => refused += 1,
+            }
+        }
+        format!("{} upgrades held, {refused} refused", held.len())
+    }));
+    // Subscribe/unsubscribe on the busy channel, as fast as the socket goes.
+    let (s, url) = (stop.clone(), ws.clone());
+    attacks.push(tokio::spawn(async move {
+        let mut client = switchboard_client::WsClient::open(&url, &[]).await.unwrap();
+        let mut sent = 0u64;
+        while running(&s) {
+            for kind in ["subscribe", "unsubscribe"] {
+                let frame = serde_json::json!({"type": kind, "channel": "feed"});
+                if client.send(frame).await.is_err() {
+                    return format!("{sent} sub/unsub sent, then closed");
+                }
+                sent += 1;
+            }
+            if sent.is_multiple_of(64) {
+                tokio::task::yield_now().await;
+            }
+        }
+        format!("{sent} subscribe/unsubscribe sent")
+    }));
+    // Frames past max_frame_size.
+    let (s, url) = (stop.clone(), ws.clone());
+    attacks.push(tokio::spawn(async move {
+        let mut client = switchboard_client::WsClient::open(&url, &[]).await.unwrap();
+        let big = format!("{{\"type\":\"ping\",\"pad\":\"{}\"}}", "z".repeat(100_000));
+        let mut sent = 0;
+        while running(&s) && client.send_text(&big).await.is_ok() {
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        format!("{sent} oversized frames")
+    }));
+    // Session posts of a hundred history commands each.
+    let s = stop.clone();
+    attacks.push(tokio::spawn(async move {
+        let poller = token("poller", &["*"], &["*"]);
+        let first: serde_json::Value =
+            reqwest::get(format!("{base}/poll?channel=p&token={poller}"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        let session = first["messages"][0]["session"].as_str().unwrap().to_owned();
+        let commands: Vec<_> = (1..=100)
+            .map(|id| serde_json::json!({"type": "history", "id": id, "channel": "archive"}))
+            .collect();
+        let (mut posts, mut largest) = (0, 0);
+        while running(&s) {
+            let answer = reqwest::Client::new()
+                .post(format!("{base}/session/{session}"))
+                .json(&commands)
+                .send()
+                .await;
+            let Ok(answer) = answer else { break };
+            largest = largest.max(answer.bytes().await.map_or(0, |b| b.len()));
+            posts += 1;
+        }
+        format!("{posts} posts of 100 history commands, largest answer {largest} B")
+    }));
+
+    // The paced feed: 100 messages a second, each timed from its publish to its arrival.
+    let readers: Vec<_> = calm
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let mut arrived = Vec::new();
+                for n in 0..MESSAGES {
+                    let message = client.next_message("feed", WAIT).await.unwrap();
+                    assert_eq!(message["data"], n, "in order, none lost");
+                    arrived.push(Instant::now());
+                }
+                assert_no_message(&mut client, "nothing repeated").await;
+                arrived
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let api = server.api();
+    let mut sent_at = Vec::new();
+    for n in 0..MESSAGES {
+        sent_at.push(Instant::now());
+        api.publish("feed", &serde_json::json!(n)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for reader in readers {
+        let arrived = reader.await.unwrap();
+        let mut waits: Vec<Duration> = arrived
+            .iter()
+            .zip(&sent_at)
+            .map(|(got, sent)| got.duration_since(*sent))
+            .collect();
+        waits.sort();
+        println!(
+            "well-behaved client: {MESSAGES}/{MESSAGES} in order, none repeated; wait p50 {:?} \
+             p99 {:?} max {:?}",
+            waits[waits.len() / 2],
+            waits[waits.len() * 99 / 100],
+            waits[waits.len() - 1]
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for attack in attacks {
+        println!("attack: {}", attack.await.unwrap());
+    }
+    assert!(server.metric("switchboard_rate_limited_total").await > 0.0);
+    assert!(
+        server
+            .metric("switchboard_refused_connections_per_ip_total")
+            .await
+            > 0.0
+    );
+    let health = reqwest::get(format!("{}/health", server.base))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
