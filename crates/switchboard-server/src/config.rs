@@ -324,6 +324,9 @@ impl Config {
             }
         }
         self.pusher.validate().map_err(ConfigError::Invalid)?;
+        if let Some(turn) = &self.webrtc.turn {
+            turn.peer_policy().map_err(ConfigError::Invalid)?;
+        }
         if self.limits.max_frame_size < 128 {
             return Err(ConfigError::Invalid(
                 "limits.max_frame_size must be at least 128".into(),
