@@ -29,7 +29,7 @@ use turn::proto::peeraddr::PeerAddress;
 use turn::proto::reqtrans::RequestedTransport;
 use webrtc_util::Conn;
 
-const SECRET: &str = "turn-test-secret";
+const SECRET: &str = "turn-test-secret-0123456789abcdef-0123456789";
 
 fn config(allow_loopback: bool, max_per_user: usize) -> String {
     config_with(allow_loopback, max_per_user, "")
