@@ -321,19 +321,23 @@ impl Gate {
         };
         let user = user_of(&username);
         match m.typ.method {
-            METHOD_ALLOCATE if !self.quota.admit(user, from, now) => {
-                tracing::debug!("TURN: {from} refused, {user} is at the allocation limit");
-                answer_error(&m, CODE_ALLOC_QUOTA_REACHED, key)
+            METHOD_ALLOCATE => {
+                // Counts this client for the user, or refuses it past the limit.
+                if !self.quota.admit(user, from, now) {
+                    tracing::debug!("TURN: {from} refused, {user} is at the allocation limit");
+                    let reason = "Allocation Quota Reached";
+                    return answer_error(&m, CODE_ALLOC_QUOTA_REACHED, reason, key);
+                }
             }
             METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND if !peers_allowed() => {
                 tracing::debug!("TURN: {from} refused a permission towards a special address");
-                answer_error(&m, CODE_FORBIDDEN, key)
+                let reason = "Forbidden: peer address not allowed";
+                return answer_error(&m, CODE_FORBIDDEN, reason, key);
             }
-            _ => {
-                self.quota.touch(user, from, now);
-                Verdict::Pass
-            }
+            // Refresh, and permissions towards allowed peers: the client is still in use.
+            _ => self.quota.touch(user, from, now),
         }
+        Verdict::Pass
     }
 
     /// The username and key of a request whose MESSAGE-INTEGRITY is right.
@@ -370,7 +374,7 @@ fn peer_addresses(m: &Message) -> Vec<Option<IpAddr>> {
 
 /// An error response to an authenticated request, signed with the same key (RFC 8489
 /// §9.2.4: a client discards an unsigned answer to a signed request).
-fn answer_error(request: &Message, code: ErrorCode, key: Vec<u8>) -> Verdict {
+fn answer_error(request: &Message, code: ErrorCode, reason: &str, key: Vec<u8>) -> Verdict {
     let mut response = Message::new();
     let built = response.build(&[
         // A message as a setter copies its transaction id.
@@ -381,7 +385,7 @@ fn answer_error(request: &Message, code: ErrorCode, key: Vec<u8>) -> Verdict {
         Box::new(MessageType::new(request.typ.method, CLASS_ERROR_RESPONSE)),
         Box::new(ErrorCodeAttribute {
             code,
-            reason: vec![],
+            reason: reason.as_bytes().to_vec(),
         }),
         Box::new(MessageIntegrity(key)),
     ]);

@@ -467,6 +467,9 @@ async fn unauthenticated_allocations_cannot_use_up_a_users_quota() {
     for client in &clients {
         relays.push(allocate(client).await.expect("the victim still allocates"));
     }
+    // The limit itself still holds, answered as RFC 8656 says.
+    let mut third = RawTurn::new(addr, &username, &password).await;
+    assert_eq!(third.call(METHOD_ALLOCATE, &[], None).await, Some(486));
     drop(relays);
     for client in &clients {
         client.close().await.unwrap();
