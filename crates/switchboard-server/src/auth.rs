@@ -145,7 +145,8 @@ impl JwtAuthenticator {
     /// What a token must satisfy besides its signature.
     fn validation(&self, alg: Algorithm) -> Validation {
         let mut validation = Validation::new(alg);
-        // `exp` stays optional (spec §2: a token may live as long as its connection).
+        // No claim is required by default: a token without `exp` never expires, one without
+        // `nbf` is good at once (each is checked when present).
         let mut required = HashSet::new();
         // No leeway: `exp` and `nbf` are judged by this server's clock, to the second.
         validation.leeway = 0;
