@@ -22,7 +22,8 @@ export { uniq };
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-export const TOKEN_SECRET = 'browser-secret';
+// 32 bytes at least: the server refuses a shorter HMAC secret.
+export const TOKEN_SECRET = 'browser-secret-0123456789abcdef-0123456789';
 export const API_KEY = 'browser-key';
 
 export const CHROMIUM_PATH = process.env.CHROMIUM_PATH || '/usr/bin/chromium';

@@ -12,7 +12,7 @@ import {
   WEBRTC_ARGS, haveCoturn, launchBrowser, startCoturn, startServer, uniq,
 } from './harness.mjs';
 
-const TURN_SECRET = 'browser-turn-secret';
+const TURN_SECRET = 'browser-turn-secret-0123456789abcdef-0123456789';
 
 let browser;
 before(async () => { browser = await launchBrowser({ args: WEBRTC_ARGS }); }, { timeout: 30_000 });

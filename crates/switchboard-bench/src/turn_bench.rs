@@ -16,7 +16,7 @@ use crate::target::{start_switchboard as start_server_with, wait_for_port};
 
 /// A typical media packet.
 const DATAGRAM: usize = 1200;
-const SECRET: &str = "bench-turn-secret";
+const SECRET: &str = "bench-turn-secret-0123456789abcdef-0123456789";
 
 /// Counts what `peer` receives until `stop`.
 fn count_received(

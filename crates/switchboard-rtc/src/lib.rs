@@ -1,8 +1,9 @@
 //! WebRTC support around the hub's signaling rooms: the ICE servers a peer gets when it joins
 //! a room, with TURN credentials in the coturn "TURN REST API" format, so a deployment can
-//! point at an existing coturn (`use-auth-secret`). The embedded TURN server will live here
-//! too.
+//! point at an existing coturn (`use-auth-secret`); and the embedded TURN server
+//! (`turn_server`) with the peers it may relay to (`peer_policy`).
 
+pub mod peer_policy;
 pub mod turn_server;
 
 use base64::Engine;

@@ -1,5 +1,8 @@
 //! Connection tokens (spec §2): JWT with HS256 (shared secret) or RS256/ES256 (public key),
 //! verified into the hub's [`Claims`]; and minting of tokens for the CLI and tests.
+//!
+//! Checked besides the signature: `exp`, `nbf` (both to the second, no leeway: the server's
+//! clock is the reference), and `aud` / `iss` when `[auth] audience` / `issuer` are set.
 
 use std::collections::HashSet;
 
@@ -19,6 +22,13 @@ pub struct TokenClaims {
     pub sub: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<u64>,
+    /// Not before, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -29,10 +39,21 @@ pub struct TokenClaims {
     pub rooms: Option<Vec<String>>,
 }
 
+/// A token's `aud`: one string or a list of them (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
 /// Verifies connection tokens with the configured keys.
 pub struct JwtAuthenticator {
     secret: Option<DecodingKey>,
     public: Option<(DecodingKey, Algorithm)>,
+    /// Required `aud` (one of the token's audiences) and `iss`, when configured.
+    audience: Option<String>,
+    issuer: Option<String>,
 }
 
 impl JwtAuthenticator {
@@ -45,7 +66,12 @@ impl JwtAuthenticator {
             None => None,
             Some(key) => Some(load_public_key(key)?),
         };
-        Ok(JwtAuthenticator { secret, public })
+        Ok(JwtAuthenticator {
+            secret,
+            public,
+            audience: config.audience.clone(),
+            issuer: config.issuer.clone(),
+        })
     }
 
     /// Whether any key is configured (else no token can ever be valid).
@@ -90,17 +116,17 @@ impl Authenticator for JwtAuthenticator {
                 header.alg
             ))
         })?;
-        let mut validation = Validation::new(header.alg);
-        validation.required_spec_claims = HashSet::new();
-        validation.validate_aud = false;
-        validation.leeway = 0;
-        let data =
-            jsonwebtoken::decode::<TokenClaims>(token, key, &validation).map_err(|e| {
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    ErrorKind::InvalidSignature => invalid("bad signature"),
-                    _ => invalid(&e.to_string()),
+        let data = jsonwebtoken::decode::<TokenClaims>(token, key, &self.validation(header.alg))
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => invalid("bad signature"),
+                ErrorKind::ImmatureSignature => invalid("token not valid yet (nbf)"),
+                ErrorKind::InvalidAudience => invalid("token is for another audience (aud)"),
+                ErrorKind::InvalidIssuer => invalid("token from another issuer (iss)"),
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    invalid(&format!("token has no `{claim}` claim"))
                 }
+                _ => invalid(&e.to_string()),
             })?;
         let c = data.claims;
         Ok(Claims {
@@ -112,6 +138,32 @@ impl Authenticator for JwtAuthenticator {
             rooms: c.rooms.unwrap_or_default(),
             anonymous: false,
         })
+    }
+}
+
+impl JwtAuthenticator {
+    /// What a token must satisfy besides its signature.
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
+        // No claim is required by default: a token without `exp` never expires, one without
+        // `nbf` is good at once (each is checked when present).
+        let mut required = HashSet::new();
+        // No leeway: `exp` and `nbf` are judged by this server's clock, to the second.
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        // With no audience configured, a token's `aud` is not ours to judge (tokens minted
+        // for several services keep working); with one, it must be there and name us.
+        validation.validate_aud = self.audience.is_some();
+        if let Some(audience) = &self.audience {
+            validation.set_audience(&[audience]);
+            required.insert("aud".to_owned());
+        }
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+            required.insert("iss".to_owned());
+        }
+        validation.required_spec_claims = required;
+        validation
     }
 }
 
@@ -184,6 +236,103 @@ mod tests {
         assert_eq!(auth("s3cret").verify(&expired), Err(AuthError::Expired));
         assert!(auth("s3cret").verify("not.a.jwt").is_err());
         assert!(auth("s3cret").verify("").is_err());
+    }
+
+    fn auth_for(audience: Option<&str>, issuer: Option<&str>) -> JwtAuthenticator {
+        JwtAuthenticator::new(&AuthConfig {
+            token_secret: Some("s3cret".into()),
+            audience: audience.map(Into::into),
+            issuer: issuer.map(Into::into),
+            ..AuthConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn mint(claims: TokenClaims) -> String {
+        mint_hs256(
+            "s3cret",
+            &TokenClaims {
+                sub: Some("carol".into()),
+                ..claims
+            },
+        )
+    }
+
+    fn is_invalid(result: Result<Claims, AuthError>, why: &str) -> bool {
+        matches!(result, Err(AuthError::Invalid(message)) if message.contains(why))
+    }
+
+    #[test]
+    fn a_token_is_refused_before_its_nbf() {
+        let now = switchboard_core::unix_now();
+        let early = mint(TokenClaims {
+            nbf: Some(now + 60),
+            ..TokenClaims::default()
+        });
+        assert!(is_invalid(auth("s3cret").verify(&early), "nbf"));
+        for nbf in [now, now - 60] {
+            let ready = mint(TokenClaims {
+                nbf: Some(nbf),
+                ..TokenClaims::default()
+            });
+            assert_eq!(auth("s3cret").verify(&ready).unwrap().user, "carol");
+        }
+    }
+
+    #[test]
+    fn audience_when_configured_must_be_in_the_token() {
+        let one = |aud: &str| Some(Audience::One(aud.into()));
+        let for_us = mint(TokenClaims {
+            aud: one("switchboard"),
+            ..TokenClaims::default()
+        });
+        let among_others = mint(TokenClaims {
+            aud: Some(Audience::Many(vec!["billing".into(), "switchboard".into()])),
+            ..TokenClaims::default()
+        });
+        let for_others = mint(TokenClaims {
+            aud: one("billing"),
+            ..TokenClaims::default()
+        });
+        let without = mint(TokenClaims::default());
+        let strict = auth_for(Some("switchboard"), None);
+        assert!(strict.verify(&for_us).is_ok());
+        assert!(strict.verify(&among_others).is_ok());
+        assert!(is_invalid(strict.verify(&for_others), "aud"));
+        assert!(is_invalid(strict.verify(&without), "aud"));
+        // Not configured: `aud` is not looked at.
+        let open = auth_for(None, None);
+        assert!(open.verify(&for_others).is_ok() && open.verify(&without).is_ok());
+    }
+
+    #[test]
+    fn issuer_when_configured_must_be_in_the_token() {
+        let from = |iss: &str| {
+            mint(TokenClaims {
+                iss: Some(iss.into()),
+                ..TokenClaims::default()
+            })
+        };
+        let strict = auth_for(None, Some("https://auth.example"));
+        assert!(strict.verify(&from("https://auth.example")).is_ok());
+        assert!(is_invalid(
+            strict.verify(&from("https://evil.example")),
+            "iss"
+        ));
+        assert!(is_invalid(
+            strict.verify(&mint(TokenClaims::default())),
+            "iss"
+        ));
+        assert!(auth_for(None, None).verify(&from("anyone")).is_ok());
+        // Both at once.
+        let both = auth_for(Some("switchboard"), Some("https://auth.example"));
+        let good = mint(TokenClaims {
+            aud: Some(Audience::One("switchboard".into())),
+            iss: Some("https://auth.example".into()),
+            ..TokenClaims::default()
+        });
+        assert!(both.verify(&good).is_ok());
+        assert!(both.verify(&from("https://auth.example")).is_err());
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub struct AuthConfig {
     /// Signs stream cursors; every node of a deployment needs the same. Defaults to one
     /// derived from the other secrets.
     pub cursor_secret: Option<String>,
+    /// When set, a token must carry this `aud` (alone or in its list).
+    pub audience: Option<String>,
+    /// When set, a token must carry this `iss`.
+    pub issuer: Option<String>,
 }
 
 /// Which engine keeps positions, history and presence (`[engine]`).
@@ -326,7 +330,23 @@ impl Config {
                 self.pusher.apps.push(app);
             }
         }
+        if !dev_mode {
+            // Development mode generates its secrets; configured ones must be strong enough.
+            check_hmac_secret(
+                "auth.token_secret",
+                self.auth.token_secret.as_deref(),
+                "anyone could sign connection tokens as any user",
+            )?;
+            check_hmac_secret(
+                "webrtc.turn_secret",
+                self.webrtc.turn_secret.as_deref(),
+                "anyone could make TURN credentials for any user",
+            )?;
+        }
         self.pusher.validate().map_err(ConfigError::Invalid)?;
+        if let Some(turn) = &self.webrtc.turn {
+            turn.peer_policy().map_err(ConfigError::Invalid)?;
+        }
         if self.limits.max_frame_size < 128 {
             return Err(ConfigError::Invalid(
                 "limits.max_frame_size must be at least 128".into(),
@@ -388,6 +408,25 @@ impl Config {
     }
 }
 
+/// Shortest HMAC secret accepted outside development mode: 256 bits, the HMAC-SHA256 output
+/// size (RFC 7518 §3.2 requires it for HS256 keys).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Refuses a short HMAC secret. Every client holds values signed with these secrets (its
+/// token, its TURN password), and from one such value a short secret can be found offline by
+/// trying candidates; whoever finds it can then sign what the secret guards.
+fn check_hmac_secret(key: &str, secret: Option<&str>, risk: &str) -> Result<(), ConfigError> {
+    match secret {
+        Some(secret) if secret.len() < MIN_SECRET_BYTES => Err(ConfigError::Invalid(format!(
+            "{key} is {} bytes; it must be at least {MIN_SECRET_BYTES}: a shorter secret can be \
+             guessed offline from what clients are given, and then {risk}. Generate one with \
+             `openssl rand -hex 32`",
+            secret.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The machine's host name, for the node list.
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -422,7 +461,7 @@ mod tests {
             r#"
 listen = "127.0.0.1:1111"
 [auth]
-token_secret = "from-file"
+token_secret = "from-file-0123456789abcdef0123456789"
 api_key = "k"
 [[namespace]]
 name = "chat"
@@ -432,9 +471,15 @@ join_leave = false
 "#,
         )
         .unwrap();
-        let cfg =
-            Config::load_from(Some(&file), env("[auth]\ntoken_secret = \"from-env\"")).unwrap();
-        assert_eq!(cfg.auth.token_secret.as_deref(), Some("from-env"));
+        let cfg = Config::load_from(
+            Some(&file),
+            env("[auth]\ntoken_secret = \"from-env-0123456789abcdef0123456789\""),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.auth.token_secret.as_deref(),
+            Some("from-env-0123456789abcdef0123456789")
+        );
         assert_eq!(cfg.listen, "127.0.0.1:1111");
         let cfg = cfg.with_listen(Some("127.0.0.1:2222".into()));
         let resolved = cfg.resolve().unwrap();
@@ -492,6 +537,30 @@ join_leave = false
             configured.config.pusher.apps.is_empty(),
             "only development mode adds one"
         );
+    }
+
+    #[test]
+    fn short_hmac_secrets_are_refused_outside_development_mode() {
+        let strong = "0123456789abcdef0123456789abcdef";
+        let resolve = |toml: &str| Config::from_toml(toml).unwrap().resolve();
+        let short_token = resolve("[auth]\ntoken_secret = \"test-secret\"\napi_key = \"k\"\n");
+        let err = short_token.unwrap_err().to_string();
+        assert!(
+            err.contains("auth.token_secret is 11 bytes") && err.contains("at least 32"),
+            "{err}"
+        );
+        let short_turn = resolve(&format!(
+            "[auth]\ntoken_secret = \"{strong}\"\n[webrtc]\nturn_secret = \"short\"\n"
+        ));
+        let err = short_turn.unwrap_err().to_string();
+        assert!(err.contains("webrtc.turn_secret is 5 bytes"), "{err}");
+        resolve(&format!(
+            "[auth]\ntoken_secret = \"{strong}\"\n[webrtc]\nturn_secret = \"{strong}\"\n"
+        ))
+        .expect("32 bytes are enough");
+        // Development mode makes its own token secret; a TURN secret there is for trying out.
+        let dev = resolve("[webrtc]\nturn_secret = \"short\"\n").unwrap();
+        assert!(dev.dev_mode);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 use switchboard_client::{ApiClient, WsClient};
 use switchboard_server::Server;
-use switchboard_server::auth::{TokenClaims, mint_hs256};
+use switchboard_server::auth::{Audience, TokenClaims, mint_hs256};
 use switchboard_server::config::{Config, Resolved};
 
 #[derive(Parser)]
@@ -257,20 +257,23 @@ fn token_claims(
         subscribe: some(subscribe),
         publish: some(publish),
         rooms: some(rooms),
+        ..TokenClaims::default()
     })
 }
 
-fn token(args: ConfigArgs, secret: Option<String>, claims: TokenClaims) -> Result<(), String> {
+fn token(args: ConfigArgs, secret: Option<String>, mut claims: TokenClaims) -> Result<(), String> {
+    let auth = Config::load(args.config.as_deref())
+        .map_err(|e| e.to_string())?
+        .auth;
+    // A server that checks `aud` and `iss` gets tokens that carry them.
+    claims.aud = auth.audience.map(Audience::One);
+    claims.iss = auth.issuer;
     let secret = match secret {
         Some(s) => s,
-        None => Config::load(args.config.as_deref())
-            .map_err(|e| e.to_string())?
-            .auth
-            .token_secret
-            .ok_or(
-                "no token secret: pass --secret, or set [auth] token_secret in the config \
-                 (a development-mode server prints its secret at startup)",
-            )?,
+        None => auth.token_secret.ok_or(
+            "no token secret: pass --secret, or set [auth] token_secret in the config \
+             (a development-mode server prints its secret at startup)",
+        )?,
     };
     println!("{}", mint_hs256(&secret, &claims));
     Ok(())

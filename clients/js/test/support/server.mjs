@@ -7,7 +7,8 @@ import { startSwitchboard, uniq } from '../../../../tests/switchboard-process.mj
 
 export { uniq };
 
-export const TOKEN_SECRET = 'sdk-secret';
+// 32 bytes at least: the server refuses a shorter HMAC secret.
+export const TOKEN_SECRET = 'sdk-secret-0123456789abcdef-0123456789';
 export const API_KEY = 'sdk-key';
 
 const b64url = (value) => Buffer.from(value).toString('base64url');

@@ -13,7 +13,7 @@ use crate::common::*;
 use serde_json::{Value, json};
 use switchboard_client::{Error, WsClient};
 use switchboard_core::unix_now;
-use switchboard_server::auth::{TokenClaims, mint_hs256};
+use switchboard_server::auth::{Audience, TokenClaims, mint_hs256};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -504,6 +504,69 @@ async fn bad_tokens_at_the_upgrade_are_refused_with_401() {
     );
     // Nothing else happened: no connection was opened.
     assert_eq!(open_connections(&server).await, 0.0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_before_its_nbf_is_refused_at_the_upgrade_and_in_connect() {
+    let server = TestServer::start().await;
+    let claims = |nbf: u64| TokenClaims {
+        sub: Some("nina".into()),
+        nbf: Some(nbf),
+        subscribe: Some(vec!["*".into()]),
+        ..TokenClaims::default()
+    };
+    let early = token_with(claims(unix_now() + 120));
+    assert_eq!(
+        refused_upgrade(&server, &format!("/ws?token={early}"), &[]).await,
+        (401, "unauthorized".to_string())
+    );
+    assert_code(
+        WsClient::connect_with_frame(&server.base, &early).await,
+        "unauthorized",
+    );
+    // Once its time has come, the same kind of token is good.
+    let ready = token_with(claims(unix_now() - 1));
+    server.connect(Some(&ready)).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn audience_and_issuer_are_required_when_configured() {
+    let server = TestServer::with_config(&format!(
+        "{}audience = \"switchboard\"\nissuer = \"https://auth.example\"\n",
+        auth_toml()
+    ))
+    .await;
+    let with = |aud: Option<&str>, iss: Option<&str>| {
+        token_with(TokenClaims {
+            sub: Some("olga".into()),
+            aud: aud.map(|a| Audience::One(a.into())),
+            iss: iss.map(Into::into),
+            ..TokenClaims::default()
+        })
+    };
+    let unauthorized = (401, "unauthorized".to_string());
+    for (bad, what) in [
+        (
+            with(Some("billing"), Some("https://auth.example")),
+            "wrong aud",
+        ),
+        (with(None, Some("https://auth.example")), "no aud"),
+        (
+            with(Some("switchboard"), Some("https://evil.example")),
+            "wrong iss",
+        ),
+        (with(Some("switchboard"), None), "no iss"),
+    ] {
+        assert_eq!(
+            refused_upgrade(&server, &format!("/ws?token={bad}"), &[]).await,
+            unauthorized,
+            "{what}"
+        );
+    }
+    let good = with(Some("switchboard"), Some("https://auth.example"));
+    server.connect(Some(&good)).await;
     server.stop().await;
 }
 

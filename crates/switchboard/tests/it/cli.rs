@@ -1,7 +1,7 @@
 //! The `switchboard` binary as a user runs it: development mode, config layering, signals and
 //! the companion commands.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -164,7 +164,7 @@ async fn config_file_then_environment_then_flags() {
     std::fs::write(
         &file,
         format!(
-            "listen = \"127.0.0.1:{file_port}\"\n[auth]\ntoken_secret = \"file-secret\"\n\
+            "listen = \"127.0.0.1:{file_port}\"\n[auth]\ntoken_secret = \"file-secret-0123456789abcdef-0123456789\"\n\
              api_key = \"file-key\"\n"
         ),
     )
@@ -205,6 +205,50 @@ async fn config_file_then_environment_then_flags() {
         served.base.ends_with(&format!(":{flag_port}")),
         "{}",
         served.base
+    );
+}
+
+#[tokio::test]
+async fn a_short_token_secret_stops_the_binary_with_the_reason() {
+    let dir = std::env::temp_dir().join(format!("sb-cli-short-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("short.toml");
+    let port = free_port();
+    std::fs::write(
+        &file,
+        format!("listen = \"127.0.0.1:{port}\"\n[auth]\ntoken_secret = \"test-secret\"\napi_key = \"k\"\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    // A server that starts would run until killed: give it a while, then call it a failure.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server started with an 11-byte secret");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("auth.token_secret is 11 bytes") && stderr.contains("at least 32"),
+        "{stderr}"
     );
 }
 

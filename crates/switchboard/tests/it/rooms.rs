@@ -11,7 +11,7 @@ const WEBRTC: &str = r#"
 [webrtc]
 stun_urls = ["stun:stun.example.test:3478"]
 turn_urls = ["turn:turn.example.test:3478?transport=udp"]
-turn_secret = "turn-secret"
+turn_secret = "turn-secret-0123456789abcdef-0123456789"
 turn_ttl = 600
 max_room_peers = 3
 "#;
@@ -76,7 +76,11 @@ async fn joining_answers_own_peer_the_others_and_ice_servers() {
         (now + 595..=now + 605).contains(&expiry),
         "{expiry} vs {now}"
     );
-    let (_, credential) = switchboard_rtc::turn_credentials("turn-secret", "alice", expiry);
+    let (_, credential) = switchboard_rtc::turn_credentials(
+        "turn-secret-0123456789abcdef-0123456789",
+        "alice",
+        expiry,
+    );
     assert_eq!(ice[1]["credential"], credential.as_str());
 
     // The second peer sees the first with user, info and meta; the first hears of it.

@@ -1185,11 +1185,11 @@ async fn bad_forged_or_foreign_cursors_are_refused_with_400() {
 
     // A cursor of another deployment (another secret), for the same channel list.
     let other = TestServer::with_config(
-        "[auth]\ntoken_secret = \"other-secret\"\napi_key = \"other-key\"\n",
+        "[auth]\ntoken_secret = \"other-secret-0123456789abcdef-0123456789\"\napi_key = \"other-key\"\n",
     )
     .await;
     let other_token = mint_hs256(
-        "other-secret",
+        "other-secret-0123456789abcdef-0123456789",
         &TokenClaims {
             sub: Some("alice".into()),
             exp: Some(unix_now() + 3600),

@@ -13,7 +13,8 @@ use switchboard_server::config::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub(crate) const SECRET: &str = "test-secret";
+/// 32 bytes at least: the server refuses a shorter HMAC secret.
+pub(crate) const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 pub(crate) const API_KEY: &str = "test-api-key";
 /// How long a test waits for something that should happen at once.
 pub(crate) const WAIT: Duration = Duration::from_secs(5);
