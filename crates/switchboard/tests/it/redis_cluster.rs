@@ -335,3 +335,71 @@ async fn readers_leave_no_keys_behind() {
     })
     .await;
 }
+
+/// Records in Redis that no Switchboard wrote (a history entry without data, a presence entry
+/// that is not a member, a meta hash with a word for an offset) get the reader an error or
+/// are skipped; the connection, and everyone else's, goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_records_in_redis_fail_the_command_not_the_connection() {
+    let (nodes, keys) = shared_redis_nodes(1).await;
+    let (mut client, _) = member(&nodes[0], "reader").await;
+    client.subscribe("chat:bad").await.unwrap();
+    nodes[0]
+        .api()
+        .publish("chat:bad", &json!("fine"))
+        .await
+        .unwrap();
+    client.next_message("chat:bad", WAIT).await.unwrap();
+    let mut conn = redis::Client::open(REDIS)
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let prefix = &keys.prefix;
+    let _: () = redis::cmd("XADD")
+        .arg(format!("{prefix}:h:chat:bad"))
+        .arg("2-0")
+        .arg("junk")
+        .arg("1")
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:m:chat:bad"))
+        .arg("t")
+        .arg("2")
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:p:chat:bad"))
+        .arg("ghost")
+        .arg(b"\xff\x00not a member".as_slice())
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:m:chat:word"))
+        .arg("t")
+        .arg("many")
+        .arg("e")
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
+    let _ = client.history("chat:bad", None, None).await;
+    let _ = client.presence("chat:bad").await;
+    let _ = client.history("chat:word", None, None).await;
+    let _ = client.subscribe("chat:word").await;
+    assert_eq!(
+        client.ping().await.unwrap()["type"],
+        "pong",
+        "still connected"
+    );
+    let (mut other, _) = member(&nodes[0], "other").await;
+    other.subscribe("chat:fine").await.unwrap();
+    nodes[0]
+        .api()
+        .publish("chat:fine", &json!("still"))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.next_message("chat:fine", WAIT).await.unwrap()["data"],
+        "still"
+    );
+}
