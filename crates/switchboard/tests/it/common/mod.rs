@@ -13,6 +13,9 @@ use switchboard_server::config::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+mod raw_ws;
+pub(crate) use raw_ws::*;
+
 pub(crate) const SECRET: &str = "test-secret";
 pub(crate) const API_KEY: &str = "test-api-key";
 /// How long a test waits for something that should happen at once.
