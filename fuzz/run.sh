@@ -4,7 +4,7 @@
 #   fuzz/run.sh [seconds-per-target] [--keep]
 #
 # Default 600 s per target. New inputs go to fuzz/target/corpus/<target> (scratch); with
-# --keep, the ones that add coverage are merged into fuzz/corpus/<target> (committed).
+# --keep, the ones that reach new code are merged into fuzz/corpus/<target> (committed).
 # A crash leaves its input in fuzz/artifacts/<target>/: once fixed, copy it to
 # fuzz/regressions/<target>/ so `cargo test` replays it for good.
 #
@@ -37,7 +37,8 @@ for target in $targets; do
   runs=$(grep -Eo 'Done [0-9]+ runs in [0-9]+ second\(s\)' "$log" | tail -n 1 || true)
   summary+=("$(printf '%-16s %s' "$target" "${runs:-no summary (see $log)}")")
   if [[ $keep == --keep ]]; then
-    cargo fuzz run "$target" "corpus/$target" "$work" -- -merge=1 >>"$log" 2>&1
+    # Only inputs that reach new code (edges, not hit counts), so the corpus stays small.
+    cargo fuzz run "$target" "corpus/$target" "$work" -- -merge=1 -use_counters=0 >>"$log" 2>&1
   fi
 done
 
