@@ -16,3 +16,15 @@ mod patience;
 pub mod redis;
 #[cfg(any(feature = "redis", feature = "nats"))]
 mod wire;
+
+/// Fuzzing entry point (`fuzz/`): bytes as they could come back from Redis, NATS or a pub/sub
+/// message of another node, through every decoder of the distributed engines.
+#[cfg(any(feature = "redis", feature = "nats"))]
+#[doc(hidden)]
+pub fn fuzz_engine_records(data: &[u8]) {
+    wire::fuzz_records(data);
+    #[cfg(feature = "redis")]
+    redis::fuzz_records(data);
+    #[cfg(feature = "nats")]
+    nats::fuzz_records(data);
+}

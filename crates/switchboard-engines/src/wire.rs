@@ -250,6 +250,38 @@ pub(crate) struct ControlReply {
     pub answer: NodeAnswer,
 }
 
+/// The fuzz target's look at this module (see `fuzz_engine_records`): every decoder on the
+/// same bytes; what decodes must encode back to the same value.
+pub(crate) fn fuzz_records(data: &[u8]) {
+    match decode_channel_message(data) {
+        Some(ChannelMessage::Presence(event, member)) => {
+            let again = decode_channel_message(&encode_presence(event, &member));
+            assert_eq!(again, Some(ChannelMessage::Presence(event, member)));
+        }
+        #[cfg(feature = "nats")]
+        Some(ChannelMessage::Publication(p)) => {
+            let again = decode_channel_message(&encode_publication(p.offset, &p.epoch, &p.data));
+            assert_eq!(again, Some(ChannelMessage::Publication(p)));
+        }
+        _ => {}
+    }
+    if let Some(event) = decode_room_event(data) {
+        let encoded = encode_room_event(&event).expect("a decoded room event encodes");
+        assert_eq!(decode_room_event(&encoded), Some(event));
+    }
+    if let Some(stored) = Stored::decode(data) {
+        let info = bytes(stored.i);
+        let again = Stored::decode(Stored::encode(&stored.n, &stored.u, &info).as_bytes())
+            .expect("an encoded member decodes");
+        assert_eq!(
+            (again.n, again.u, bytes(again.i)),
+            (stored.n, stored.u, info)
+        );
+    }
+    let _ = serde_json::from_slice::<ControlRequest>(data);
+    let _ = serde_json::from_slice::<ControlReply>(data);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

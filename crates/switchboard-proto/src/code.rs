@@ -136,4 +136,11 @@ impl Disconnect {
         ws_close: 1002,
         reconnect: false,
     };
+    /// The client sent a text message (or a close reason) that is not UTF-8.
+    pub const INVALID_UTF8: Disconnect = Disconnect {
+        code: "bad_request",
+        message: "websocket text is not valid UTF-8",
+        ws_close: 1007,
+        reconnect: false,
+    };
 }

@@ -140,6 +140,16 @@ pub fn request_id(frame: &[u8]) -> Option<u64> {
     serde_json::from_slice::<Id>(frame).ok()?.id
 }
 
+/// Fuzzing entry point (`fuzz/`): one client frame through the parser; a frame that parses
+/// has the id that an early refusal (`request_id`) would answer with.
+#[doc(hidden)]
+pub fn fuzz_command(frame: &[u8]) {
+    let id = request_id(frame);
+    if let Ok(request) = parse_request(frame) {
+        assert_eq!(request.id, id);
+    }
+}
+
 /// Parses one command frame (the UTF-8 JSON text of one WebSocket message, or one element of a
 /// session POST body).
 pub fn parse_request(frame: &[u8]) -> Result<Request, CommandError> {

@@ -55,12 +55,21 @@ pub enum WsEvent {
     },
     Ping(Vec<u8>),
     Pong,
-    /// The client's close frame: its status code, if any.
+    /// The client's close frame: its status code, if any (always one a client may send).
     Close(Option<u16>),
     /// A message longer than the limit was discarded without being buffered.
     TooLarge,
     /// The client broke the protocol; the connection must be closed with 1002.
     ProtocolError(&'static str),
+    /// A text message or a close reason that is not UTF-8; the connection must be closed
+    /// with 1007.
+    InvalidUtf8(&'static str),
+}
+
+/// Close codes a client may send (RFC 6455 §7.4.1, and the IANA registry it points to):
+/// 1004-1006 and 1015 are reserved for reports, never sent; 1016-2999 are unassigned.
+pub fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// Decodes client frames. It holds bytes only while a frame or a fragmented message is
@@ -72,6 +81,8 @@ pub struct Decoder {
     /// Fragments of a message whose final frame has not arrived yet.
     fragments: Vec<u8>,
     in_message: bool,
+    /// The message being assembled is text (its UTF-8 is checked once it is complete).
+    text: bool,
     /// The current message is over the limit: its remaining fragments are dropped.
     discarding: bool,
     /// Payload bytes of an oversized frame still to be skipped.
@@ -129,7 +140,10 @@ impl Decoder {
             }
             let is_data = matches!(header.opcode, OpCode::Data(_));
             let held = if is_data { self.fragments.len() } else { 0 };
-            if is_data && (self.discarding || held as u64 + len > max_message as u64) {
+            // Saturating: `len` is up to 2^63 - 1 and must not wrap around the limit.
+            if is_data
+                && (self.discarding || (held as u64).saturating_add(len) > max_message as u64)
+            {
                 // Too large: skip the payload without buffering it.
                 if !self.discarding {
                     events.push(WsEvent::TooLarge);
@@ -165,6 +179,10 @@ impl Decoder {
         if header.mask.is_none() {
             return Err("client frames must be masked");
         }
+        if len > i64::MAX as u64 {
+            // RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0.
+            return Err("payload length with its most significant bit set");
+        }
         match header.opcode {
             OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
                 Err("reserved opcode")
@@ -184,36 +202,102 @@ impl Decoder {
 
     fn on_frame(&mut self, header: FrameHeader, payload: Vec<u8>, events: &mut Vec<WsEvent>) {
         match header.opcode {
-            OpCode::Data(_) => {
-                if header.is_final && !self.in_message {
-                    events.push(WsEvent::Message { payload });
+            OpCode::Data(data) => {
+                if !self.in_message {
+                    self.text = data == Data::Text;
+                }
+                let payload = if header.is_final && !self.in_message {
+                    payload
+                } else {
+                    self.fragments.extend_from_slice(&payload);
+                    self.in_message = !header.is_final;
+                    if !header.is_final {
+                        return;
+                    }
+                    std::mem::take(&mut self.fragments)
+                };
+                // Checked on the whole message, so a code point split across fragments is
+                // fine (RFC 6455 §8.1).
+                if self.text && std::str::from_utf8(&payload).is_err() {
+                    self.fail_utf8("text message is not valid UTF-8", events);
                     return;
                 }
-                self.fragments.extend_from_slice(&payload);
-                self.in_message = !header.is_final;
-                if header.is_final {
-                    let payload = std::mem::take(&mut self.fragments);
-                    events.push(WsEvent::Message { payload });
-                }
+                events.push(WsEvent::Message { payload });
             }
             OpCode::Control(Control::Ping) => events.push(WsEvent::Ping(payload)),
             OpCode::Control(Control::Pong) => events.push(WsEvent::Pong),
-            OpCode::Control(Control::Close) => {
-                self.closed = true;
-                let code =
-                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-                events.push(WsEvent::Close(code));
-            }
+            OpCode::Control(Control::Close) => self.on_close(&payload, events),
             OpCode::Control(Control::Reserved(_)) => {}
         }
     }
 
+    /// A close frame's payload is empty, or a status code then an optional UTF-8 reason
+    /// (RFC 6455 §5.5.1).
+    fn on_close(&mut self, payload: &[u8], events: &mut Vec<WsEvent>) {
+        let (code, reason) = match payload {
+            [] => (None, &[][..]),
+            [_] => {
+                self.fail("close payload of one byte", events);
+                return;
+            }
+            [high, low, reason @ ..] => (Some(u16::from_be_bytes([*high, *low])), reason),
+        };
+        if code.is_some_and(|c| !valid_close_code(c)) {
+            self.fail("close code a client may not send", events);
+        } else if std::str::from_utf8(reason).is_err() {
+            self.fail_utf8("close reason is not valid UTF-8", events);
+        } else {
+            self.closed = true;
+            events.push(WsEvent::Close(code));
+        }
+    }
+
     fn fail(&mut self, why: &'static str, events: &mut Vec<WsEvent>) -> usize {
+        self.stop(WsEvent::ProtocolError(why), events)
+    }
+
+    fn fail_utf8(&mut self, why: &'static str, events: &mut Vec<WsEvent>) {
+        self.stop(WsEvent::InvalidUtf8(why), events);
+    }
+
+    /// Ends decoding for good: nothing after a fatal error is read.
+    fn stop(&mut self, event: WsEvent, events: &mut Vec<WsEvent>) -> usize {
         self.closed = true;
         self.partial = Vec::new();
         self.fragments = Vec::new();
-        events.push(WsEvent::ProtocolError(why));
+        events.push(event);
         0
+    }
+}
+
+/// Fuzzing entry point (`fuzz/`): bytes from a client, fed in chunks of the size the first
+/// byte gives. However the bytes are cut, the events are the same; no message is over the
+/// limit; nothing follows a close or an error; the decoder holds at most one frame.
+#[doc(hidden)]
+pub fn fuzz_decoder(data: &[u8]) {
+    const MAX: usize = 256;
+    let Some((&chunk, input)) = data.split_first() else {
+        return;
+    };
+    let mut whole = Vec::new();
+    Decoder::default().feed(input, MAX, &mut whole);
+    let mut decoder = Decoder::default();
+    let mut events = Vec::new();
+    for piece in input.chunks(usize::from(chunk % 64) + 1) {
+        decoder.feed(piece, MAX, &mut events);
+        assert!(decoder.partial.len() <= MAX.max(125) + 14);
+        assert!(decoder.fragments.len() <= MAX);
+    }
+    assert_eq!(events, whole);
+    for (i, event) in events.iter().enumerate() {
+        match event {
+            WsEvent::Message { payload } => assert!(payload.len() <= MAX),
+            WsEvent::Close(_) | WsEvent::ProtocolError(_) | WsEvent::InvalidUtf8(_) => {
+                assert_eq!(i, events.len() - 1, "an event after the end: {events:?}");
+            }
+            WsEvent::Ping(payload) => assert!(payload.len() <= 125),
+            WsEvent::Pong | WsEvent::TooLarge => {}
+        }
     }
 }
 
@@ -355,6 +439,107 @@ mod tests {
             100,
         );
         assert_eq!(events, vec![WsEvent::Close(Some(1000))]);
+    }
+
+    /// A client frame header with a 64-bit payload length (the payload itself not sent).
+    fn long_header(opcode_and_fin: u8, len: u64) -> Vec<u8> {
+        let mut out = vec![opcode_and_fin, 0x80 | 127];
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        out
+    }
+
+    /// Found by fuzzing: a continuation frame declaring a length near `u64::MAX` while part of
+    /// a message was held overflowed the size check (a panic in debug builds, a wrapped
+    /// length accepted in release).
+    #[test]
+    fn huge_continuation_length_does_not_overflow() {
+        let mut bytes = client_frame(1, false, b"held");
+        bytes.extend(long_header(0x80, u64::MAX - 1));
+        let events = decode_all(&mut Decoder::default(), &bytes, 1000);
+        assert!(matches!(events.as_slice(), [WsEvent::ProtocolError(_)]));
+
+        let mut bytes = client_frame(1, false, b"held");
+        bytes.extend(long_header(0x80, u64::MAX >> 1));
+        let events = decode_all(&mut Decoder::default(), &bytes, 1000);
+        assert_eq!(events, vec![WsEvent::TooLarge]);
+    }
+
+    #[test]
+    fn length_with_the_top_bit_set_is_a_protocol_error() {
+        let events = decode_all(&mut Decoder::default(), &long_header(0x81, 1 << 63), 1000);
+        assert!(matches!(events.as_slice(), [WsEvent::ProtocolError(_)]));
+    }
+
+    #[test]
+    fn text_must_be_utf8_even_across_fragments() {
+        // "é" is C3 A9: split between two fragments it is still valid.
+        let mut split = client_frame(1, false, b"caf\xc3");
+        split.extend(client_frame(0, true, b"\xa9"));
+        let events = decode_all(&mut Decoder::default(), &split, 100);
+        assert_eq!(
+            events,
+            vec![WsEvent::Message {
+                payload: "café".into()
+            }]
+        );
+        let mut broken = client_frame(1, false, b"caf\xc3");
+        broken.extend(client_frame(0, true, b"x"));
+        for bytes in [client_frame(1, true, b"\xff"), broken] {
+            let events = decode_all(&mut Decoder::default(), &bytes, 100);
+            assert!(
+                matches!(events.as_slice(), [WsEvent::InvalidUtf8(_)]),
+                "{events:?}"
+            );
+        }
+        // Binary messages are not text.
+        let events = decode_all(
+            &mut Decoder::default(),
+            &client_frame(2, true, b"\xff"),
+            100,
+        );
+        assert_eq!(
+            events,
+            vec![WsEvent::Message {
+                payload: vec![0xff]
+            }]
+        );
+    }
+
+    #[test]
+    fn close_payloads_are_checked() {
+        let close = |payload: &[u8]| {
+            decode_all(
+                &mut Decoder::default(),
+                &client_frame(8, true, payload),
+                200,
+            )
+        };
+        assert_eq!(close(b""), vec![WsEvent::Close(None)]);
+        for code in [1000u16, 1001, 1003, 1007, 1011, 3000, 4999] {
+            assert_eq!(close(&code.to_be_bytes()), vec![WsEvent::Close(Some(code))]);
+        }
+        for code in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2999, 5000, 65535,
+        ] {
+            let events = close(&code.to_be_bytes());
+            assert!(
+                matches!(events.as_slice(), [WsEvent::ProtocolError(_)]),
+                "{code}"
+            );
+        }
+        assert!(matches!(
+            close(&[3]).as_slice(),
+            [WsEvent::ProtocolError(_)]
+        ));
+        assert!(matches!(
+            close(&[3, 232, 0xff]).as_slice(),
+            [WsEvent::InvalidUtf8(_)]
+        ));
+        assert_eq!(
+            close(&[3, 232, b'o', b'k']),
+            vec![WsEvent::Close(Some(1000))]
+        );
     }
 
     #[test]

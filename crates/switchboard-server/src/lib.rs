@@ -19,6 +19,15 @@ mod streams;
 mod tls;
 mod ws;
 
+// Entry points of the fuzz targets in `fuzz/`: they reach private parsers without making
+// those parsers part of the API.
+#[doc(hidden)]
+pub use pusher::conn::fuzz_pusher_frame;
+#[doc(hidden)]
+pub use streams::cursor::fuzz_cursor;
+#[doc(hidden)]
+pub use streams::direct::fuzz_stream_head;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

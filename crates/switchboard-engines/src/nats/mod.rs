@@ -360,3 +360,24 @@ impl Engine for NatsEngine {
         &self.inner.stats
     }
 }
+
+/// The fuzz target's look at the NATS engine (see `fuzz_engine_records`): subjects, room
+/// rosters and heartbeats.
+pub(crate) fn fuzz_records(data: &[u8]) {
+    let _ = members::roster_of(data);
+    let _ = serde_json::from_slice::<switchboard_core::engine::NodeInfo>(data);
+    if let Ok(subject) = std::str::from_utf8(data) {
+        let names = Names::new("sb").expect("a valid prefix");
+        if let Some((channel, client)) = names.parse_presence(subject) {
+            let again = names.parse_presence(&names.presence_member(&channel, "n1", &client));
+            assert_eq!(again, Some((channel, client)));
+        }
+        if let Some(room) = names.parse_room_roster(subject) {
+            assert_eq!(
+                names.parse_room_roster(&names.room_roster(&room)),
+                Some(room)
+            );
+        }
+        let _ = names::untoken(subject);
+    }
+}

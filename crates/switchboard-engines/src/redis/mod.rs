@@ -187,6 +187,22 @@ fn split_seq(value: &[u8]) -> Option<(u64, &[u8])> {
     Some((seq, &value[bar + 1..]))
 }
 
+/// The fuzz target's look at the Redis engine (see `fuzz_engine_records`): pub/sub channel
+/// names, room member values, and a history script reply made of the bytes' NUL-separated
+/// parts.
+pub(crate) fn fuzz_records(data: &[u8]) {
+    let _ = split_seq(data);
+    if let Ok(name) = std::str::from_utf8(data) {
+        let keys = Keys::new("sb");
+        if let Some(topic) = keys.parse_topic(name, "n1") {
+            assert_eq!(keys.topic(&topic, "n1"), name);
+        }
+    }
+    let items = data.split(|b| *b == 0);
+    let reply = Value::Array(items.map(|i| Value::BulkString(i.to_vec())).collect());
+    let _ = parse_history(reply);
+}
+
 fn new_epoch() -> String {
     format!("{:08x}", rand::random::<u32>())
 }

@@ -119,6 +119,77 @@ struct SigninData {
     user_data: String,
 }
 
+/// The user of a presence subscription: `user_id` of its `channel_data`, a non-empty string
+/// or a number.
+fn channel_data_user(data: &Value) -> Option<String> {
+    match data.get("user_id") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The user `pusher:signin` names: the non-empty string `id` of its `user_data`.
+fn signin_user(user_data: &str) -> Option<String> {
+    serde_json::from_str::<Value>(user_data)
+        .ok()
+        .and_then(|d| d.get("id")?.as_str().map(str::to_owned))
+        .filter(|id| !id.is_empty())
+}
+
+/// Fuzzing entry point (`fuzz/`): one client frame (or a SockJS body of them) through every
+/// step of reading it that needs no hub: the frame, each command's data, presence and
+/// sign-in identities, channel names, and a client event's way out to Pusher subscribers.
+#[doc(hidden)]
+pub fn fuzz_pusher_frame(data: &[u8]) {
+    if let Ok(messages) = serde_json::from_slice::<Vec<String>>(data) {
+        for message in messages {
+            fuzz_pusher_frame(message.as_bytes());
+        }
+        return;
+    }
+    let Ok(frame) = serde_json::from_slice::<ClientFrame>(data) else {
+        return;
+    };
+    let raw = frame.data.as_deref();
+    if let Some(sub) = data_as::<SubscribeData>(raw) {
+        if valid_channel_name(&sub.channel) {
+            let hub = proto::hub_channel("app", &sub.channel);
+            assert_eq!(proto::split_namespace(&hub).0, "app");
+            assert_eq!(proto::pusher_channel(&hub), sub.channel);
+        }
+        let channel_data = sub.channel_data.as_deref();
+        if let Some(data) = channel_data.and_then(|d| serde_json::from_str::<Value>(d).ok()) {
+            let _ = channel_data_user(&data);
+        }
+        let _ = (
+            is_private(&sub.channel),
+            is_presence(&sub.channel),
+            is_cache(&sub.channel),
+        );
+    }
+    let _ = data_as::<Value>(raw).and_then(|d| d.get("channel")?.as_str().map(str::to_owned));
+    if let Some(signin) = data_as::<SigninData>(raw) {
+        let _ = signin_user(&signin.user_data);
+    }
+    if frame.event.starts_with("client-") {
+        let data = raw.map_or("null", RawValue::get);
+        // As `client_event` publishes it, then as the hub hands it to Pusher subscribers.
+        let raw = RawValue::from_string(data.to_owned()).expect("it came from a parsed frame");
+        let envelope = proto::envelope(&frame.event, &raw, Some("u"), Some("1.2"));
+        let channel = frame.channel.as_deref().unwrap_or("private-c");
+        let publication = switchboard_proto::Publication {
+            offset: 1,
+            epoch: "e".into(),
+            data: envelope,
+        };
+        let native =
+            switchboard_proto::encode::message(&proto::hub_channel("app", channel), &publication);
+        let message = proto::from_native_message(&native).expect("a native message translates");
+        assert_eq!(message.exclude_socket.as_deref(), Some("1.2"));
+    }
+}
+
 /// Pusher sends command data as an object, some clients as a JSON string of one.
 fn data_as<T: serde::de::DeserializeOwned>(data: Option<&RawValue>) -> Option<T> {
     let raw = data?.get();
@@ -404,11 +475,7 @@ impl Live {
         let data: Value = channel_data
             .and_then(|d| serde_json::from_str(d).ok())
             .ok_or((400, "presence channels need channel_data".to_string()))?;
-        let user = match data.get("user_id") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => return Err((400, "channel_data needs a user_id".into())),
-        };
+        let user = channel_data_user(&data).ok_or((400, "channel_data needs a user_id".into()))?;
         let info = match data.get("user_info") {
             None | Some(Value::Null) => None,
             Some(info) => {
@@ -550,10 +617,7 @@ impl Live {
             &signin.user_data,
             &signin.auth,
         );
-        let user = serde_json::from_str::<Value>(&signin.user_data)
-            .ok()
-            .and_then(|d| d.get("id")?.as_str().map(str::to_owned))
-            .filter(|id| !id.is_empty());
+        let user = signin_user(&signin.user_data);
         let user = match (valid, user) {
             (true, Some(user)) => user,
             (false, _) => {

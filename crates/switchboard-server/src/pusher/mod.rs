@@ -22,7 +22,7 @@
 pub(crate) mod api;
 mod codec;
 pub mod config;
-mod conn;
+pub(crate) mod conn;
 pub(crate) mod door;
 pub(crate) mod http;
 mod http_sessions;

@@ -172,24 +172,53 @@ impl CursorKey {
         if !crate::auth::constant_time_eq(&expected, tag) {
             return Err(CursorError::BadTag);
         }
-        let mut rest = &payload[1..];
-        let mut positions = Vec::with_capacity(channels.len());
-        for _ in channels {
-            let offset = read_varint(&mut rest).ok_or(CursorError::Malformed)?;
-            let (&len, tail) = rest.split_first().ok_or(CursorError::Malformed)?;
-            if tail.len() < len as usize {
-                return Err(CursorError::Malformed);
-            }
-            let (epoch, tail) = tail.split_at(len as usize);
-            let epoch = String::from_utf8(epoch.to_vec()).map_err(|_| CursorError::Malformed)?;
-            positions.push(CursorPosition { offset, epoch });
-            rest = tail;
-        }
-        if !rest.is_empty() {
+        read_positions(&payload[1..], channels.len())
+    }
+}
+
+/// The positions of a cursor whose tag was checked (`payload` past its version byte):
+/// `count` of them, each a varint offset and a length-prefixed epoch, nothing after.
+fn read_positions(payload: &[u8], count: usize) -> Result<Vec<CursorPosition>, CursorError> {
+    let mut rest = payload;
+    let mut positions = Vec::with_capacity(count);
+    for _ in 0..count {
+        let offset = read_varint(&mut rest).ok_or(CursorError::Malformed)?;
+        let (&len, tail) = rest.split_first().ok_or(CursorError::Malformed)?;
+        if tail.len() < len as usize {
             return Err(CursorError::Malformed);
         }
-        Ok(positions)
+        let (epoch, tail) = tail.split_at(len as usize);
+        let epoch = String::from_utf8(epoch.to_vec()).map_err(|_| CursorError::Malformed)?;
+        positions.push(CursorPosition { offset, epoch });
+        rest = tail;
     }
+    if !rest.is_empty() {
+        return Err(CursorError::Malformed);
+    }
+    Ok(positions)
+}
+
+/// Fuzzing entry point (`fuzz/`): a cursor as a client sends it, and, since a fuzzer cannot
+/// forge a tag, the positions behind the tag; positions read back must encode to a cursor
+/// that decodes to them again.
+#[doc(hidden)]
+pub fn fuzz_cursor(data: &[u8]) {
+    let Some((&count, rest)) = data.split_first() else {
+        return;
+    };
+    let key = CursorKey::new(b"fuzz");
+    let channels: Vec<String> = (0..count % 8).map(|i| format!("c{i}")).collect();
+    if let Ok(text) = std::str::from_utf8(rest) {
+        let _ = key.decode(&channels, text);
+    }
+    let Ok(positions) = read_positions(rest, channels.len()) else {
+        return;
+    };
+    let mut cursor = BytesMut::new();
+    let pairs = positions.iter().map(|p| (p.offset, p.epoch.as_str()));
+    key.write(&key.channels_tag(&channels), pairs, &mut cursor);
+    let cursor = std::str::from_utf8(&cursor).expect("a cursor is base64url");
+    assert_eq!(key.decode(&channels, cursor), Ok(positions));
 }
 
 /// A cursor's payload: on the stack while it is short (nearly always), else on the heap.

@@ -114,6 +114,18 @@ fn parse_head(bytes: &[u8]) -> Option<Option<Head>> {
     )
 }
 
+/// Fuzzing entry point (`fuzz/`): the start of a connection as the accept loop peeks at it.
+#[doc(hidden)]
+pub fn fuzz_stream_head(data: &[u8]) {
+    if could_be_stream_request(data)
+        && let Some(Some(head)) = parse_head(data)
+    {
+        assert!(head.len <= data.len());
+        let route = head.request.uri().path();
+        assert!(route == "/sse" || route == "/stream", "{route}");
+    }
+}
+
 /// Runs the stream request through `router`, writes the answer, and if it opened a stream
 /// keeps driving it from a task of its own until either side ends it.
 pub(crate) async fn serve(

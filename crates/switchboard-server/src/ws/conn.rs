@@ -239,8 +239,9 @@ impl<P: Protocol> Conn<P> {
                 }
                 WsEvent::Pong => self.machine.client_activity(),
                 WsEvent::Close(code) => {
-                    // Answer with the client's code (1000 when it gave none) and end.
-                    let code = code.filter(|c| valid_close_code(*c)).unwrap_or(1000);
+                    // Answer with the client's code (1000 when it gave none) and end; the
+                    // decoder let through only codes a client may send.
+                    let code = code.unwrap_or(1000);
                     let goodbye = vec![ws::encode_close(code, "")];
                     self.close(Disconnect::CLIENT_CLOSED, goodbye);
                 }
@@ -253,6 +254,11 @@ impl<P: Protocol> Conn<P> {
                     tracing::debug!("websocket protocol error: {why}");
                     let goodbye = vec![ws::encode_close(1002, why)];
                     self.close(Disconnect::PROTOCOL_ERROR, goodbye);
+                }
+                WsEvent::InvalidUtf8(why) => {
+                    tracing::debug!("websocket payload error: {why}");
+                    let goodbye = vec![ws::encode_close(1007, why)];
+                    self.close(Disconnect::INVALID_UTF8, goodbye);
                 }
             }
         }
@@ -314,9 +320,4 @@ async fn linger(socket: &mut Socket, read_closed: bool) {
             _ = tokio::time::sleep_until(until) => return,
         }
     }
-}
-
-/// Close codes a client may send (RFC 6455 §7.4).
-fn valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
 }

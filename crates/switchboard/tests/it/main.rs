@@ -17,6 +17,7 @@ mod nats_cluster;
 mod pubsub;
 mod pusher;
 mod redis_cluster;
+mod rfc6455;
 mod rooms;
 mod smoke;
 mod streams;

@@ -13,6 +13,9 @@ use switchboard_server::config::Config;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+mod raw_ws;
+pub(crate) use raw_ws::*;
+
 /// 32 bytes at least: the server refuses a shorter HMAC secret.
 pub(crate) const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 pub(crate) const API_KEY: &str = "test-api-key";
