@@ -33,12 +33,17 @@ pub(crate) enum Item<K> {
     Control(K),
 }
 
+/// What a queued frame costs besides its bytes (its slot and a buffer's bookkeeping), so a
+/// flood of empty frames (empty pings, each answered with an empty pong) meets the bound too.
+const ENTRY_CHARGE: usize = 32;
+
 impl<K> Item<K> {
-    /// What the item counts against the queue's bound: its JSON, near enough to its wire size.
+    /// What the item counts against the queue's bound: its JSON, near enough to its wire size,
+    /// and the entry itself.
     fn charge(&self) -> usize {
         match self {
-            Item::Shared(frame) => frame.json().len(),
-            Item::Own(bytes) | Item::Wire(bytes) => bytes.len(),
+            Item::Shared(frame) => frame.json().len() + ENTRY_CHARGE,
+            Item::Own(bytes) | Item::Wire(bytes) => bytes.len() + ENTRY_CHARGE,
             Item::Subscribed(_) | Item::Control(_) => 0,
         }
     }
@@ -397,6 +402,19 @@ mod tests {
     }
 
     #[test]
+    fn empty_frames_meet_the_bound_too() {
+        // A client sending empty pings it never reads the pongs of: each pong is two bytes,
+        // but the queue's entries are not free.
+        let (outbox, _) = outbox(64 * 1024, Overflow::Disconnect);
+        let mut queued = 0;
+        while outbox.push_wire(Bytes::from_static(&[0x8a, 0x00])) {
+            queued += 1;
+        }
+        assert!(outbox.is_closing(), "a slow consumer");
+        assert!(queued < 64 * 1024 / ENTRY_CHARGE, "{queued} pongs queued");
+    }
+
+    #[test]
     fn quiet_only_when_there_is_nothing_to_take() {
         let (outbox, _) = outbox(100, Overflow::Disconnect);
         assert!(outbox.is_quiet());
@@ -424,7 +442,7 @@ mod tests {
 
     #[test]
     fn overflow_drops_the_backlog_and_closes_as_slow_consumer() {
-        let (outbox, stats) = outbox(10, Overflow::Disconnect);
+        let (outbox, stats) = outbox(10 + ENTRY_CHARGE, Overflow::Disconnect);
         assert!(outbox.push_own(Bytes::from_static(b"123456")));
         assert!(!outbox.send(&frame("123456")));
         assert!(
@@ -449,7 +467,7 @@ mod tests {
 
     #[test]
     fn recovered_messages_may_exceed_the_bound_while_live_ones_keep_it() {
-        let (outbox, _) = outbox(10, Overflow::Disconnect);
+        let (outbox, _) = outbox(10 + ENTRY_CHARGE, Overflow::Disconnect);
         for _ in 0..5 {
             assert!(
                 outbox.send_recovered(&frame("12345678")),
@@ -461,7 +479,7 @@ mod tests {
             "the bound still holds for live ones"
         );
         assert!(!outbox.is_closing());
-        let taken = outbox.take(40);
+        let taken = outbox.take(40 + 5 * ENTRY_CHARGE);
         assert_eq!(taken.items.len(), 5, "taken up to the asked charge");
         assert!(
             !outbox.send(&frame("12345")),
@@ -472,7 +490,7 @@ mod tests {
 
     #[test]
     fn a_replay_beyond_the_allowance_is_still_a_slow_consumer() {
-        let (outbox, _) = outbox(10, Overflow::Disconnect);
+        let (outbox, _) = outbox(10 + ENTRY_CHARGE, Overflow::Disconnect);
         let f = frame("1234567890");
         for _ in 0..RECOVERY_ALLOWANCE {
             assert!(outbox.send_recovered(&f));
@@ -483,7 +501,7 @@ mod tests {
 
     #[test]
     fn taking_frees_room_and_keeps_order() {
-        let (outbox, _) = outbox(10, Overflow::Disconnect);
+        let (outbox, _) = outbox(10 + 2 * ENTRY_CHARGE, Overflow::Disconnect);
         assert!(outbox.push_own(Bytes::from_static(b"12345678")));
         assert_eq!(texts(&outbox.take(1)), ["12345678"], "at least one item");
         assert!(outbox.push_own(Bytes::from_static(b"a")));
