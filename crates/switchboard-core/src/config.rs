@@ -76,7 +76,8 @@ pub struct HubConfig {
     pub max_room_peers: usize,
     /// Most rooms one connection may be in.
     pub max_rooms: usize,
-    /// Largest history or presence reply in bytes (history replies stop short of it).
+    /// Largest history or presence reply in bytes (history replies stop short of it);
+    /// `usize::MAX` for none.
     pub max_reply_bytes: usize,
     /// Channel prefixes whose joins and leaves are announced whatever their namespace says
     /// (a Pusher app's `presence-` channels, whose clients need them).

@@ -123,10 +123,20 @@ pub struct LimitsConfig {
     pub client_burst: u32,
     /// Rooms one connection may be in at most.
     pub max_rooms: usize,
-    /// Largest history or presence reply (and `POST /session` answer) in bytes.
+    /// Largest history or presence reply (and `POST /session` answer) in bytes (0: no limit).
     pub max_reply_bytes: usize,
     /// Proxies (IP addresses or CIDR ranges) whose `X-Forwarded-For` names the real client.
     pub trusted_proxies: Vec<String>,
+}
+
+impl LimitsConfig {
+    /// `max_reply_bytes` as a bound: 0, like every `[limits]` key, means none.
+    pub fn reply_limit(&self) -> usize {
+        match self.max_reply_bytes {
+            0 => usize::MAX,
+            bytes => bytes,
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -394,7 +404,7 @@ impl Config {
             max_subscriptions: self.limits.max_subscriptions,
             max_room_peers: self.webrtc.max_room_peers,
             max_rooms: self.limits.max_rooms,
-            max_reply_bytes: self.limits.max_reply_bytes,
+            max_reply_bytes: self.limits.reply_limit(),
             // pusher-js presence channels need member_added/member_removed.
             announce_prefixes: self
                 .pusher

@@ -77,7 +77,7 @@ pub(crate) async fn post_session(
                 ErrorCode::TooLarge,
                 &format!("frame larger than {} bytes", limits.max_frame_size),
             )))
-        } else if answer_bytes > limits.max_reply_bytes {
+        } else if answer_bytes > limits.reply_limit() {
             Some(Answer::Error(encode::error(
                 request_id(bytes),
                 ErrorCode::TooLarge,

@@ -208,18 +208,22 @@ async fn commands_past_client_rate_are_refused_while_the_connection_and_others_g
     assert!(server.metric("switchboard_rate_limited_total").await >= 23.0);
 }
 
+/// The session of a first long poll on the server at `base`, for `POST /session`.
+async fn poll_session(base: &str) -> String {
+    let token = token("poller", &["*"], &["*"]);
+    let first: serde_json::Value = reqwest::get(format!("{base}/poll?channel=p&token={token}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    first["messages"][0]["session"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn commands_posted_to_a_session_share_its_rate() {
     let server = server_with("[limits]\nclient_rate = 5\nclient_burst = 5\n").await;
-    let token = token("poller", &["*"], &["*"]);
-    let first: serde_json::Value =
-        reqwest::get(format!("{}/poll?channel=p&token={token}", server.base))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-    let session = first["messages"][0]["session"].as_str().unwrap().to_owned();
+    let session = poll_session(&server.base).await;
     let pings: Vec<_> = (1..=20)
         .map(|id| serde_json::json!({"type": "ping", "id": id}))
         .collect();
@@ -298,15 +302,7 @@ async fn history_replies_stop_at_max_reply_bytes_and_page_on_with_since() {
 #[tokio::test]
 async fn a_session_post_of_many_history_commands_answers_a_bounded_body() {
     let server = small_replies().await;
-    let token = token("poller", &["*"], &["*"]);
-    let first: serde_json::Value =
-        reqwest::get(format!("{}/poll?channel=p&token={token}", server.base))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-    let session = first["messages"][0]["session"].as_str().unwrap().to_owned();
+    let session = poll_session(&server.base).await;
     let mut commands: Vec<_> = (1..=100)
         .map(|id| serde_json::json!({"type": "history", "id": id, "channel": "big"}))
         .collect();
@@ -345,6 +341,29 @@ async fn a_session_post_of_many_history_commands_answers_a_bounded_body() {
         .await
         .unwrap();
     assert_eq!(pong[0]["type"], "pong", "{pong}");
+}
+
+#[tokio::test]
+async fn max_reply_bytes_zero_means_no_limit() {
+    let server = server_with(
+        "[limits]\nmax_reply_bytes = 0\n\
+         [default_namespace]\nhistory_size = 100\nhistory_ttl = 300\n",
+    )
+    .await;
+    let pad = "x".repeat(1000);
+    for n in 1..=100 {
+        server
+            .api()
+            .publish("all", &serde_json::json!({"n": n, "pad": pad}))
+            .await
+            .unwrap();
+    }
+    let mut client = server.connect_as("reader").await;
+    client.subscribe("all").await.unwrap();
+    let history = client.history("all", None, None).await.unwrap();
+    assert_eq!(offsets(&history), (1..=100).collect::<Vec<u64>>());
+    let members = client.presence("all").await.unwrap();
+    assert_eq!(members["members"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -482,15 +501,7 @@ async fn a_well_behaved_client_loses_nothing_while_every_attack_runs() {
     // Session posts of a hundred history commands each.
     let s = stop.clone();
     attacks.push(tokio::spawn(async move {
-        let poller = token("poller", &["*"], &["*"]);
-        let first: serde_json::Value =
-            reqwest::get(format!("{base}/poll?channel=p&token={poller}"))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-        let session = first["messages"][0]["session"].as_str().unwrap().to_owned();
+        let session = poll_session(&base).await;
         let commands: Vec<_> = (1..=100)
             .map(|id| serde_json::json!({"type": "history", "id": id, "channel": "archive"}))
             .collect();
