@@ -125,7 +125,6 @@ impl Inner {
             .key(self.keys.meta(channel))
             .key(self.keys.history(channel))
             .arg(new_epoch())
-            .arg(self.idle_ttl.as_secs().max(1))
             .arg(unix_now())
             .arg(options.history_ttl.as_secs().min(MAX_TTL_SECS))
             .arg(since_offset)

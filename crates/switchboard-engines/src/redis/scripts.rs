@@ -73,9 +73,8 @@ return {top, epoch}
     ))
 });
 
-/// KEYS: meta, history. ARGV: an epoch to answer when the channel has no stream, stream idle
-/// TTL (unused), now, history TTL, since offset (empty for none), since epoch, limit (empty for
-/// none).
+/// KEYS: meta, history. ARGV: an epoch to answer when the channel has no stream, now, history
+/// TTL, since offset (empty for none), since epoch, limit (empty for none).
 /// Returns `{top, epoch, complete, offset1, data1, offset2, data2, ...}`.
 pub(crate) static HISTORY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
@@ -86,18 +85,18 @@ local meta, hist = KEYS[1], KEYS[2]
 -- an epoch that is not kept; offset 0 had seen nothing, so it misses nothing.
 local epoch = redis.call('hget', meta, 'e')
 if not epoch then
-  if ARGV[5] == '' or tonumber(ARGV[5]) == 0 then return {0, ARGV[1], 1} end
+  if ARGV[4] == '' or tonumber(ARGV[4]) == 0 then return {0, ARGV[1], 1} end
   return {0, ARGV[1], 0}
 end
 local top = tonumber(redis.call('hget', meta, 't'))
-trim_expired(hist, tonumber(ARGV[3]) - tonumber(ARGV[4]))
-local limit = tonumber(ARGV[7])
+trim_expired(hist, tonumber(ARGV[2]) - tonumber(ARGV[3]))
+local limit = tonumber(ARGV[6])
 local entries = {}
 local complete = 1
-if ARGV[5] ~= '' then
-  local since = tonumber(ARGV[5])
+if ARGV[4] ~= '' then
+  local since = tonumber(ARGV[4])
   -- Offset 0 has seen nothing, so it continues any epoch.
-  if (ARGV[6] ~= epoch and since ~= 0) or since > top then return {top, epoch, 0} end
+  if (ARGV[5] ~= epoch and since ~= 0) or since > top then return {top, epoch, 0} end
   if since == top then return {top, epoch, 1} end
   local first = redis.call('xrange', hist, '-', '+', 'COUNT', 1)
   if #first == 0 or offset_of(first[1][1]) > since + 1 then complete = 0 end
