@@ -5,11 +5,10 @@
 //!
 //! [`Machine`]: super::Machine
 
-use std::collections::VecDeque;
-
 use bytes::{Bytes, BytesMut};
 use switchboard_core::StreamPosition;
 
+use super::fifo::Fifo;
 use super::outbox::Item;
 use switchboard_proto::{Disconnect, Outgoing};
 
@@ -56,12 +55,12 @@ pub(crate) struct Heartbeat {
 /// that small per-client parts are cut from, so a batch of frames costs one allocation
 /// however many cursors it carries.
 pub(crate) struct Out<'a, K> {
-    list: &'a mut VecDeque<Item<K>>,
+    list: &'a mut Fifo<Item<K>>,
     scratch: BytesMut,
 }
 
 impl<'a, K> Out<'a, K> {
-    pub(crate) fn new(list: &'a mut VecDeque<Item<K>>) -> Self {
+    pub(crate) fn new(list: &'a mut Fifo<Item<K>>) -> Self {
         Out {
             list,
             scratch: BytesMut::new(),
@@ -106,7 +105,7 @@ pub(crate) mod testing {
 
     /// The buffers `f` sent.
     pub(crate) fn pieces<K>(f: impl FnOnce(&mut Out<'_, K>)) -> Vec<Bytes> {
-        let mut list = VecDeque::new();
+        let mut list = Fifo::new();
         f(&mut Out::new(&mut list));
         list.into_iter()
             .filter_map(|item| match item {

@@ -10,7 +10,6 @@
 //! [`Machine::close`]) and asks [`Machine::poll_output`] what to do next: write, wait (until
 //! woken or a deadline), or close. Unit tests drive it with virtual time.
 
-use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,6 +19,7 @@ use bytes::{Buf, Bytes};
 use switchboard_proto::Disconnect;
 
 use super::codec::{DoorCodec, Out};
+use super::fifo::Fifo;
 use super::outbox::{Item, Outbox};
 use super::rate::Bucket;
 
@@ -58,7 +58,7 @@ pub(crate) struct Machine<C: DoorCodec> {
     outbox: Arc<Outbox<C::Control>>,
     /// Bytes to write (`Item::Wire` only), in order; the first may be partly written. A
     /// batch of the queue that holds nothing but wire bytes becomes this list as it is.
-    pending: VecDeque<Item<C::Control>>,
+    pending: Fifo<Item<C::Control>>,
     framing: Framing,
     /// The client said something since the last heartbeat that needed an answer.
     active: bool,
@@ -84,7 +84,7 @@ impl<C: DoorCodec> Machine<C> {
         Machine {
             codec,
             outbox,
-            pending: VecDeque::new(),
+            pending: Fifo::new(),
             framing,
             active: true,
             connect_by: None,
@@ -216,7 +216,7 @@ impl<C: DoorCodec> Machine<C> {
             // with no copy and no allocation.
             taken.items
         } else {
-            let mut batch = VecDeque::with_capacity(taken.items.len() * 3);
+            let mut batch = Fifo::new();
             encode(&mut self.codec, taken.items, &mut Out::new(&mut batch));
             batch
         };
@@ -269,7 +269,7 @@ impl<C: DoorCodec> Machine<C> {
         false
     }
 
-    fn queue_batch(&mut self, mut batch: VecDeque<Item<C::Control>>, last: bool) {
+    fn queue_batch(&mut self, mut batch: Fifo<Item<C::Control>>, last: bool) {
         if self.framing == Framing::Chunked {
             let len: usize = batch.iter().map(wire_len).sum();
             if len > 0 {
@@ -321,7 +321,7 @@ impl<C: DoorCodec> Machine<C> {
         // taking them out one by one, which shows in a busy fan-out.
         let mut left = n;
         let mut whole = 0;
-        for item in &self.pending {
+        for item in self.pending.iter() {
             let len = wire_len(item);
             if len > left {
                 break;
@@ -329,12 +329,8 @@ impl<C: DoorCodec> Machine<C> {
             left -= len;
             whole += 1;
         }
-        if whole == self.pending.len() {
-            // Give the list's memory back: an idle connection holds none.
-            self.pending = VecDeque::new();
-            return;
-        }
-        self.pending.drain(..whole);
+        // Dropping them all gives the list's memory back: an idle connection holds none.
+        self.pending.drop_front(whole);
         if let Some(Item::Wire(head)) = self.pending.front_mut() {
             head.advance(left);
         }
@@ -354,7 +350,7 @@ impl<C: DoorCodec> Machine<C> {
             .bytes_written
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         if self.pending.is_empty() {
-            self.pending = VecDeque::new();
+            self.pending.clear();
         }
         Some(chunk)
     }
@@ -371,7 +367,7 @@ fn wire_len<K>(item: &Item<K>) -> usize {
 /// Turns queued items into wire bytes, in order.
 fn encode<C: DoorCodec>(
     codec: &mut C,
-    items: VecDeque<Item<C::Control>>,
+    items: Fifo<Item<C::Control>>,
     out: &mut Out<'_, C::Control>,
 ) {
     for item in items {

@@ -11,6 +11,7 @@
 
 pub(crate) mod body;
 pub(crate) mod codec;
+mod fifo;
 pub(crate) mod machine;
 pub(crate) mod outbox;
 pub(crate) mod rate;

@@ -6,7 +6,6 @@
 //!
 //! [`Machine`]: super::Machine
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
@@ -17,6 +16,7 @@ use parking_lot::Mutex;
 use switchboard_core::{ClientSink, StreamPosition};
 use switchboard_proto::{Disconnect, Outgoing};
 
+use super::fifo::Fifo;
 use crate::metrics::ServerStats;
 
 /// One thing queued for a client.
@@ -76,7 +76,7 @@ pub(crate) enum Overflow {
 const RECOVERY_ALLOWANCE: usize = 16;
 
 struct Queue<K> {
-    items: VecDeque<Item<K>>,
+    items: Fifo<Item<K>>,
     /// The charge of what is queued.
     bytes: usize,
     /// Of that, the charge of recovered messages: room granted beyond the bound.
@@ -110,7 +110,7 @@ pub(crate) struct Outbox<K> {
 
 /// What the machine takes from the queue at once.
 pub(crate) struct Taken<K> {
-    pub items: VecDeque<Item<K>>,
+    pub items: Fifo<Item<K>>,
     /// The connection is closing (and everything before the close was taken).
     pub closing: Option<Disconnect>,
 }
@@ -119,7 +119,7 @@ impl<K: Send> Outbox<K> {
     pub(crate) fn new(limit: usize, overflow: Overflow, stats: Arc<ServerStats>) -> Self {
         Outbox {
             queue: Mutex::new(Queue {
-                items: VecDeque::new(),
+                items: Fifo::new(),
                 bytes: 0,
                 recovering: 0,
                 closing: None,
@@ -256,7 +256,7 @@ impl<K: Send> Outbox<K> {
         let (items, taken_charge) = if q.bytes <= max {
             (std::mem::take(&mut q.items), std::mem::take(&mut q.bytes))
         } else {
-            let mut taken = VecDeque::new();
+            let mut taken = Fifo::new();
             let mut charge = 0;
             while charge < max
                 && let Some(item) = q.items.pop_front()
