@@ -6,61 +6,95 @@
 
 use std::collections::VecDeque;
 
-pub(crate) struct Fifo<T> {
-    /// The first item; `None` only when the list is empty.
-    head: Option<T>,
-    /// The items after it, in order.
-    rest: VecDeque<T>,
+/// Empty, one item inline, or a ring of them: no bigger than the ring alone would be (the
+/// item's spare tag values mark the other two cases), so an idle connection pays nothing for it.
+pub(crate) enum Fifo<T> {
+    Empty,
+    One(T),
+    Many(VecDeque<T>),
 }
 
 impl<T> Default for Fifo<T> {
     fn default() -> Self {
-        Fifo {
-            head: None,
-            rest: VecDeque::new(),
-        }
+        Fifo::Empty
     }
 }
 
 impl<T> Fifo<T> {
     pub(crate) fn new() -> Self {
-        Self::default()
+        Fifo::Empty
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.head.is_none()
+        match self {
+            Fifo::Empty => true,
+            Fifo::One(_) => false,
+            Fifo::Many(items) => items.is_empty(),
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
-        usize::from(self.head.is_some()) + self.rest.len()
+        match self {
+            Fifo::Empty => 0,
+            Fifo::One(_) => 1,
+            Fifo::Many(items) => items.len(),
+        }
     }
 
     pub(crate) fn push_back(&mut self, item: T) {
-        if self.head.is_none() {
-            self.head = Some(item);
-        } else {
-            self.rest.push_back(item);
+        match std::mem::take(self) {
+            Fifo::Empty => *self = Fifo::One(item),
+            Fifo::One(first) => *self = Fifo::Many(VecDeque::from([first, item])),
+            Fifo::Many(mut items) => {
+                items.push_back(item);
+                *self = Fifo::Many(items);
+            }
         }
     }
 
     pub(crate) fn push_front(&mut self, item: T) {
-        if let Some(old) = self.head.replace(item) {
-            self.rest.push_front(old);
+        match std::mem::take(self) {
+            Fifo::Empty => *self = Fifo::One(item),
+            Fifo::One(second) => *self = Fifo::Many(VecDeque::from([item, second])),
+            Fifo::Many(mut items) => {
+                items.push_front(item);
+                *self = Fifo::Many(items);
+            }
         }
     }
 
     pub(crate) fn pop_front(&mut self) -> Option<T> {
-        let first = self.head.take()?;
-        self.head = self.rest.pop_front();
-        Some(first)
+        match self {
+            Fifo::Empty => None,
+            Fifo::One(_) => match std::mem::take(self) {
+                Fifo::One(item) => Some(item),
+                _ => None,
+            },
+            Fifo::Many(items) => {
+                let item = items.pop_front();
+                if items.is_empty() {
+                    // Give the ring's memory back.
+                    *self = Fifo::Empty;
+                }
+                item
+            }
+        }
     }
 
     pub(crate) fn front(&self) -> Option<&T> {
-        self.head.as_ref()
+        match self {
+            Fifo::Empty => None,
+            Fifo::One(item) => Some(item),
+            Fifo::Many(items) => items.front(),
+        }
     }
 
     pub(crate) fn front_mut(&mut self) -> Option<&mut T> {
-        self.head.as_mut()
+        match self {
+            Fifo::Empty => None,
+            Fifo::One(item) => Some(item),
+            Fifo::Many(items) => items.front_mut(),
+        }
     }
 
     /// Drops the first `n` items (all of them when there are fewer).
@@ -69,19 +103,27 @@ impl<T> Fifo<T> {
             return;
         }
         if n >= self.len() {
-            *self = Fifo::new();
+            *self = Fifo::Empty;
             return;
         }
-        self.rest.drain(..n - 1);
-        self.head = self.rest.pop_front();
+        if let Fifo::Many(items) = self {
+            items.drain(..n);
+        }
     }
 
     pub(crate) fn clear(&mut self) {
-        *self = Fifo::new();
+        *self = Fifo::Empty;
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
-        self.head.iter().chain(self.rest.iter())
+    pub(crate) fn iter(
+        &self,
+    ) -> std::iter::Chain<std::slice::Iter<'_, T>, std::slice::Iter<'_, T>> {
+        let (a, b): (&[T], &[T]) = match self {
+            Fifo::Empty => (&[], &[]),
+            Fifo::One(item) => (std::slice::from_ref(item), &[]),
+            Fifo::Many(items) => items.as_slices(),
+        };
+        a.iter().chain(b.iter())
     }
 }
 
@@ -91,7 +133,11 @@ impl<T> IntoIterator for Fifo<T> {
         std::iter::Chain<std::option::IntoIter<T>, std::collections::vec_deque::IntoIter<T>>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.head.into_iter().chain(self.rest)
+        match self {
+            Fifo::Empty => None.into_iter().chain(VecDeque::new()),
+            Fifo::One(item) => Some(item).into_iter().chain(VecDeque::new()),
+            Fifo::Many(items) => None.into_iter().chain(items),
+        }
     }
 }
 
@@ -127,18 +173,34 @@ mod tests {
     fn one_item_needs_no_allocation_and_dropping_all_empties() {
         let mut fifo = Fifo::new();
         fifo.push_back(7);
-        assert_eq!(fifo.rest.capacity(), 0, "the first item is inline");
+        assert!(matches!(fifo, Fifo::One(7)), "the first item is inline");
         assert_eq!(fifo.pop_front(), Some(7));
         assert!(fifo.is_empty());
         fifo.push_front(1);
         fifo.push_back(2);
         fifo.drop_front(9);
-        assert!(fifo.is_empty());
-        assert_eq!(fifo.rest.capacity(), 0, "memory given back");
+        assert!(matches!(fifo, Fifo::Empty), "memory given back");
         fifo.push_back(3);
         fifo.drop_front(0);
         assert_eq!(items(&fifo), [3]);
         fifo.clear();
         assert_eq!(fifo.len(), 0);
+        fifo.push_back(1);
+        fifo.push_back(2);
+        assert_eq!(fifo.pop_front(), Some(1));
+        assert_eq!(fifo.pop_front(), Some(2));
+        assert!(
+            matches!(fifo, Fifo::Empty),
+            "a ring emptied by popping is let go"
+        );
+    }
+
+    #[test]
+    fn no_bigger_than_a_ring_of_queue_items() {
+        use crate::door::NoControl;
+        use crate::door::outbox::Item;
+        let ring = std::mem::size_of::<VecDeque<Item<NoControl>>>();
+        let fifo = std::mem::size_of::<Fifo<Item<NoControl>>>();
+        assert!(fifo <= ring + 8, "{fifo} bytes against {ring}");
     }
 }
