@@ -8,16 +8,12 @@ use std::collections::VecDeque;
 
 /// Empty, one item inline, or a ring of them: no bigger than the ring alone would be (the
 /// item's spare tag values mark the other two cases), so an idle connection pays nothing for it.
+#[derive(Default)]
 pub(crate) enum Fifo<T> {
+    #[default]
     Empty,
     One(T),
     Many(VecDeque<T>),
-}
-
-impl<T> Default for Fifo<T> {
-    fn default() -> Self {
-        Fifo::Empty
-    }
 }
 
 impl<T> Fifo<T> {
@@ -42,23 +38,25 @@ impl<T> Fifo<T> {
     }
 
     pub(crate) fn push_back(&mut self, item: T) {
-        match std::mem::take(self) {
+        match self {
+            Fifo::Many(items) => items.push_back(item),
             Fifo::Empty => *self = Fifo::One(item),
-            Fifo::One(first) => *self = Fifo::Many(VecDeque::from([first, item])),
-            Fifo::Many(mut items) => {
-                items.push_back(item);
-                *self = Fifo::Many(items);
+            Fifo::One(_) => {
+                if let Fifo::One(first) = std::mem::take(self) {
+                    *self = Fifo::Many(ring([first, item]));
+                }
             }
         }
     }
 
     pub(crate) fn push_front(&mut self, item: T) {
-        match std::mem::take(self) {
+        match self {
+            Fifo::Many(items) => items.push_front(item),
             Fifo::Empty => *self = Fifo::One(item),
-            Fifo::One(second) => *self = Fifo::Many(VecDeque::from([item, second])),
-            Fifo::Many(mut items) => {
-                items.push_front(item);
-                *self = Fifo::Many(items);
+            Fifo::One(_) => {
+                if let Fifo::One(second) = std::mem::take(self) {
+                    *self = Fifo::Many(ring([item, second]));
+                }
             }
         }
     }
@@ -125,6 +123,14 @@ impl<T> Fifo<T> {
         };
         a.iter().chain(b.iter())
     }
+}
+
+/// A ring holding `first` with room to grow: a list that got a second item under load
+/// usually gets more, and growing 2 -> 4 -> 8 would reallocate each time.
+fn ring<T>(first: [T; 2]) -> VecDeque<T> {
+    let mut ring = VecDeque::with_capacity(8);
+    ring.extend(first);
+    ring
 }
 
 impl<T> IntoIterator for Fifo<T> {
