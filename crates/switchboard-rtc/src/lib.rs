@@ -3,6 +3,7 @@
 //! point at an existing coturn (`use-auth-secret`); and the embedded TURN server
 //! (`turn_server`) with the peers it may relay to (`peer_policy`).
 
+pub mod media;
 pub mod peer_policy;
 pub mod turn_server;
 
@@ -34,6 +35,9 @@ pub struct WebrtcConfig {
     /// The embedded STUN/TURN server (`[webrtc.turn]`), on when set.
     #[serde(default)]
     pub turn: Option<turn_server::TurnConfig>,
+    /// The media plane (`[webrtc.media]`): WHIP, WHEP, the SFU.
+    #[serde(default)]
+    pub media: media::MediaConfig,
 }
 
 fn default_turn_ttl() -> u64 {
@@ -53,6 +57,7 @@ impl Default for WebrtcConfig {
             turn_ttl: default_turn_ttl(),
             max_room_peers: default_max_room_peers(),
             turn: None,
+            media: media::MediaConfig::default(),
         }
     }
 }

@@ -6,18 +6,20 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::middleware;
-use axum::routing::{any, get, post};
+use axum::routing::{any, get, patch, post};
 
+use crate::media::MediaDoor;
 use crate::pusher::door::PusherDoor;
 use crate::state::AppState;
 use crate::streams::StreamsState;
-use crate::{api, demo, http, pusher, status, streams, ws};
+use crate::{api, demo, http, media, pusher, status, streams, ws};
 
 /// The state of each door: what they all share, and what some keep of their own.
 pub(crate) struct Doors {
     pub shared: Arc<AppState>,
     pub streams: Arc<StreamsState>,
     pub pusher: Arc<PusherDoor>,
+    pub media: Arc<MediaDoor>,
 }
 
 pub(crate) fn router(doors: &Doors) -> Router {
@@ -40,6 +42,19 @@ pub(crate) fn router(doors: &Doors) -> Router {
         )
         .layer(cors())
         .with_state(doors.pusher.clone());
+    let media = Router::new()
+        .route("/whip/{room}", post(media::whip).options(preflight))
+        .route("/whep/{room}", post(media::whep).options(preflight))
+        .route(
+            "/whep/{room}/{peer}",
+            post(media::whep_one).options(preflight),
+        )
+        .route(
+            "/rtc/{id}",
+            patch(media::patch).delete(media::delete).options(preflight),
+        )
+        .layer(cors())
+        .with_state(doors.media.clone());
     let pusher = Router::new()
         .route("/app/{key}", any(pusher::ws::upgrade))
         .merge(pusher::api::router())
@@ -47,12 +62,15 @@ pub(crate) fn router(doors: &Doors) -> Router {
     Router::new()
         .merge(one_way)
         .merge(pusher_fallbacks)
+        .merge(media)
         .merge(pusher)
         .route("/ws", any(ws::upgrade))
         .route("/api/ice-servers", get(api::ice_servers))
         .route("/health", get(status::health))
         .route("/metrics", get(status::metrics_text))
         .route("/demo/call", get(demo::call))
+        .route("/demo/whip", get(demo::whip))
+        .route("/demo/whep", get(demo::whep))
         .route("/demo/switchboard.js", get(demo::client_js))
         .nest("/api", api::router(shared.clone()))
         .fallback(api::not_found)

@@ -14,6 +14,12 @@ use axum::response::{IntoResponse, Response};
 /// The page, compiled into the binary.
 const CALL_HTML: &str = include_str!("demo/call.html");
 
+/// `GET /demo/whip`: publishes the camera into a room by WHIP (`room`, `token`).
+const WHIP_HTML: &str = include_str!("demo/whip.html");
+
+/// `GET /demo/whep`: plays a room by WHEP (`room`, `token`, `peer` for one publisher).
+const WHEP_HTML: &str = include_str!("demo/whep.html");
+
 /// The TypeScript client's bundle (`clients/js/dist/index.js`), compiled into the binary.
 const CLIENT_JS: &str = include_str!("demo/switchboard.js");
 
@@ -26,6 +32,20 @@ const CALL_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
 
 /// `GET /demo/call`.
 pub(crate) async fn call() -> Response {
+    page(CALL_HTML)
+}
+
+/// `GET /demo/whip`.
+pub(crate) async fn whip() -> Response {
+    page(WHIP_HTML)
+}
+
+/// `GET /demo/whep`.
+pub(crate) async fn whep() -> Response {
+    page(WHEP_HTML)
+}
+
+fn page(html: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -34,7 +54,7 @@ pub(crate) async fn call() -> Response {
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::REFERRER_POLICY, "no-referrer"),
         ],
-        CALL_HTML,
+        html,
     )
         .into_response()
 }

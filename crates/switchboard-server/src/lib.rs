@@ -11,6 +11,7 @@ mod demo;
 mod door;
 mod http;
 mod http_client;
+mod media;
 mod metrics;
 pub mod pusher;
 mod state;
@@ -166,7 +167,7 @@ impl Server {
                 Some(turn)
             }
         };
-        hub.set_ice_servers(Arc::new(IceFromConfig(webrtc)));
+        hub.set_ice_servers(Arc::new(IceFromConfig(webrtc.clone())));
         let auth = JwtAuthenticator::new(&config.auth)?;
         let auth: Arc<dyn Authenticator> = Arc::new(auth);
         let tls = match &config.tls {
@@ -175,6 +176,12 @@ impl Server {
         };
         let listener = listen(resolved.listen)
             .map_err(|e| format!("cannot listen on {}: {e}", resolved.listen))?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the listener's address: {e}"))?;
+        let media = switchboard_rtc::media::Media::start(&webrtc.media, http_addr)
+            .await
+            .map_err(|e| format!("cannot start the media plane (UDP): {e}"))?;
         let stats = Arc::new(ServerStats::default());
         let apps = pusher::Pusher::new(&config.pusher, &stats, &hub)?;
         apps.observe(&hub);
@@ -188,6 +195,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             allowed_origins: config.auth.allowed_origins.clone(),
             admission,
+            media_stats: media.stats().clone(),
         });
         let streams = Arc::new(streams::StreamsState {
             shared: shared.clone(),
@@ -204,6 +212,11 @@ impl Server {
             apps,
             http_sessions: Default::default(),
         });
+        let media = Arc::new(media::MediaDoor {
+            shared: shared.clone(),
+            media,
+            webrtc,
+        });
         Ok(Server {
             listener,
             tls,
@@ -211,6 +224,7 @@ impl Server {
                 shared,
                 streams,
                 pusher,
+                media,
             }),
             turn,
         })
@@ -303,6 +317,7 @@ async fn serve_http(
             _ = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok();
         let router = router.clone();
         let stopped = stopped.clone();
         let acceptor = acceptor.clone();
@@ -315,7 +330,7 @@ async fn serve_http(
                         streams::direct::serve(tcp, *head, peer, router, stopped).await
                     }
                     Peeked::Other => {
-                        serve_connection(tcp, peer, router, handshake_timeout, stopped).await
+                        serve_connection(tcp, peer, local, router, handshake_timeout, stopped).await
                     }
                     Peeked::TooSlow => tracing::debug!("request head too slow"),
                 },
@@ -323,7 +338,15 @@ async fn serve_http(
                     let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
                     match handshake.await {
                         Ok(Ok(stream)) => {
-                            serve_connection(stream, peer, router, handshake_timeout, stopped).await
+                            serve_connection(
+                                stream,
+                                peer,
+                                local,
+                                router,
+                                handshake_timeout,
+                                stopped,
+                            )
+                            .await
                         }
                         Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -345,6 +368,7 @@ async fn serve_http(
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     router: axum::Router,
     handshake_timeout: Duration,
     mut stopped: tokio::sync::watch::Receiver<bool>,
@@ -358,6 +382,9 @@ async fn serve_connection<I>(
     let service = hyper::service::service_fn(move |mut request: axum::http::Request<_>| {
         request.extensions_mut().insert(handle.clone());
         request.extensions_mut().insert(admission::PeerAddr(peer));
+        if let Some(local) = local {
+            request.extensions_mut().insert(media::LocalAddr(local));
+        }
         let mut router = router.clone();
         async move { router.call(request).await }
     });

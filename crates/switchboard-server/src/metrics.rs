@@ -2,7 +2,9 @@
 //! atomics at scrape time so the hot path only does relaxed increments.
 
 use std::sync::Arc;
+
 use std::sync::atomic::{AtomicU64, Ordering};
+use switchboard_rtc::media::MediaStats;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -39,6 +41,7 @@ pub struct ServerStats {
 struct SwitchboardCollector {
     hub: Arc<Hub>,
     stats: Arc<ServerStats>,
+    media: Arc<MediaStats>,
 }
 
 impl std::fmt::Debug for SwitchboardCollector {
@@ -193,11 +196,54 @@ impl Collector for SwitchboardCollector {
             "Pusher webhook attempts that failed (retries included)",
             get(&s.webhooks_failed),
         )?;
-        self.encode_engine(&mut e)
+        self.encode_engine(&mut e)?;
+        self.encode_media(&mut e)
     }
 }
 
 impl SwitchboardCollector {
+    /// The media plane: peer connections, tracks, what was forwarded, keyframe requests.
+    fn encode_media(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.media;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        gauge(
+            e,
+            "switchboard_media_peers",
+            "WebRTC peer connections with the server (WHIP, WHEP)",
+            get(&m.peers) as i64,
+        )?;
+        gauge(
+            e,
+            "switchboard_media_tracks",
+            "Media tracks published to the server",
+            get(&m.tracks) as i64,
+        )?;
+        counter(
+            e,
+            "switchboard_media_packets_forwarded",
+            "RTP packets forwarded, once per receiver",
+            get(&m.packets_forwarded),
+        )?;
+        counter(
+            e,
+            "switchboard_media_bytes_forwarded",
+            "Media payload bytes forwarded, once per receiver",
+            get(&m.bytes_forwarded),
+        )?;
+        counter(
+            e,
+            "switchboard_media_keyframe_requests",
+            "Keyframe requests (PLI) sent to publishers",
+            get(&m.keyframe_requests),
+        )?;
+        counter(
+            e,
+            "switchboard_media_refused",
+            "Offers refused (a limit, or unusable SDP)",
+            get(&m.refused),
+        )
+    }
+
     /// The engine's calls to its backing service (none for the memory engine).
     fn encode_engine(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let engine = self.hub.engine().stats();
@@ -238,11 +284,12 @@ impl SwitchboardCollector {
 }
 
 /// Renders the Prometheus text exposition.
-pub(crate) fn render(hub: &Arc<Hub>, stats: &Arc<ServerStats>) -> String {
+pub(crate) fn render(hub: &Arc<Hub>, stats: &Arc<ServerStats>, media: &Arc<MediaStats>) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(SwitchboardCollector {
         hub: hub.clone(),
         stats: stats.clone(),
+        media: media.clone(),
     }));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");

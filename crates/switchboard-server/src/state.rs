@@ -22,6 +22,8 @@ pub(crate) struct AppState {
     pub allowed_origins: Vec<String>,
     /// Who may open a connection: the connection limits of this node.
     pub admission: Arc<Admission>,
+    /// The media plane's counters (spec §9), for `/metrics`.
+    pub media_stats: Arc<switchboard_rtc::media::MediaStats>,
 }
 
 impl AppState {

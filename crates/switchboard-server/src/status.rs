@@ -26,7 +26,7 @@ pub(crate) async fn metrics_text(State(state): State<Arc<AppState>>) -> Response
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(&state.hub, &state.stats),
+        metrics::render(&state.hub, &state.stats, &state.media_stats),
     )
         .into_response()
 }

@@ -1,0 +1,581 @@
+//! The media task: one UDP socket, every peer connection, and the forwarder. It waits for a
+//! command (an offer, a trickle, an end), a datagram or the earliest peer timeout; hands the
+//! input to the peer it belongs to; then polls every peer that got something until each is
+//! quiet, forwarding what publishers send and passing keyframe requests back.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::change::SdpOffer;
+use str0m::media::{Direction, KeyframeRequestKind, MediaAdded, MediaData};
+use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::forward::{Action, Forwarder, PeerId, Role, Route};
+use super::peer::{Peer, kind_of};
+use super::{Answer, Command, MediaConfig, MediaError, MediaStats, Offer, RoomMedia, SessionKind};
+
+/// Largest datagram read; WebRTC keeps packets under the path MTU.
+const MAX_DATAGRAM: usize = 2048;
+/// How long the task sleeps at most with nothing to do.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+pub(crate) struct Driver {
+    socket: UdpSocket,
+    local: SocketAddr,
+    config: MediaConfig,
+    stats: Arc<MediaStats>,
+    peers: HashMap<PeerId, Peer>,
+    by_name: HashMap<String, PeerId>,
+    by_source: HashMap<SocketAddr, PeerId>,
+    forwarder: Forwarder,
+    next_id: u64,
+    /// Peers to poll.
+    dirty: Vec<PeerId>,
+    /// The earliest time any peer wants (a lower bound: peers are only scanned once it passed).
+    next_timeout: Instant,
+    /// Reused for the receivers of one frame.
+    routes: Vec<Route>,
+}
+
+enum Wake {
+    Command(Option<Command>),
+    Datagram(io::Result<(usize, SocketAddr)>),
+    Timer,
+}
+
+impl Driver {
+    pub(crate) fn new(socket: UdpSocket, config: MediaConfig, stats: Arc<MediaStats>) -> Self {
+        let local = socket.local_addr().expect("a bound socket has an address");
+        Driver {
+            socket,
+            local,
+            config,
+            stats,
+            peers: HashMap::new(),
+            by_name: HashMap::new(),
+            by_source: HashMap::new(),
+            forwarder: Forwarder::new(),
+            next_id: 1,
+            dirty: Vec::new(),
+            next_timeout: Instant::now() + IDLE_WAKE,
+            routes: Vec::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let sleep = tokio::time::sleep_until(self.next_timeout.into());
+            let wake = tokio::select! {
+                command = commands.recv() => Wake::Command(command),
+                received = self.socket.recv_from(&mut buf) => Wake::Datagram(received),
+                _ = sleep => Wake::Timer,
+            };
+            match wake {
+                Wake::Command(None) => return,
+                Wake::Command(Some(command)) => self.command(command),
+                Wake::Datagram(Ok((n, source))) => self.receive(&buf[..n], source),
+                // ICMP errors from earlier sends surface here on Linux: nothing to do.
+                Wake::Datagram(Err(e)) => tracing::trace!("media socket: {e}"),
+                Wake::Timer => {}
+            }
+            self.timeouts(Instant::now());
+            self.poll_dirty();
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Offer(offer, reply) => {
+                let answer = self.open(offer);
+                if answer.is_err() {
+                    MediaStats::add(&self.stats.refused, 1);
+                }
+                let _ = reply.send(answer);
+            }
+            Command::Trickle(name, fragment, reply) => {
+                let _ = reply.send(self.trickle(&name, &fragment));
+            }
+            Command::End(name, reply) => {
+                let result = match self.by_name.get(&name).copied() {
+                    Some(id) => {
+                        if let Some(peer) = self.peers.get_mut(&id) {
+                            peer.rtc.disconnect();
+                        }
+                        self.remove(id);
+                        Ok(())
+                    }
+                    None => Err(MediaError::NotFound(format!("no media session `{name}`"))),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Room(room, reply) => {
+                let media = RoomMedia {
+                    publishers: self
+                        .forwarder
+                        .count_in_room(&room, |r| !matches!(r, Role::Viewer { .. })),
+                    viewers: self
+                        .forwarder
+                        .count_in_room(&room, |r| matches!(r, Role::Viewer { .. })),
+                };
+                let _ = reply.send(media);
+            }
+        }
+    }
+
+    /// A new peer connection for `offer`, checked against the limits.
+    fn open(&mut self, offer: Offer) -> Result<Answer, MediaError> {
+        let full = |what: &str, key: &str, n: usize| {
+            Err(MediaError::Full(format!(
+                "{what} ([webrtc.media] {key} = {n})"
+            )))
+        };
+        if self.peers.len() >= self.config.max_peers {
+            return full(
+                "this node carries its most peer connections",
+                "max_peers",
+                self.config.max_peers,
+            );
+        }
+        if self.forwarder.count_in_room(&offer.room, |_| true) == 0
+            && self.forwarder.room_count() >= self.config.max_rooms
+        {
+            return full(
+                "this node carries its most media rooms",
+                "max_rooms",
+                self.config.max_rooms,
+            );
+        }
+        let role = match &offer.kind {
+            SessionKind::Whip => {
+                let publishers = self
+                    .forwarder
+                    .count_in_room(&offer.room, |r| r == Role::Publisher || r == Role::Member);
+                if publishers >= self.config.max_publishers {
+                    return full(
+                        "the room has its most publishers",
+                        "max_publishers",
+                        self.config.max_publishers,
+                    );
+                }
+                Role::Publisher
+            }
+            SessionKind::Whep { of } => {
+                let viewers = self
+                    .forwarder
+                    .count_in_room(&offer.room, |r| matches!(r, Role::Viewer { .. }));
+                if viewers >= self.config.max_viewers {
+                    return full(
+                        "the room has its most viewers",
+                        "max_viewers",
+                        self.config.max_viewers,
+                    );
+                }
+                let of = match of {
+                    None => None,
+                    Some(name) => {
+                        let target = self
+                            .by_name
+                            .get(name)
+                            .and_then(|id| self.peers.get(id))
+                            .filter(|p| p.room == offer.room && p.publishes);
+                        match target {
+                            Some(peer) => Some(peer.id),
+                            None => {
+                                return Err(MediaError::NotFound(format!(
+                                    "no publisher `{name}` in room `{}`",
+                                    offer.room
+                                )));
+                            }
+                        }
+                    }
+                };
+                Role::Viewer { of }
+            }
+        };
+        let sdp =
+            SdpOffer::from_sdp_string(&offer.sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let ip = self.announced_ip(offer.local_ip).ok_or_else(|| {
+            MediaError::BadSdp("no address to announce: set [webrtc.media] public_ip".into())
+        })?;
+        let local = SocketAddr::new(ip, self.local.port());
+        let now = Instant::now();
+        // ICE lite: the server has one public address and answers the client's checks.
+        let mut rtc = Rtc::builder().set_ice_lite(true).build(now);
+        let candidate =
+            Candidate::host(local, "udp").map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(sdp)
+            .map_err(|e| MediaError::BadSdp(e.to_string()))?;
+        let id = PeerId(self.next_id);
+        self.next_id += 1;
+        let name = format!("{:032x}", rand::random::<u128>());
+        let connect_by = now + Duration::from_secs(self.config.connect_timeout.max(1));
+        let publishes = role == Role::Publisher;
+        let peer = Peer::new(
+            id,
+            name.clone(),
+            offer.room.clone(),
+            publishes,
+            rtc,
+            local,
+            connect_by,
+        );
+        self.peers.insert(id, peer);
+        self.by_name.insert(name.clone(), id);
+        MediaStats::add(&self.stats.peers, 1);
+        let actions = self.forwarder.join(id, &offer.room, role);
+        self.apply(actions, now);
+        // The offer's m-lines become tracks or slots as str0m reports them.
+        self.mark(id);
+        self.poll_dirty();
+        tracing::debug!(
+            "media: {} `{name}` in room `{}` for `{}`",
+            if publishes { "publisher" } else { "viewer" },
+            offer.room,
+            offer.user
+        );
+        Ok(Answer {
+            id: name,
+            sdp: answer.to_sdp_string(),
+        })
+    }
+
+    fn announced_ip(&self, request_ip: Option<IpAddr>) -> Option<IpAddr> {
+        if let Some(ip) = self.config.public_ip {
+            return Some(ip);
+        }
+        if !self.local.ip().is_unspecified() {
+            return Some(self.local.ip());
+        }
+        request_ip.filter(|ip| !ip.is_unspecified())
+    }
+
+    fn trickle(&mut self, name: &str, fragment: &str) -> Result<(), MediaError> {
+        let Some(peer) = self.by_name.get(name).and_then(|id| self.peers.get_mut(id)) else {
+            return Err(MediaError::NotFound(format!("no media session `{name}`")));
+        };
+        let mut candidates = Vec::new();
+        for line in fragment.lines() {
+            let line = line.trim();
+            if let Some(candidate) = line.strip_prefix("a=candidate:") {
+                let parsed = Candidate::from_sdp_string(&format!("candidate:{candidate}"))
+                    .map_err(|e| MediaError::BadSdp(format!("candidate `{line}`: {e}")))?;
+                candidates.push(parsed);
+            }
+        }
+        // The server is ICE lite: it answers checks from wherever they come, so remote
+        // candidates are only a hint, added all the same.
+        for candidate in candidates {
+            peer.rtc.add_remote_candidate(candidate);
+        }
+        let id = peer.id;
+        self.mark(id);
+        Ok(())
+    }
+
+    /// A datagram: to the peer it belongs to, or dropped.
+    fn receive(&mut self, data: &[u8], source: SocketAddr) {
+        let Ok(contents) = DatagramRecv::try_from(data) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local,
+                contents,
+            },
+        );
+        let known = self
+            .by_source
+            .get(&source)
+            .copied()
+            .filter(|id| self.peers.get(id).is_some_and(|p| p.rtc.accepts(&input)));
+        let Some(id) = known.or_else(|| {
+            self.peers
+                .values()
+                .find(|p| p.rtc.is_alive() && p.rtc.accepts(&input))
+                .map(|p| p.id)
+        }) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if let Input::Receive(_, receive) = &mut input {
+            receive.destination = peer.local;
+        }
+        if peer.remember_source(source) {
+            self.by_source.insert(source, id);
+        }
+        if let Err(e) = peer.rtc.handle_input(input) {
+            tracing::debug!("media: peer `{}`: {e}", peer.name);
+            peer.rtc.disconnect();
+        }
+        self.mark(id);
+    }
+
+    /// Gives every peer whose time came its timeout, and drops the dead and the late.
+    fn timeouts(&mut self, now: Instant) {
+        if now < self.next_timeout {
+            return;
+        }
+        let mut next = now + IDLE_WAKE;
+        let mut gone = Vec::new();
+        for peer in self.peers.values_mut() {
+            let late = peer.connect_by.is_some_and(|by| now >= by);
+            if late || !peer.rtc.is_alive() {
+                gone.push(peer.id);
+                continue;
+            }
+            if peer.timeout <= now {
+                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                    tracing::debug!("media: peer `{}`: {e}", peer.name);
+                    peer.rtc.disconnect();
+                }
+                if !peer.dirty {
+                    peer.dirty = true;
+                    self.dirty.push(peer.id);
+                }
+            } else {
+                next = next.min(peer.timeout);
+            }
+            if let Some(by) = peer.connect_by {
+                next = next.min(by);
+            }
+        }
+        self.next_timeout = next;
+        for id in gone {
+            self.remove(id);
+        }
+    }
+
+    fn mark(&mut self, id: PeerId) {
+        if let Some(peer) = self.peers.get_mut(&id)
+            && !peer.dirty
+        {
+            peer.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    /// Polls every marked peer until it is quiet; what one peer's output does may mark others.
+    fn poll_dirty(&mut self) {
+        while let Some(id) = self.dirty.pop() {
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.dirty = false;
+            }
+            self.poll(id);
+        }
+    }
+
+    fn poll(&mut self, id: PeerId) {
+        loop {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                return;
+            };
+            if !peer.rtc.is_alive() {
+                self.next_timeout = Instant::now();
+                return;
+            }
+            let output = match peer.rtc.poll_output() {
+                Ok(output) => output,
+                Err(e) => {
+                    tracing::debug!("media: peer `{}`: {e}", peer.name);
+                    peer.rtc.disconnect();
+                    continue;
+                }
+            };
+            match output {
+                Output::Timeout(at) => {
+                    peer.timeout = at;
+                    self.next_timeout = self.next_timeout.min(at);
+                    return;
+                }
+                Output::Transmit(transmit) => {
+                    // UDP: a datagram the kernel can't take now is lost like any other.
+                    let _ = self
+                        .socket
+                        .try_send_to(&transmit.contents, transmit.destination);
+                }
+                Output::Event(event) => self.on_event(id, event),
+            }
+        }
+    }
+
+    fn on_event(&mut self, id: PeerId, event: Event) {
+        let now = Instant::now();
+        match event {
+            Event::Connected => {
+                let Some(peer) = self.peers.get_mut(&id) else {
+                    return;
+                };
+                peer.connect_by = None;
+                // A viewer decodes from the next keyframe on: ask for one now that it can
+                // receive it (one asked for earlier may have been dropped before this).
+                let slots: Vec<_> = peer.slots.keys().copied().collect();
+                for slot in slots {
+                    let action = self.forwarder.keyframe_wanted(id, slot, now);
+                    self.apply(action, now);
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) | Event::Closed => {
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    peer.rtc.disconnect();
+                }
+                self.next_timeout = now;
+            }
+            Event::MediaAdded(added) => self.media_added(id, added, now),
+            Event::MediaData(data) => self.forward(id, data, now),
+            Event::KeyframeRequest(request) => {
+                let slot = self
+                    .peers
+                    .get(&id)
+                    .and_then(|p| p.mid_slots.get(&request.mid).copied());
+                if let Some(slot) = slot {
+                    let action = self.forwarder.keyframe_wanted(id, slot, now);
+                    self.apply(action, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// An m-line of the offer: a track when the peer sends on it, a slot when it receives.
+    fn media_added(&mut self, id: PeerId, added: MediaAdded, now: Instant) {
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        let kind = kind_of(added.kind);
+        // Our direction: RecvOnly means the peer sends.
+        let peer_sends = matches!(added.direction, Direction::RecvOnly | Direction::SendRecv);
+        let peer_receives = matches!(added.direction, Direction::SendOnly | Direction::SendRecv);
+        if peer.publishes && peer_sends {
+            let (track, actions) = self.forwarder.publish(id, kind, now);
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.add_track(added.mid, track);
+            }
+            MediaStats::add(&self.stats.tracks, 1);
+            self.apply(actions, now);
+        } else if !peer.publishes && peer_receives {
+            let (slot, actions) = self.forwarder.add_viewer_slot(id, kind, now);
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.add_slot(added.mid, slot);
+            }
+            self.apply(actions, now);
+        }
+    }
+
+    /// A frame from a publisher: to every receiver of its track.
+    fn forward(&mut self, id: PeerId, data: MediaData, now: Instant) {
+        let Some(track) = self
+            .peers
+            .get(&id)
+            .and_then(|p| p.tracks.get(&data.mid).copied())
+        else {
+            return;
+        };
+        if !data.contiguous {
+            // Lost on the way in: every receiver would decode garbage until a keyframe.
+            let action = self.forwarder.request_keyframe(track, now);
+            self.apply(action, now);
+        }
+        let packets = data
+            .seq_range
+            .end()
+            .saturating_sub(**data.seq_range.start())
+            + 1;
+        let mut routes = std::mem::take(&mut self.routes);
+        routes.clear();
+        routes.extend_from_slice(self.forwarder.receivers(track));
+        for route in &routes {
+            let Some(receiver) = self.peers.get_mut(&route.to) else {
+                continue;
+            };
+            let Some(&mid) = receiver.slots.get(&route.slot) else {
+                continue;
+            };
+            let Some(writer) = receiver.rtc.writer(mid) else {
+                continue;
+            };
+            let Some(pt) = writer.match_params(data.params) else {
+                continue;
+            };
+            if writer
+                .write(pt, data.network_time, data.time, data.data.clone())
+                .is_ok()
+            {
+                MediaStats::add(&self.stats.packets_forwarded, packets);
+                MediaStats::add(&self.stats.bytes_forwarded, data.data.len() as u64);
+            }
+            self.mark(route.to);
+        }
+        self.routes = routes;
+    }
+
+    fn apply(&mut self, actions: impl IntoIterator<Item = Action>, _now: Instant) {
+        for action in actions {
+            match action {
+                Action::RequestKeyframe(track) => {
+                    let Some(peer) = self.peers.get_mut(&track.peer) else {
+                        continue;
+                    };
+                    let Some(&mid) = peer.track_mids.get(&track.index) else {
+                        continue;
+                    };
+                    if let Some(mut writer) = peer.rtc.writer(mid)
+                        && writer
+                            .request_keyframe(None, KeyframeRequestKind::Pli)
+                            .is_ok()
+                    {
+                        MediaStats::add(&self.stats.keyframe_requests, 1);
+                    }
+                    self.mark(track.peer);
+                }
+                // SFU members (renegotiating over their data channel) are not served yet:
+                // no peer has the member role.
+                Action::OpenSlot { .. } | Action::CloseSlot { .. } => {}
+            }
+        }
+    }
+
+    /// Forgets a peer: its tracks leave their receivers.
+    fn remove(&mut self, id: PeerId) {
+        let Some(mut peer) = self.peers.remove(&id) else {
+            return;
+        };
+        // Let what the close queued (DTLS close_notify, RTCP BYE) go out.
+        while let Ok(Output::Transmit(transmit)) = peer.rtc.poll_output() {
+            let _ = self
+                .socket
+                .try_send_to(&transmit.contents, transmit.destination);
+        }
+        self.by_name.remove(&peer.name);
+        for source in &peer.sources {
+            if self.by_source.get(source) == Some(&id) {
+                self.by_source.remove(source);
+            }
+        }
+        self.stats
+            .peers
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.tracks.fetch_sub(
+            peer.tracks.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let actions = self.forwarder.leave(id, Instant::now());
+        self.apply(actions, Instant::now());
+        tracing::debug!("media: `{}` left room `{}`", peer.name, peer.room);
+    }
+}

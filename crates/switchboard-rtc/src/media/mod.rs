@@ -1,0 +1,263 @@
+//! The media plane (spec §9): the server as a WebRTC peer, an SFU built on str0m. One UDP
+//! socket carries every peer connection; one task owns them all (`driver`), each a str0m
+//! `Rtc` with its track and slot maps (`peer`), and the sans-I/O [`forward::Forwarder`]
+//! decides who receives what. HTTP handlers talk to the task through a [`Media`] handle.
+//!
+//! Now: WHIP ingest (`POST /whip/<room>`) and WHEP playback (`POST /whep/<room>`), trickle
+//! and DELETE on the session's resource. SFU rooms over `/rtc` and its data channel door come
+//! on the same forwarding state.
+
+mod driver;
+pub mod forward;
+mod peer;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// `[webrtc.media]` settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Where media is received (UDP). Default: the HTTP listener's IP and port number; if that
+    /// UDP port is taken, a free port on the same IP.
+    #[serde(default)]
+    pub udp: Option<SocketAddr>,
+    /// The address announced to peers as the server's ICE candidate, where clients reach it
+    /// (behind NAT, a load balancer). Default: the UDP socket's IP, or, when it listens on all
+    /// addresses, the address each HTTP request came in on.
+    #[serde(default)]
+    pub public_ip: Option<IpAddr>,
+    /// Most peer connections on this node.
+    #[serde(default = "default_max_peers")]
+    pub max_peers: usize,
+    /// Most rooms with media on this node.
+    #[serde(default = "default_max_rooms")]
+    pub max_rooms: usize,
+    /// Most publishers (WHIP, or SFU members) in one room.
+    #[serde(default = "default_max_publishers")]
+    pub max_publishers: usize,
+    /// Most WHEP viewers of one room.
+    #[serde(default = "default_max_viewers")]
+    pub max_viewers: usize,
+    /// Most bytes of one SDP offer or trickle fragment.
+    #[serde(default = "default_max_sdp_bytes")]
+    pub max_sdp_bytes: usize,
+    /// Seconds a new peer connection has to connect (ICE and DTLS) before it is dropped.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: u64,
+}
+
+fn default_max_peers() -> usize {
+    500
+}
+fn default_max_rooms() -> usize {
+    100
+}
+fn default_max_publishers() -> usize {
+    16
+}
+fn default_max_viewers() -> usize {
+    400
+}
+fn default_max_sdp_bytes() -> usize {
+    64 * 1024
+}
+fn default_connect_timeout() -> u64 {
+    20
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            udp: None,
+            public_ip: None,
+            max_peers: default_max_peers(),
+            max_rooms: default_max_rooms(),
+            max_publishers: default_max_publishers(),
+            max_viewers: default_max_viewers(),
+            max_sdp_bytes: default_max_sdp_bytes(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+/// What kind of peer connection an offer opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionKind {
+    /// WHIP: the offer's media is published into the room.
+    Whip,
+    /// WHEP: plays the room's most recent publisher, or the session named `of`.
+    Whep { of: Option<String> },
+}
+
+/// An SDP offer for a new peer connection.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub room: String,
+    pub kind: SessionKind,
+    pub sdp: String,
+    /// The user the token named (anonymous: empty), for the logs.
+    pub user: String,
+    /// The local address the HTTP request came in on: the candidate announced when the
+    /// media socket listens on every address and no `public_ip` is set.
+    pub local_ip: Option<IpAddr>,
+}
+
+/// The server's answer: the session's id (its resource is `/rtc/<id>`) and SDP.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub id: String,
+    pub sdp: String,
+}
+
+/// Why the media plane refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaError {
+    /// The SDP (or trickle fragment) can't be used; the text says why.
+    BadSdp(String),
+    /// No such session, or no such publisher to play.
+    NotFound(String),
+    /// A limit of `[webrtc.media]`; the text names it.
+    Full(String),
+    /// The media plane stopped.
+    Unavailable,
+}
+
+impl std::fmt::Display for MediaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MediaError::BadSdp(why) => write!(f, "unusable SDP: {why}"),
+            MediaError::NotFound(what) => write!(f, "{what}"),
+            MediaError::Full(what) => write!(f, "{what}"),
+            MediaError::Unavailable => write!(f, "the media plane is not running"),
+        }
+    }
+}
+
+/// Counters of the media plane, read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct MediaStats {
+    /// Peer connections open now.
+    pub peers: AtomicU64,
+    /// Tracks published now.
+    pub tracks: AtomicU64,
+    /// RTP packets forwarded (counted as received, once per receiver).
+    pub packets_forwarded: AtomicU64,
+    /// Media bytes forwarded (payload, once per receiver).
+    pub bytes_forwarded: AtomicU64,
+    /// Keyframe requests (PLI) sent to publishers.
+    pub keyframe_requests: AtomicU64,
+    /// Offers refused by a limit.
+    pub refused: AtomicU64,
+}
+
+impl MediaStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+pub(crate) enum Command {
+    Offer(Offer, oneshot::Sender<Result<Answer, MediaError>>),
+    Trickle(String, String, oneshot::Sender<Result<(), MediaError>>),
+    End(String, oneshot::Sender<Result<(), MediaError>>),
+    /// The session ids of a room's publishers and viewers (for `/api/rooms`).
+    Room(String, oneshot::Sender<RoomMedia>),
+}
+
+/// What this node carries of a room's media.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RoomMedia {
+    pub publishers: usize,
+    pub viewers: usize,
+}
+
+/// The handle HTTP handlers use; cheap to clone.
+#[derive(Clone)]
+pub struct Media {
+    commands: mpsc::Sender<Command>,
+    stats: Arc<MediaStats>,
+    addr: SocketAddr,
+}
+
+impl Media {
+    /// Binds the media socket (`config.udp`, else `http`'s IP and port, else a free port on
+    /// that IP) and starts the task that runs every peer connection.
+    pub async fn start(config: &MediaConfig, http: SocketAddr) -> std::io::Result<Media> {
+        let socket = match config.udp {
+            Some(addr) => tokio::net::UdpSocket::bind(addr).await?,
+            None => match tokio::net::UdpSocket::bind(http).await {
+                Ok(socket) => socket,
+                Err(e) => {
+                    let fallback = SocketAddr::new(http.ip(), 0);
+                    let socket = tokio::net::UdpSocket::bind(fallback).await?;
+                    tracing::warn!(
+                        "media: UDP {http} is taken ({e}); listening on {} instead",
+                        socket.local_addr()?
+                    );
+                    socket
+                }
+            },
+        };
+        let addr = socket.local_addr()?;
+        let stats = Arc::new(MediaStats::default());
+        let (commands, rx) = mpsc::channel(256);
+        let driver = driver::Driver::new(socket, config.clone(), stats.clone());
+        tokio::spawn(driver.run(rx));
+        tracing::info!("media (WebRTC) on udp {addr}");
+        Ok(Media {
+            commands,
+            stats,
+            addr,
+        })
+    }
+
+    /// The UDP address media is received on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stats(&self) -> &Arc<MediaStats> {
+        &self.stats
+    }
+
+    /// Opens a peer connection for `offer`; answers its SDP.
+    pub async fn offer(&self, offer: Offer) -> Result<Answer, MediaError> {
+        self.ask(|reply| Command::Offer(offer, reply)).await?
+    }
+
+    /// Adds the candidates of a trickle fragment (`application/trickle-ice-sdpfrag`).
+    pub async fn trickle(&self, id: &str, fragment: &str) -> Result<(), MediaError> {
+        let (id, fragment) = (id.to_owned(), fragment.to_owned());
+        self.ask(|reply| Command::Trickle(id, fragment, reply))
+            .await?
+    }
+
+    /// Ends a session.
+    pub async fn end(&self, id: &str) -> Result<(), MediaError> {
+        let id = id.to_owned();
+        self.ask(|reply| Command::End(id, reply)).await?
+    }
+
+    /// What this node carries of `room`'s media.
+    pub async fn room(&self, room: &str) -> Result<RoomMedia, MediaError> {
+        let room = room.to_owned();
+        self.ask(|reply| Command::Room(room, reply)).await
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, MediaError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| MediaError::Unavailable)?;
+        answer.await.map_err(|_| MediaError::Unavailable)
+    }
+}

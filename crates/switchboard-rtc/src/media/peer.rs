@@ -1,0 +1,97 @@
+//! One peer connection: its str0m `Rtc` and how its m-lines map to the forwarder's tracks
+//! (what it publishes) and slots (what it receives).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::Rtc;
+use str0m::media::{MediaKind, Mid};
+
+use super::forward::{Kind, PeerId, SlotId, TrackId};
+
+/// Most remote addresses remembered per peer for demultiplexing (ICE may try a few).
+pub(super) const MAX_SOURCES: usize = 8;
+
+pub(super) struct Peer {
+    pub id: PeerId,
+    /// Its resource name (`/rtc/<name>`), unguessable.
+    pub name: String,
+    pub room: String,
+    pub publishes: bool,
+    pub rtc: Rtc,
+    /// The server address this peer was given as its candidate: what its packets are sent to.
+    pub local: SocketAddr,
+    /// Where its packets came from (demultiplexing without asking every peer).
+    pub sources: Vec<SocketAddr>,
+    /// Incoming m-lines and the tracks they publish, both ways.
+    pub tracks: HashMap<Mid, TrackId>,
+    pub track_mids: HashMap<u32, Mid>,
+    /// Outgoing m-lines and the slots they receive on, both ways.
+    pub slots: HashMap<SlotId, Mid>,
+    pub mid_slots: HashMap<Mid, SlotId>,
+    /// Until it connects: when it is given up.
+    pub connect_by: Option<Instant>,
+    /// When str0m next wants the time.
+    pub timeout: Instant,
+    /// Queued to be polled.
+    pub dirty: bool,
+}
+
+impl Peer {
+    pub(super) fn new(
+        id: PeerId,
+        name: String,
+        room: String,
+        publishes: bool,
+        rtc: Rtc,
+        local: SocketAddr,
+        connect_by: Instant,
+    ) -> Self {
+        Peer {
+            id,
+            name,
+            room,
+            publishes,
+            rtc,
+            local,
+            sources: Vec::new(),
+            tracks: HashMap::new(),
+            track_mids: HashMap::new(),
+            slots: HashMap::new(),
+            mid_slots: HashMap::new(),
+            connect_by: Some(connect_by),
+            timeout: connect_by,
+            dirty: false,
+        }
+    }
+
+    pub(super) fn add_track(&mut self, mid: Mid, track: TrackId) {
+        self.tracks.insert(mid, track);
+        self.track_mids.insert(track.index, mid);
+    }
+
+    pub(super) fn add_slot(&mut self, mid: Mid, slot: SlotId) {
+        self.slots.insert(slot, mid);
+        self.mid_slots.insert(mid, slot);
+    }
+
+    /// Remembers that `source` belongs to this peer; false when it has enough already.
+    pub(super) fn remember_source(&mut self, source: SocketAddr) -> bool {
+        if self.sources.contains(&source) {
+            return true;
+        }
+        if self.sources.len() >= MAX_SOURCES {
+            return false;
+        }
+        self.sources.push(source);
+        true
+    }
+}
+
+pub(super) fn kind_of(kind: MediaKind) -> Kind {
+    match kind {
+        MediaKind::Audio => Kind::Audio,
+        MediaKind::Video => Kind::Video,
+    }
+}
