@@ -599,10 +599,11 @@ mod tests {
         m.raw
     }
 
-    fn signed(typ: MessageType, user: &str, peers: &[&str]) -> Vec<u8> {
-        let username = username(user);
-        let password = crate::turn_password(SECRET, &username);
-        request(typ, &username, Some(&password), peers)
+    /// Signed with the credentials of `username` exactly (its expiry fixed by the caller, so
+    /// a second boundary passing mid-test does not change the key).
+    fn signed_as(typ: MessageType, username: &str, peers: &[&str]) -> Vec<u8> {
+        let password = crate::turn_password(SECRET, username);
+        request(typ, username, Some(&password), peers)
     }
 
     fn from(port: u16) -> SocketAddr {
@@ -659,13 +660,13 @@ mod tests {
             assert_eq!(gate.judge(&unsigned, from(port), now), Verdict::Pass);
         }
         for port in [100, 101] {
-            let allocate = signed(ALLOCATE, "victim", &[]);
+            let allocate = signed_as(ALLOCATE, &victim, &[]);
             assert_eq!(gate.judge(&allocate, from(port), now), Verdict::Pass);
         }
         // The same client again is not a new allocation; a third client is over the limit.
-        let again = signed(ALLOCATE, "victim", &[]);
+        let again = signed_as(ALLOCATE, &victim, &[]);
         assert_eq!(gate.judge(&again, from(100), now), Verdict::Pass);
-        let third = signed(ALLOCATE, "victim", &[]);
+        let third = signed_as(ALLOCATE, &victim, &[]);
         assert_eq!(
             answered_code(gate.judge(&third, from(102), now), &victim),
             486
@@ -674,22 +675,22 @@ mod tests {
         gate.quota.release(&victim, from(100));
         assert_eq!(gate.judge(&third, from(102), now), Verdict::Pass);
         let later = now + CLIENT_IDLE + Duration::from_secs(1);
-        let refresh = signed(
+        let refresh = signed_as(
             MessageType::new(METHOD_REFRESH, CLASS_REQUEST),
-            "victim",
+            &victim,
             &[],
         );
         assert_eq!(
             gate.judge(&refresh, from(102), later - Duration::from_secs(2)),
             Verdict::Pass
         );
-        let fourth = signed(ALLOCATE, "victim", &[]);
+        let fourth = signed_as(ALLOCATE, &victim, &[]);
         assert_eq!(
             gate.judge(&fourth, from(103), later),
             Verdict::Pass,
             "101 was idle"
         );
-        let fifth = signed(ALLOCATE, "victim", &[]);
+        let fifth = signed_as(ALLOCATE, &victim, &[]);
         assert_eq!(
             answered_code(gate.judge(&fifth, from(104), later), &victim),
             486,
@@ -704,16 +705,16 @@ mod tests {
         let user = username("carol");
         for method in [PERMISSION, BIND] {
             for peer in ["10.0.0.1", "169.254.169.254", "::ffff:127.0.0.1", "fe80::1"] {
-                let refused = signed(method, "carol", &[peer]);
+                let refused = signed_as(method, &user, &[peer]);
                 assert_eq!(
                     answered_code(gate.judge(&refused, from(1), now), &user),
                     403
                 );
             }
             // Every peer address counts, not just the first.
-            let mixed = signed(method, "carol", &["8.8.8.8", "192.168.1.1"]);
+            let mixed = signed_as(method, &user, &["8.8.8.8", "192.168.1.1"]);
             assert_eq!(answered_code(gate.judge(&mixed, from(1), now), &user), 403);
-            let public = signed(method, "carol", &["8.8.8.8"]);
+            let public = signed_as(method, &user, &["8.8.8.8"]);
             assert_eq!(gate.judge(&public, from(1), now), Verdict::Pass);
             // Without credentials the server challenges it, and nothing is said here.
             let unsigned = request(method, &user, None, &["10.0.0.1"]);
