@@ -48,10 +48,15 @@ impl Inner {
     /// Creates the stream unless it exists (an existing one is left as it is).
     pub(crate) async fn ensure_stream(&self, config: stream::Config) -> Result<(), EngineError> {
         let name = config.name.clone();
-        self.timed(self.js.get_or_create_stream(config))
-            .await
-            .map(drop)
-            .map_err(|e| unavailable(format!("stream {name}: {e}")))
+        let Err(first) = self.timed(self.js.get_or_create_stream(config)).await else {
+            return Ok(());
+        };
+        // Two nodes creating it at once: the one that loses is told the subjects overlap with
+        // an existing stream (JetStream error 10065), which is the very stream it wanted.
+        match self.timed(self.js.get_stream_no_info(&name)).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(unavailable(format!("stream {name}: {first}"))),
+        }
     }
 
     /// The last message of `subject`, `None` when it has none.
