@@ -53,7 +53,7 @@ impl Inner {
         };
         // Two nodes creating it at once: the one that loses is told the subjects overlap with
         // an existing stream (JetStream error 10065), which is the very stream it wanted.
-        match self.timed(self.js.get_stream_no_info(&name)).await {
+        match self.timed(self.js.get_stream(&name)).await {
             Ok(_) => Ok(()),
             Err(_) => Err(unavailable(format!("stream {name}: {first}"))),
         }
