@@ -119,3 +119,100 @@ test('refusals: 401 without a token, 403 outside the rooms claim, 415, 400 on ba
   res = await fetch(`${sb.url}/rtc/nope`, { method: 'PATCH', headers: { 'content-type': 'text/plain' }, body: 'x' });
   assert.equal(res.status, 415, 'PATCH wants a trickle fragment');
 });
+
+/** Opens `/rtc` with `channels` data channels in the page (same origin); answers their labels. */
+async function openLink(page, token, channels) {
+  return page.evaluate(async ({ token, channels }) => {
+    const pc = new RTCPeerConnection();
+    const links = {};
+    for (const [name, options] of Object.entries(channels)) {
+      const dc = pc.createDataChannel('switchboard', options);
+      const link = { dc, frames: [], open: false };
+      dc.onmessage = (e) => link.frames.push(JSON.parse(e.data));
+      dc.onopen = () => { link.open = true; };
+      dc.onclose = () => { link.closed = true; };
+      links[name] = link;
+    }
+    await pc.setLocalDescription(await pc.createOffer());
+    const res = await fetch('/rtc', {
+      method: 'POST',
+      headers: { 'content-type': 'application/sdp', authorization: `Bearer ${token}` },
+      body: pc.localDescription.sdp,
+    });
+    if (res.status !== 201) return { error: `${res.status} ${await res.text()}` };
+    window.link = { pc, links, resource: res.headers.get('Location') };
+    await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
+    return { resource: window.link.resource };
+  }, { token, channels });
+}
+
+const framesOf = (page, name) => page.evaluate((n) => window.link.links[n].frames, name);
+const sendOn = (page, name, frame) => page.evaluate(({ n, f }) => window.link.links[n].dc.send(JSON.stringify(f)), { n: name, f: frame });
+
+test('a switchboard data channel on POST /rtc is a door: connected, subscribe, publish, history, rooms', { timeout: 40_000 }, async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  try {
+    await page.goto(`${sb.url}/health`);
+    const user = uniq('dc-user');
+    const token = sb.token(user, { extra: { rooms: ['stage:*'], publish: ['dc:*'], subscribe: ['dc:*'] } });
+    const opened = await openLink(page, token, { main: {} });
+    assert.ok(opened.resource, `POST /rtc: ${JSON.stringify(opened)}`);
+    await waitFor('the data channel to open', () => page.evaluate(() => window.link.links.main.open));
+    const connected = await waitFor('the connected frame', async () => (await framesOf(page, 'main'))[0]);
+    assert.equal(connected.type, 'connected', JSON.stringify(connected));
+    assert.equal(connected.user, user);
+
+    const channel = `dc:${uniq('news')}`;
+    await sendOn(page, 'main', { type: 'subscribe', id: 1, channel });
+    await waitFor('the subscribe reply', async () => (await framesOf(page, 'main')).find((f) => f.id === 1));
+    await sb.publish(channel, { from: 'api' });
+    await sendOn(page, 'main', { type: 'publish', id: 2, channel, data: { from: 'dc' } });
+    const messages = await waitFor('both messages', async () => {
+      const got = (await framesOf(page, 'main')).filter((f) => f.type === 'message');
+      return got.length >= 2 && got;
+    });
+    assert.deepEqual(messages.map((m) => [m.offset, m.data.from]), [[1, 'api'], [2, 'dc']]);
+    await sendOn(page, 'main', { type: 'history', id: 3, channel });
+    const history = await waitFor('the history reply', async () => (await framesOf(page, 'main')).find((f) => f.id === 3));
+    assert.deepEqual(history.messages.map((m) => m.data.from), ['api', 'dc']);
+    await sendOn(page, 'main', { type: 'join_room', id: 4, room: `stage:${uniq('room')}` });
+    const joined = await waitFor('the join_room reply', async () => (await framesOf(page, 'main')).find((f) => f.id === 4));
+    assert.equal(joined.type, 'reply', JSON.stringify(joined));
+    assert.ok(joined.peer, 'a peer id');
+    await sendOn(page, 'main', { type: 'publish', id: 5, channel: 'elsewhere', data: 1 });
+    const refused = await waitFor('the refusal', async () => (await framesOf(page, 'main')).find((f) => f.id === 5));
+    assert.equal(refused.code, 'forbidden', JSON.stringify(refused));
+
+    // The server API sees the client, and disconnecting it closes the door with a goodbye.
+    await sb.disconnect(user);
+    const bye = await waitFor('the disconnect frame', async () => (await framesOf(page, 'main')).find((f) => f.type === 'disconnect'));
+    assert.ok(bye.code, JSON.stringify(bye));
+  } finally {
+    await context.close();
+  }
+});
+
+test('an unordered, no-retransmit switchboard channel delivers too', { timeout: 40_000 }, async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  try {
+    await page.goto(`${sb.url}/health`);
+    const token = sb.token(uniq('fast'), { extra: { subscribe: ['dc:*'] } });
+    const opened = await openLink(page, token, { fast: { ordered: false, maxRetransmits: 0 } });
+    assert.ok(opened.resource, JSON.stringify(opened));
+    await waitFor('the connected frame', async () => (await framesOf(page, 'fast'))[0]?.type === 'connected');
+    const channel = `dc:${uniq('pos')}`;
+    await sendOn(page, 'fast', { type: 'subscribe', id: 1, channel });
+    await waitFor('the subscribe reply', async () => (await framesOf(page, 'fast')).find((f) => f.id === 1));
+    for (let i = 1; i <= 50; i++) await sb.publish(channel, { i });
+    const got = await waitFor('the newest message', async () => {
+      const messages = (await framesOf(page, 'fast')).filter((f) => f.type === 'message');
+      return messages.some((m) => m.data.i === 50) && messages;
+    });
+    // Offsets still tell the client what it missed, whatever arrived.
+    for (const m of got) assert.equal(m.offset, m.data.i);
+  } finally {
+    await context.close();
+  }
+});

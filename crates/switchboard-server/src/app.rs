@@ -43,6 +43,7 @@ pub(crate) fn router(doors: &Doors) -> Router {
         .layer(cors())
         .with_state(doors.pusher.clone());
     let media = Router::new()
+        .route("/rtc", post(media::rtc).options(preflight))
         .route("/whip/{room}", post(media::whip).options(preflight))
         .route("/whep/{room}", post(media::whep).options(preflight))
         .route(

@@ -7,6 +7,7 @@ mod api;
 mod app;
 pub mod auth;
 pub mod config;
+mod datachannel;
 mod demo;
 mod door;
 mod http;

@@ -1,4 +1,5 @@
-//! The media door (spec §9): WHIP ingest and WHEP playback over plain HTTP offer/answer. A
+//! The media door (spec §9): WHIP ingest, WHEP playback and the client's own link
+//! (`POST /rtc`, for data channels) over plain HTTP offer/answer. A
 //! POST carries an SDP offer; the answer comes back `201 Created` with the session's
 //! resource in `Location` (`/rtc/<id>`: PATCH adds trickled candidates, DELETE ends it) and
 //! the ICE servers in `Link` headers. The peer connections themselves live in
@@ -17,7 +18,8 @@ use switchboard_proto::ErrorCode;
 use switchboard_rtc::WebrtcConfig;
 use switchboard_rtc::media::{Media, MediaError, Offer, SessionKind};
 
-use crate::http::{ApiError, request_token};
+use crate::datachannel;
+use crate::http::{ApiError, admit, admit_user, request_token};
 use crate::state::AppState;
 
 /// The media door's state.
@@ -43,7 +45,7 @@ pub(crate) async fn whip(
     request: axum::extract::Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    offer(&door, room, SessionKind::Whip, &uri, &parts, body).await
+    offer(&door, Some(room), SessionKind::Whip, &uri, &parts, body).await
 }
 
 /// `POST /whep/<room>`: play the room's most recent publisher.
@@ -56,7 +58,7 @@ pub(crate) async fn whep(
     let (parts, body) = request.into_parts();
     offer(
         &door,
-        room,
+        Some(room),
         SessionKind::Whep { of: None },
         &uri,
         &parts,
@@ -74,12 +76,23 @@ pub(crate) async fn whep_one(
 ) -> Response {
     let (parts, body) = request.into_parts();
     let kind = SessionKind::Whep { of: Some(peer) };
-    offer(&door, room, kind, &uri, &parts, body).await
+    offer(&door, Some(room), kind, &uri, &parts, body).await
+}
+
+/// `POST /rtc`: the client's own link to the server; each `switchboard` data channel it opens
+/// is a door (`datachannel.rs`) for the client the token names.
+pub(crate) async fn rtc(
+    State(door): State<Arc<MediaDoor>>,
+    uri: Uri,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    offer(&door, None, SessionKind::Link, &uri, &parts, body).await
 }
 
 async fn offer(
     door: &MediaDoor,
-    room: String,
+    room: Option<String>,
     kind: SessionKind,
     uri: &Uri,
     parts: &axum::http::request::Parts,
@@ -97,18 +110,32 @@ async fn offer(
             return refusal.into_response();
         }
     };
-    if room.is_empty() || room.len() > MAX_ROOM_LEN {
-        return refuse(
-            ErrorCode::BadRequest,
-            "a room name must be 1 to 255 bytes".into(),
-        );
-    }
-    if !may_join_room(&state.hub, &claims, &room) {
-        return refuse(
-            ErrorCode::Forbidden,
-            format!("the token does not allow room `{room}`"),
-        );
-    }
+    let on_channel = match &room {
+        Some(room) => {
+            if room.is_empty() || room.len() > MAX_ROOM_LEN {
+                return refuse(
+                    ErrorCode::BadRequest,
+                    "a room name must be 1 to 255 bytes".into(),
+                );
+            }
+            if !may_join_room(&state.hub, &claims, room) {
+                return refuse(
+                    ErrorCode::Forbidden,
+                    format!("the token does not allow room `{room}`"),
+                );
+            }
+            None
+        }
+        // A link's data channels are connections: the connection limits apply (spec §8).
+        None => {
+            let admitted = admit(state, &parts.headers, &parts.extensions)
+                .and_then(|permit| admit_user(state, &claims.user).map(|()| permit));
+            match admitted {
+                Ok(permit) => Some(datachannel::door(state.clone(), claims.clone(), permit)),
+                Err(refusal) => return refusal.into_response(),
+            }
+        }
+    };
     if !content_type_is(&parts.headers, "application/sdp") {
         state.count_error();
         return unsupported_media_type("an offer is application/sdp");
@@ -122,11 +149,12 @@ async fn offer(
     };
     let local_ip = parts.extensions.get::<LocalAddr>().map(|a| a.0.ip());
     let offer = Offer {
-        room,
+        room: room.unwrap_or_default(),
         kind,
         sdp,
         user: claims.user.clone(),
         local_ip,
+        on_channel,
     };
     match door.media.offer(offer).await {
         Ok(answer) => {

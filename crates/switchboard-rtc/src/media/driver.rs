@@ -9,7 +9,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use str0m::change::SdpOffer;
+use str0m::channel::{ChannelData, ChannelId, Reliability};
 use str0m::media::{Direction, KeyframeRequestKind, MediaAdded, MediaData};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
@@ -17,8 +19,19 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::forward::{Action, Forwarder, PeerId, Role, Route};
-use super::peer::{Peer, kind_of};
-use super::{Answer, Command, MediaConfig, MediaError, MediaStats, Offer, RoomMedia, SessionKind};
+use super::peer::{DoorChannel, Peer, kind_of};
+use super::{
+    Answer, ChannelLink, ChannelWriter, Command, MediaConfig, MediaError, MediaStats, Offer,
+    RoomMedia, SessionKind,
+};
+
+/// The label of the data channel that is a door (spec §9).
+const DOOR_LABEL: &str = "switchboard";
+/// Client messages queued towards a door before the channel counts as flooding and closes.
+const CHANNEL_INBOX: usize = 256;
+/// Bytes a reliable channel may hold waiting for SCTP room before it is closed as a slow
+/// consumer (its door's own queue is bounded too; this is what left it).
+const CHANNEL_PENDING_BYTES: usize = 1024 * 1024;
 
 /// Largest datagram read; WebRTC keeps packets under the path MTU.
 const MAX_DATAGRAM: usize = 2048;
@@ -41,6 +54,9 @@ pub(crate) struct Driver {
     next_timeout: Instant,
     /// Reused for the receivers of one frame.
     routes: Vec<Route>,
+    /// For the data channel links handed out; weak, so dropping every `Media` handle still
+    /// ends the task.
+    commands: mpsc::WeakSender<Command>,
 }
 
 enum Wake {
@@ -50,7 +66,12 @@ enum Wake {
 }
 
 impl Driver {
-    pub(crate) fn new(socket: UdpSocket, config: MediaConfig, stats: Arc<MediaStats>) -> Self {
+    pub(crate) fn new(
+        socket: UdpSocket,
+        config: MediaConfig,
+        stats: Arc<MediaStats>,
+        commands: mpsc::WeakSender<Command>,
+    ) -> Self {
         let local = socket.local_addr().expect("a bound socket has an address");
         Driver {
             socket,
@@ -65,6 +86,7 @@ impl Driver {
             dirty: Vec::new(),
             next_timeout: Instant::now() + IDLE_WAKE,
             routes: Vec::new(),
+            commands,
         }
     }
 
@@ -115,6 +137,17 @@ impl Driver {
                 };
                 let _ = reply.send(result);
             }
+            Command::ChannelSend(peer, channel, message) => {
+                self.channel_send(peer, channel, message)
+            }
+            Command::ChannelClose(peer, channel) => {
+                if let Some(p) = self.peers.get_mut(&peer)
+                    && p.channels.remove(&channel).is_some()
+                {
+                    p.rtc.direct_api().close_data_channel(channel);
+                    self.mark(peer);
+                }
+            }
             Command::Room(room, reply) => {
                 let media = RoomMedia {
                     publishers: self
@@ -143,7 +176,8 @@ impl Driver {
                 self.config.max_peers,
             );
         }
-        if self.forwarder.count_in_room(&offer.room, |_| true) == 0
+        if offer.kind != SessionKind::Link
+            && self.forwarder.count_in_room(&offer.room, |_| true) == 0
             && self.forwarder.room_count() >= self.config.max_rooms
         {
             return full(
@@ -198,7 +232,11 @@ impl Driver {
                 };
                 Role::Viewer { of }
             }
+            // Media over the client's own link is for SFU rooms, not served yet: it holds
+            // data channels only, and takes part in no room's forwarding.
+            SessionKind::Link => Role::Viewer { of: None },
         };
+        let link = offer.kind == SessionKind::Link;
         let sdp =
             SdpOffer::from_sdp_string(&offer.sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
         let ip = self.announced_ip(offer.local_ip).ok_or_else(|| {
@@ -220,7 +258,7 @@ impl Driver {
         let name = format!("{:032x}", rand::random::<u128>());
         let connect_by = now + Duration::from_secs(self.config.connect_timeout.max(1));
         let publishes = role == Role::Publisher;
-        let peer = Peer::new(
+        let mut peer = Peer::new(
             id,
             name.clone(),
             offer.room.clone(),
@@ -229,11 +267,15 @@ impl Driver {
             local,
             connect_by,
         );
+        peer.on_channel = offer.on_channel.clone();
+        peer.link = link;
         self.peers.insert(id, peer);
         self.by_name.insert(name.clone(), id);
         MediaStats::add(&self.stats.peers, 1);
-        let actions = self.forwarder.join(id, &offer.room, role);
-        self.apply(actions, now);
+        if !link {
+            let actions = self.forwarder.join(id, &offer.room, role);
+            self.apply(actions, now);
+        }
         // The offer's m-lines become tracks or slots as str0m reports them.
         self.mark(id);
         self.poll_dirty();
@@ -437,6 +479,15 @@ impl Driver {
                 self.next_timeout = now;
             }
             Event::MediaAdded(added) => self.media_added(id, added, now),
+            Event::ChannelOpen(channel, label) => self.channel_open(id, channel, &label),
+            Event::ChannelData(data) => self.channel_data(id, data),
+            Event::ChannelClose(channel) => {
+                // Dropping the door's sender ends its session.
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    peer.channels.remove(&channel);
+                }
+            }
+            Event::ChannelBufferedAmountLow(channel) => self.flush_channel(id, channel),
             Event::MediaData(data) => self.forward(id, data, now),
             Event::KeyframeRequest(request) => {
                 let slot = self
@@ -457,6 +508,9 @@ impl Driver {
         let Some(peer) = self.peers.get(&id) else {
             return;
         };
+        if peer.link {
+            return;
+        }
         let kind = kind_of(added.kind);
         // Our direction: RecvOnly means the peer sends.
         let peer_sends = matches!(added.direction, Direction::RecvOnly | Direction::SendRecv);
@@ -550,6 +604,127 @@ impl Driver {
         }
     }
 
+    /// A data channel opened: a `switchboard` one becomes a door.
+    fn channel_open(&mut self, id: PeerId, channel: ChannelId, label: &str) {
+        let Some(commands) = self.commands.upgrade() else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(on_channel) = peer.on_channel.clone() else {
+            return;
+        };
+        if label != DOOR_LABEL {
+            return;
+        }
+        let Some(mut handle) = peer.rtc.channel(channel) else {
+            return;
+        };
+        let unreliable = handle.config().is_some_and(|c| {
+            !c.ordered
+                && matches!(
+                    c.reliability,
+                    Reliability::MaxRetransmits { retransmits: 0 }
+                )
+        });
+        handle.set_buffered_amount_low_threshold(CHANNEL_PENDING_BYTES / 4);
+        let (to_door, incoming) = mpsc::channel(CHANNEL_INBOX);
+        peer.channels.insert(
+            channel,
+            DoorChannel {
+                to_door,
+                pending: Default::default(),
+                pending_bytes: 0,
+                unreliable,
+            },
+        );
+        on_channel(ChannelLink {
+            incoming,
+            outgoing: ChannelWriter {
+                commands,
+                peer: id,
+                channel,
+            },
+            unreliable,
+        });
+    }
+
+    /// A client message on a door channel: to its door, in order. A client that sends faster
+    /// than its door takes commands (rate limited, answered) is flooding: the channel closes.
+    fn channel_data(&mut self, id: PeerId, data: ChannelData) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(door) = peer.channels.get(&data.id) else {
+            return;
+        };
+        if door.to_door.try_send(data.data).is_err() {
+            tracing::debug!("media: `{}` floods its data channel: closed", peer.name);
+            peer.channels.remove(&data.id);
+            peer.rtc.direct_api().close_data_channel(data.id);
+        }
+    }
+
+    /// A door's message for the client.
+    fn channel_send(&mut self, id: PeerId, channel: ChannelId, message: Bytes) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(door) = peer.channels.get_mut(&channel) else {
+            return;
+        };
+        if door.unreliable {
+            // Sent once or not at all: the next message supersedes this one.
+            if let Some(mut handle) = peer.rtc.channel(channel) {
+                let _ = handle.write(false, &message);
+            }
+            self.mark(id);
+            return;
+        }
+        door.pending_bytes += message.len();
+        door.pending.push_back(message);
+        if door.pending_bytes > CHANNEL_PENDING_BYTES {
+            tracing::debug!(
+                "media: `{}` reads its data channel too slowly: closed",
+                peer.name
+            );
+            peer.channels.remove(&channel);
+            peer.rtc.direct_api().close_data_channel(channel);
+            self.mark(id);
+            return;
+        }
+        self.flush_channel(id, channel);
+    }
+
+    /// Writes what a reliable door channel holds, as far as SCTP takes it.
+    fn flush_channel(&mut self, id: PeerId, channel: ChannelId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(door) = peer.channels.get_mut(&channel) else {
+            return;
+        };
+        while let Some(front) = door.pending.front() {
+            let Some(mut handle) = peer.rtc.channel(channel) else {
+                break;
+            };
+            match handle.write(false, front) {
+                Ok(true) => {
+                    door.pending_bytes -= front.len();
+                    door.pending.pop_front();
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::debug!("media: `{}` data channel: {e}", peer.name);
+                    peer.channels.remove(&channel);
+                    break;
+                }
+            }
+        }
+        self.mark(id);
+    }
+
     /// Forgets a peer: its tracks leave their receivers.
     fn remove(&mut self, id: PeerId) {
         let Some(mut peer) = self.peers.remove(&id) else {
@@ -574,8 +749,10 @@ impl Driver {
             peer.tracks.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        let actions = self.forwarder.leave(id, Instant::now());
-        self.apply(actions, Instant::now());
+        if !peer.link {
+            let actions = self.forwarder.leave(id, Instant::now());
+            self.apply(actions, Instant::now());
+        }
         tracing::debug!("media: `{}` left room `{}`", peer.name, peer.room);
     }
 }

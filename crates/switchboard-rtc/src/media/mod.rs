@@ -92,10 +92,51 @@ pub enum SessionKind {
     Whip,
     /// WHEP: plays the room's most recent publisher, or the session named `of`.
     Whep { of: Option<String> },
+    /// `POST /rtc`: the client's own link to the server, for its `switchboard` data channels.
+    Link,
 }
 
+/// A `switchboard` data channel a client opened: handed to the server's data channel door.
+pub struct ChannelLink {
+    /// The client's messages, in order; ends when the channel or its peer connection closes.
+    pub incoming: mpsc::Receiver<Vec<u8>>,
+    pub outgoing: ChannelWriter,
+    /// Opened with `ordered: false` and no retransmissions: a message that can't be sent at
+    /// once is dropped, the next one supersedes it (spec §9).
+    pub unreliable: bool,
+}
+
+/// Writes to one data channel, through the media task.
+#[derive(Clone)]
+pub struct ChannelWriter {
+    commands: mpsc::Sender<Command>,
+    peer: forward::PeerId,
+    channel: str0m::channel::ChannelId,
+}
+
+impl ChannelWriter {
+    /// Sends one message (text); an error once the channel is gone.
+    pub async fn send(&self, message: bytes::Bytes) -> Result<(), MediaError> {
+        self.commands
+            .send(Command::ChannelSend(self.peer, self.channel, message))
+            .await
+            .map_err(|_| MediaError::Unavailable)
+    }
+
+    /// Closes the channel (the peer connection stays).
+    pub async fn close(&self) {
+        let _ = self
+            .commands
+            .send(Command::ChannelClose(self.peer, self.channel))
+            .await;
+    }
+}
+
+/// What the server does with each `switchboard` data channel of a peer connection.
+pub type OnChannel = Arc<dyn Fn(ChannelLink) + Send + Sync>;
+
 /// An SDP offer for a new peer connection.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Offer {
     pub room: String,
     pub kind: SessionKind,
@@ -105,6 +146,8 @@ pub struct Offer {
     /// The local address the HTTP request came in on: the candidate announced when the
     /// media socket listens on every address and no `public_ip` is set.
     pub local_ip: Option<IpAddr>,
+    /// Runs for each `switchboard` data channel the client opens (none: they are ignored).
+    pub on_channel: Option<OnChannel>,
 }
 
 /// The server's answer: the session's id (its resource is `/rtc/<id>`) and SDP.
@@ -167,6 +210,8 @@ pub(crate) enum Command {
     End(String, oneshot::Sender<Result<(), MediaError>>),
     /// The session ids of a room's publishers and viewers (for `/api/rooms`).
     Room(String, oneshot::Sender<RoomMedia>),
+    ChannelSend(forward::PeerId, str0m::channel::ChannelId, bytes::Bytes),
+    ChannelClose(forward::PeerId, str0m::channel::ChannelId),
 }
 
 /// What this node carries of a room's media.
@@ -205,8 +250,9 @@ impl Media {
         };
         let addr = socket.local_addr()?;
         let stats = Arc::new(MediaStats::default());
-        let (commands, rx) = mpsc::channel(256);
-        let driver = driver::Driver::new(socket, config.clone(), stats.clone());
+        let (commands, rx) = mpsc::channel(1024);
+        let driver =
+            driver::Driver::new(socket, config.clone(), stats.clone(), commands.downgrade());
         tokio::spawn(driver.run(rx));
         tracing::info!("media (WebRTC) on udp {addr}");
         Ok(Media {

@@ -5,13 +5,29 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use str0m::Rtc;
-use str0m::media::{MediaKind, Mid};
+use std::collections::VecDeque;
 
+use bytes::Bytes;
+use str0m::Rtc;
+use str0m::channel::ChannelId;
+use str0m::media::{MediaKind, Mid};
+use tokio::sync::mpsc;
+
+use super::OnChannel;
 use super::forward::{Kind, PeerId, SlotId, TrackId};
 
 /// Most remote addresses remembered per peer for demultiplexing (ICE may try a few).
 pub(super) const MAX_SOURCES: usize = 8;
+
+/// A `switchboard` data channel of this peer, linked to a door.
+pub(super) struct DoorChannel {
+    /// To the door: the client's messages.
+    pub to_door: mpsc::Sender<Vec<u8>>,
+    /// Accepted from the door, waiting for room in the SCTP send buffer (reliable only).
+    pub pending: VecDeque<Bytes>,
+    pub pending_bytes: usize,
+    pub unreliable: bool,
+}
 
 pub(super) struct Peer {
     pub id: PeerId,
@@ -19,6 +35,8 @@ pub(super) struct Peer {
     pub name: String,
     pub room: String,
     pub publishes: bool,
+    /// A `POST /rtc` link: data channels only, outside the forwarding.
+    pub link: bool,
     pub rtc: Rtc,
     /// The server address this peer was given as its candidate: what its packets are sent to.
     pub local: SocketAddr,
@@ -36,6 +54,9 @@ pub(super) struct Peer {
     pub timeout: Instant,
     /// Queued to be polled.
     pub dirty: bool,
+    /// Where its `switchboard` data channels go (`POST /rtc` peers).
+    pub on_channel: Option<OnChannel>,
+    pub channels: HashMap<ChannelId, DoorChannel>,
 }
 
 impl Peer {
@@ -53,6 +74,7 @@ impl Peer {
             name,
             room,
             publishes,
+            link: false,
             rtc,
             local,
             sources: Vec::new(),
@@ -63,6 +85,8 @@ impl Peer {
             connect_by: Some(connect_by),
             timeout: connect_by,
             dirty: false,
+            on_channel: None,
+            channels: HashMap::new(),
         }
     }
 
