@@ -216,3 +216,43 @@ test('an unordered, no-retransmit switchboard channel delivers too', { timeout: 
     await context.close();
   }
 });
+
+test('under 20% loss the reliable channel gets every message, the unreliable one keeps getting the newest', { timeout: 90_000 }, async () => {
+  // The loss is injected by the server (`test_loss_percent`): a fifth of what it sends to a
+  // connected peer never leaves, as on a bad network.
+  const lossy = await startServer({ extraToml: '[webrtc.media]\ntest_loss_percent = 20\n' });
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  try {
+    await page.goto(`${lossy.url}/health`);
+    const token = lossy.token(uniq('lossy'), { extra: { subscribe: ['dc:*'] } });
+    const opened = await openLink(page, token, { sure: {}, fast: { ordered: false, maxRetransmits: 0 } });
+    assert.ok(opened.resource, JSON.stringify(opened));
+    await waitFor('both channels to open', () => page.evaluate(() => window.link.links.sure.open && window.link.links.fast.open), { timeout: 30_000 });
+    const channel = `dc:${uniq('positions')}`;
+    await sendOn(page, 'sure', { type: 'subscribe', id: 1, channel });
+    await waitFor('the reliable subscribe reply', async () => (await framesOf(page, 'sure')).find((f) => f.id === 1), { timeout: 30_000 });
+    // On the unreliable channel the answer itself may be lost: ask until one arrives.
+    await waitFor('an answer to the unreliable subscribe', async () => {
+      await sendOn(page, 'fast', { type: 'subscribe', id: 2, channel });
+      await sleep(300);
+      return (await framesOf(page, 'fast')).some((f) => f.id === 2);
+    }, { timeout: 30_000 });
+    const total = 200;
+    for (let i = 1; i <= total; i++) await lossy.publish(channel, { i });
+    const sure = await waitFor(`all ${total} on the reliable channel`, async () => {
+      const got = (await framesOf(page, 'sure')).filter((f) => f.type === 'message');
+      return got.length >= total && got;
+    }, { timeout: 40_000 });
+    assert.deepEqual(sure.map((m) => m.offset), Array.from({ length: total }, (_, k) => k + 1), 'every one, in order');
+    await sleep(1500);
+    const fast = (await framesOf(page, 'fast')).filter((f) => f.type === 'message');
+    assert.ok(fast.length < total, `the unreliable channel retransmits nothing, yet got all ${total}`);
+    assert.ok(fast.length >= total / 2, `most still arrive: ${fast.length}`);
+    assert.ok(fast.some((m) => m.data.i > total - 10), `the newest arrive: last ${fast.at(-1)?.data.i}`);
+    for (const m of fast) assert.equal(m.offset, m.data.i, 'offsets tell what was missed');
+  } finally {
+    await context.close();
+    await lossy.stop();
+  }
+});

@@ -57,6 +57,8 @@ pub(crate) struct Driver {
     /// For the data channel links handed out; weak, so dropping every `Media` handle still
     /// ends the task.
     commands: mpsc::WeakSender<Command>,
+    /// Datagrams sent to connected peers, for `test_loss_percent`.
+    sent: u64,
 }
 
 enum Wake {
@@ -87,6 +89,7 @@ impl Driver {
             next_timeout: Instant::now() + IDLE_WAKE,
             routes: Vec::new(),
             commands,
+            sent: 0,
         }
     }
 
@@ -431,6 +434,7 @@ impl Driver {
                 self.next_timeout = Instant::now();
                 return;
             }
+            let connected = peer.connect_by.is_none();
             let output = match peer.rtc.poll_output() {
                 Ok(output) => output,
                 Err(e) => {
@@ -445,6 +449,7 @@ impl Driver {
                     self.next_timeout = self.next_timeout.min(at);
                     return;
                 }
+                Output::Transmit(_) if connected && self.test_loss() => {}
                 Output::Transmit(transmit) => {
                     // UDP: a datagram the kernel can't take now is lost like any other.
                     let _ = self
@@ -454,6 +459,17 @@ impl Driver {
                 Output::Event(event) => self.on_event(id, event),
             }
         }
+    }
+
+    /// Whether `[webrtc.media] test_loss_percent` drops the next datagram: exactly that share,
+    /// spread evenly (no randomness, so a test sees the same loss every run).
+    fn test_loss(&mut self) -> bool {
+        let percent = u64::from(self.config.test_loss_percent.min(100));
+        if percent == 0 {
+            return false;
+        }
+        self.sent += 1;
+        (self.sent * percent) % 100 < percent
     }
 
     fn on_event(&mut self, id: PeerId, event: Event) {

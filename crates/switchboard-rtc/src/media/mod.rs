@@ -49,6 +49,11 @@ pub struct MediaConfig {
     /// Seconds a new peer connection has to connect (ICE and DTLS) before it is dropped.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: u64,
+    /// For tests only: drops this share (0–100) of the datagrams sent to connected peers, as
+    /// a lossy network would (the tests of unreliable data channels use it). Always 0 in
+    /// production.
+    #[serde(default)]
+    pub test_loss_percent: u8,
 }
 
 fn default_max_peers() -> usize {
@@ -81,6 +86,7 @@ impl Default for MediaConfig {
             max_viewers: default_max_viewers(),
             max_sdp_bytes: default_max_sdp_bytes(),
             connect_timeout: default_connect_timeout(),
+            test_loss_percent: 0,
         }
     }
 }
