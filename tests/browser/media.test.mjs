@@ -7,7 +7,13 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
+import { spawn } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
 import { WEBRTC_ARGS, launchBrowser, startServer, uniq } from './harness.mjs';
+
+const AIORTC_PUBLISHER = join(dirname(fileURLToPath(import.meta.url)), 'aiortc', 'whip_publish.py');
 
 let browser;
 let sb;
@@ -251,8 +257,56 @@ test('under 20% loss the reliable channel gets every message, the unreliable one
     assert.ok(fast.length >= total / 2, `most still arrive: ${fast.length}`);
     assert.ok(fast.some((m) => m.data.i > total - 10), `the newest arrive: last ${fast.at(-1)?.data.i}`);
     for (const m of fast) assert.equal(m.offset, m.data.i, 'offsets tell what was missed');
+
+    // Video through the same loss: the viewer asks for what it missed (NACK), the server
+    // retransmits, and the picture keeps decoding.
+    const room = `stage:${uniq('lossy')}`;
+    const q = (user) => `room=${encodeURIComponent(room)}&token=${encodeURIComponent(lossy.token(uniq(user), { extra: { rooms: ['stage:*'] } }))}`;
+    const publisher = await context.newPage();
+    await publisher.goto(`${lossy.url}/demo/whip?${q('cam')}`);
+    await waitFor('the publisher to connect', () => publisher.evaluate(() => window.whip.error || window.whip.pc?.connectionState === 'connected'), { timeout: 30_000 });
+    const viewer = await context.newPage();
+    await viewer.goto(`${lossy.url}/demo/whep?${q('eye')}`);
+    const first = await waitFor('decoded frames through the loss', () => viewer.evaluate(() => window.whep.error || window.whep.framesDecoded()), { timeout: 30_000 });
+    assert.equal(typeof first, 'number', String(first));
+    await sleep(3000);
+    const later = await viewer.evaluate(() => window.whep.framesDecoded());
+    assert.ok(later > first + 10, `framesDecoded must keep rising under loss: ${first} then ${later}`);
+    const text = await (await fetch(`${lossy.url}/metrics`)).text();
+    const nacks = Number(text.split('\n').find((l) => l.startsWith('switchboard_media_nacks'))?.split(' ')[1]);
+    assert.ok(nacks > 0, `the viewer's NACKs are counted: ${nacks}`);
   } finally {
     await context.close();
     await lossy.stop();
+  }
+});
+
+test('WHIP from aiortc (an independent WebRTC stack), WHEP in Chromium: frames decoded', { timeout: 60_000 }, async () => {
+  const room = `stage:${uniq('aiortc')}`;
+  const publisher = spawn('python3', [AIORTC_PUBLISHER, sb.url, room, stageToken(uniq('obs')), '8'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const steps = [];
+  let stderr = '';
+  publisher.stdout.on('data', (d) => { for (const line of String(d).split('\n').filter(Boolean)) steps.push(JSON.parse(line)); });
+  publisher.stderr.on('data', (d) => { stderr += d; });
+  const exited = new Promise((ok) => publisher.on('exit', ok));
+  const context = await browser.newContext();
+  try {
+    await waitFor('the aiortc publisher to connect', () => steps.find((s) => s.error || s.step === 'connected'), { timeout: 30_000 })
+      .catch((e) => { e.message += `\n${JSON.stringify(steps)}\n${stderr.slice(-2000)}`; throw e; });
+    assert.deepEqual(steps.filter((s) => s.error), [], stderr.slice(-2000));
+    assert.equal(steps[0].status, 201);
+    const viewer = await context.newPage();
+    await viewer.goto(`${sb.url}/demo/whep?room=${encodeURIComponent(room)}&token=${encodeURIComponent(stageToken(uniq('eve')))}`);
+    const first = await waitFor('decoded frames from aiortc', () => viewer.evaluate(() => window.whep.error || window.whep.framesDecoded()), { timeout: 20_000 });
+    assert.equal(typeof first, 'number', String(first));
+    await sleep(1500);
+    const later = await viewer.evaluate(() => window.whep.framesDecoded());
+    assert.ok(later > first + 10, `framesDecoded must keep rising: ${first} then ${later}`);
+    const code = await exited;
+    assert.equal(code, 0, `${JSON.stringify(steps)}\n${stderr.slice(-2000)}`);
+    assert.deepEqual(steps.at(-1), { step: 'deleted', status: 200 }, 'DELETE ended the session');
+  } finally {
+    publisher.kill();
+    await context.close();
   }
 });

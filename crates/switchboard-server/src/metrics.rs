@@ -238,6 +238,12 @@ impl SwitchboardCollector {
         )?;
         counter(
             e,
+            "switchboard_media_nacks",
+            "Retransmissions (NACK) receivers asked the server for",
+            get(&m.nacks),
+        )?;
+        counter(
+            e,
             "switchboard_media_refused",
             "Offers refused (a limit, or unusable SDP)",
             get(&m.refused),

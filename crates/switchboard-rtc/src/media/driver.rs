@@ -248,7 +248,11 @@ impl Driver {
         let local = SocketAddr::new(ip, self.local.port());
         let now = Instant::now();
         // ICE lite: the server has one public address and answers the client's checks.
-        let mut rtc = Rtc::builder().set_ice_lite(true).build(now);
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            // Egress stats carry the NACKs receivers sent (for /metrics).
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .build(now);
         let candidate =
             Candidate::host(local, "udp").map_err(|e| MediaError::BadSdp(e.to_string()))?;
         rtc.add_local_candidate(candidate);
@@ -504,6 +508,14 @@ impl Driver {
                 }
             }
             Event::ChannelBufferedAmountLow(channel) => self.flush_channel(id, channel),
+            Event::MediaEgressStats(egress) => {
+                // Totals per stream: count what is new since the last report.
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    let seen = peer.nacks.entry((egress.mid, egress.rid)).or_default();
+                    MediaStats::add(&self.stats.nacks, egress.nacks.saturating_sub(*seen));
+                    *seen = egress.nacks.max(*seen);
+                }
+            }
             Event::MediaData(data) => self.forward(id, data, now),
             Event::KeyframeRequest(request) => {
                 let slot = self
@@ -554,6 +566,7 @@ impl Driver {
             .get(&id)
             .and_then(|p| p.tracks.get(&data.mid).copied())
         else {
+            tracing::trace!("media: frame on {:?} of {id:?}, no track", data.mid);
             return;
         };
         if !data.contiguous {
@@ -580,6 +593,11 @@ impl Driver {
                 continue;
             };
             let Some(pt) = writer.match_params(data.params) else {
+                tracing::trace!(
+                    "media: no payload type at {:?} for {:?}",
+                    route.to,
+                    data.params
+                );
                 continue;
             };
             if writer

@@ -200,6 +200,8 @@ pub struct MediaStats {
     pub bytes_forwarded: AtomicU64,
     /// Keyframe requests (PLI) sent to publishers.
     pub keyframe_requests: AtomicU64,
+    /// NACKs received from receivers (retransmissions they asked for).
+    pub nacks: AtomicU64,
     /// Offers refused by a limit.
     pub refused: AtomicU64,
 }

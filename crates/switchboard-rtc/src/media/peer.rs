@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use str0m::Rtc;
 use str0m::channel::ChannelId;
-use str0m::media::{MediaKind, Mid};
+use str0m::media::{MediaKind, Mid, Rid};
 use tokio::sync::mpsc;
 
 use super::OnChannel;
@@ -57,6 +57,8 @@ pub(super) struct Peer {
     /// Where its `switchboard` data channels go (`POST /rtc` peers).
     pub on_channel: Option<OnChannel>,
     pub channels: HashMap<ChannelId, DoorChannel>,
+    /// NACKs its receivers reported so far, per outgoing stream.
+    pub nacks: HashMap<(Mid, Option<Rid>), u64>,
 }
 
 impl Peer {
@@ -87,6 +89,7 @@ impl Peer {
             dirty: false,
             on_channel: None,
             channels: HashMap::new(),
+            nacks: HashMap::new(),
         }
     }
 
