@@ -81,7 +81,8 @@ struct Queue<K> {
     bytes: usize,
     /// Of that, the charge of recovered messages: room granted beyond the bound.
     recovering: usize,
-    closing: Option<Disconnect>,
+    /// Boxed: every idle connection carries this field, few ever fill it.
+    closing: Option<Box<Disconnect>>,
     /// `Overflow::Refuse` only: the queue refused something, so it refuses everything after
     /// (taking a later frame after a refused one would make a gap).
     full: bool,
@@ -230,7 +231,7 @@ impl<K: Send> Outbox<K> {
     }
 
     fn close_locked(&self, q: &mut Queue<K>, reason: Disconnect) {
-        q.closing = Some(reason);
+        q.closing = Some(Box::new(reason));
         self.closing.store(true, Ordering::Release);
         if let Some(on_close) = q.on_close.take() {
             on_close();
@@ -271,7 +272,7 @@ impl<K: Send> Outbox<K> {
         q.recovering = q.recovering.saturating_sub(taken_charge);
         let closing = if q.items.is_empty() {
             self.queued.store(false, Ordering::Relaxed);
-            q.closing
+            q.closing.as_deref().copied()
         } else {
             None
         };
@@ -322,7 +323,7 @@ impl<K: Send> Outbox<K> {
         if !self.is_closing() {
             return None;
         }
-        self.queue.lock().closing
+        self.queue.lock().closing.as_deref().copied()
     }
 
     /// Whether nothing waits in the queue.
