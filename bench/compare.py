@@ -5,6 +5,10 @@ both alike, and prints the medians as a Markdown table (with the raw limit, meas
 same rounds, for scale).
 
     bench/compare.py BEFORE_BINARY AFTER_BINARY [--rounds 3] [--seconds 4] [--rate 4314]
+                     [--only TEXT]...
+
+`--only TEXT` keeps the measurements whose label contains TEXT (repeatable), for more rounds of
+the noisy ones: `--only "1 x 10,000" --rounds 7`, `--only paced --rounds 7`, `--only idle`.
 
 Needs target/release/switchboard-bench (cargo build --release -p switchboard-bench).
 """
@@ -65,7 +69,10 @@ def main():
     p.add_argument("--seconds", type=float, default=4)
     p.add_argument("--rate", type=float, default=4314, help="messages/s of the paced run")
     p.add_argument("--idle", type=int, default=10000, help="idle connections")
+    p.add_argument("--only", action="append", default=[],
+                   help="keep the measurements whose label contains this (repeatable)")
     a = p.parse_args()
+    wanted = lambda label: not a.only or any(text in label for text in a.only)
 
     loads = [
         ("fan-out 1 x 10,000 (WebSocket)", ["--channels", "1", "--per-channel", "10000"], True),
@@ -87,15 +94,19 @@ def main():
     for round_ in range(a.rounds):
         order = ["before", "after"] if round_ % 2 == 0 else ["after", "before"]
         for label, extra, with_raw in loads:
+            if not wanted(label):
+                continue
             for who in order:
                 note(label, who, fanout(getattr(a, who), a.seconds, extra))
             if with_raw:
                 note(label, "raw", fanout("raw", a.seconds, extra))
             print(f"round {round_ + 1}: {label} done", file=sys.stderr)
         for door in ["ws", "sse", "sse-shared"]:
+            label = f"idle {door}, {a.idle:,} connections"
+            if not wanted(label):
+                continue
             for who in order:
-                note(f"idle {door}, {a.idle:,} connections", who,
-                     idle(getattr(a, who), door, a.idle))
+                note(label, who, idle(getattr(a, who), door, a.idle))
         print(f"round {round_ + 1} done", file=sys.stderr)
 
     print("| measurement | metric | before | after | after/before | raw limit |")
