@@ -310,3 +310,41 @@ test('WHIP from aiortc (an independent WebRTC stack), WHEP in Chromium: frames d
     await context.close();
   }
 });
+
+test('relay only: WHIP and WHEP pages reach the media through the embedded TURN server', { timeout: 60_000 }, async () => {
+  const TURN_SECRET = 'media-turn-secret-0123456789abcdef-0123456789';
+  const relayed = await startServer({
+    extraToml: ({ udpPort }) => [
+      '[webrtc]',
+      `turn_secret = "${TURN_SECRET}"`,
+      '',
+      '[webrtc.turn]',
+      `listen = "127.0.0.1:${udpPort}"`,
+      'realm = "switchboard"',
+      'public_ip = "127.0.0.1"',
+      // The media server is on loopback here: let the relay reach it.
+      'allow_loopback_peers = true',
+    ].join('\n'),
+  });
+  const context = await browser.newContext();
+  try {
+    const room = `stage:${uniq('relay')}`;
+    const q = (user) => `room=${encodeURIComponent(room)}&relay=1&token=${encodeURIComponent(relayed.token(uniq(user), { extra: { rooms: ['stage:*'] } }))}`;
+    const publisher = await context.newPage();
+    await publisher.goto(`${relayed.url}/demo/whip?${q('cam')}`);
+    await waitFor('the relayed publisher to connect', () => publisher.evaluate(() => window.whip.error || window.whip.pc?.connectionState === 'connected'), { timeout: 30_000 });
+    assert.equal(await publisher.evaluate(() => window.whip.error), null);
+    const viewer = await context.newPage();
+    await viewer.goto(`${relayed.url}/demo/whep?${q('eye')}`);
+    const first = await waitFor('decoded frames through TURN', () => viewer.evaluate(() => window.whep.error || window.whep.framesDecoded()), { timeout: 30_000 });
+    assert.equal(typeof first, 'number', String(first));
+    await sleep(1500);
+    const later = await viewer.evaluate(() => window.whep.framesDecoded());
+    assert.ok(later > first + 10, `framesDecoded must keep rising: ${first} then ${later}`);
+    assert.equal(await publisher.evaluate(() => window.whip.localCandidateType()), 'relay', 'the publisher sends through TURN');
+    assert.equal(await viewer.evaluate(() => window.whep.localCandidateType()), 'relay', 'the viewer receives through TURN');
+  } finally {
+    await context.close();
+    await relayed.stop();
+  }
+});
