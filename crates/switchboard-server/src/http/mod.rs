@@ -11,4 +11,4 @@ pub(crate) use admit::{admit, admit_user};
 pub(crate) use body::{BodyError, read_body};
 pub(crate) use cors::{check_upgrade_origin, cors};
 pub(crate) use errors::{ApiError, error_response};
-pub(crate) use token::{auth_error_response, bearer, request_token};
+pub(crate) use token::{auth_error_response, bearer, request_claims, request_token};

@@ -3,7 +3,11 @@
 
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use switchboard_core::AuthError;
+use switchboard_core::{AuthError, Claims};
+use switchboard_proto::ErrorCode;
+
+use super::ApiError;
+use crate::state::AppState;
 
 /// Reads the token from `?token=` or `Authorization: Bearer`.
 pub(crate) fn request_token(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
@@ -14,6 +18,23 @@ pub(crate) fn request_token(query: Option<&str>, headers: &HeaderMap) -> Option<
         })
     });
     from_query.or_else(|| bearer(headers).map(str::to_owned))
+}
+
+/// Who a plain HTTP door's request is (`?token=` or `Authorization: Bearer`): the token's
+/// claims, anonymous where the server admits anonymous clients, else the refusal.
+pub(crate) fn request_claims(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Claims, ApiError> {
+    match request_token(query, headers) {
+        Some(token) => state.auth.verify(&token).map_err(|e| ApiError::from(&e)),
+        None if state.hub.config.admits_anonymous() => Ok(Claims::anonymous()),
+        None => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "a token is required (?token= or Authorization: Bearer)",
+        )),
+    }
 }
 
 /// The credential of `Authorization: Bearer <credential>` (a token, or the API key).
@@ -56,7 +77,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 pub(crate) fn auth_error_response(e: &AuthError) -> Response {
-    super::ApiError::from(e).into_response()
+    ApiError::from(e).into_response()
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use super::cursor::CursorPosition;
 use super::state::StreamsState;
 use super::stream::{Handoff, OpenStream, Registration};
 use crate::door::{CLOSE_GRACE, Framing, Machine, NoControl, Outbox, Overflow};
-use crate::http::{ApiError, admit, admit_user, request_token};
+use crate::http::{ApiError, admit, admit_user, request_claims};
 use crate::state::AppState;
 
 /// The reconnection delay SSE asks browsers for, in milliseconds.
@@ -43,16 +43,7 @@ pub(crate) fn read_request(
 ) -> Result<DoorRequest, ApiError> {
     let state = &streams.shared;
     let refuse = |code, message: &str| Err(ApiError::new(code, message));
-    let claims = match request_token(parts.uri.query(), &parts.headers) {
-        Some(token) => state.auth.verify(&token).map_err(|e| ApiError::from(&e))?,
-        None if state.hub.config.admits_anonymous() => Claims::anonymous(),
-        None => {
-            return refuse(
-                ErrorCode::Unauthorized,
-                "a token is required (?token= or Authorization: Bearer)",
-            );
-        }
-    };
+    let claims = request_claims(state, parts.uri.query(), &parts.headers)?;
     let Ok(Query(pairs)) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri) else {
         return refuse(ErrorCode::BadRequest, "malformed query string");
     };
