@@ -8,6 +8,7 @@ import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { spawn } from 'node:child_process';
+import { createSocket } from 'node:dgram';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -60,6 +61,13 @@ test('WHIP from a page, WHEP in another: the viewer decodes the video; DELETE en
   const room = `stage:${uniq('show')}`;
   const q = (user) => `room=${encodeURIComponent(room)}&token=${encodeURIComponent(stageToken(uniq(user)))}`;
   try {
+    // Junk on the media port first (it is the HTTP port number, UDP): dropped, harmless.
+    const junk = createSocket('udp4');
+    for (let i = 0; i < 2000; i++) {
+      const bytes = Buffer.alloc(1 + (i % 1400), i % 256);
+      await new Promise((ok) => junk.send(bytes, sb.port, '127.0.0.1', ok));
+    }
+    junk.close();
     const publisher = await openPage(context, `${sb.url}/demo/whip?${q('alice')}`, lines, 'whip');
     const resource = await waitFor('the WHIP session', () => publisher.evaluate(() => window.whip.error || window.whip.resource));
     assert.match(resource, /^\/rtc\/[0-9a-f]{32}$/, `Location: ${resource}`);
@@ -82,6 +90,13 @@ test('WHIP from a page, WHEP in another: the viewer decodes the video; DELETE en
       body: 'a=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\na=end-of-candidates\r\n',
     });
     assert.equal(patch.status, 204, await patch.text());
+    const garbled = await fetch(`${sb.url}${resource}`, {
+      method: 'PATCH',
+      headers: { 'content-type': 'application/trickle-ice-sdpfrag' },
+      body: 'a=candidate:this is not a candidate\r\n',
+    });
+    assert.equal(garbled.status, 400, 'a malformed candidate is refused');
+    assert.equal((await garbled.json()).error.code, 'bad_request');
 
     // DELETE ends the publisher: the viewer's frames stop rising, the session is gone.
     const del = await fetch(`${sb.url}${resource}`, { method: 'DELETE' });
@@ -124,6 +139,49 @@ test('refusals: 401 without a token, 403 outside the rooms claim, 415, 400 on ba
   assert.equal(res.status, 404, 'unknown session');
   res = await fetch(`${sb.url}/rtc/nope`, { method: 'PATCH', headers: { 'content-type': 'text/plain' }, body: 'x' });
   assert.equal(res.status, 415, 'PATCH wants a trickle fragment');
+  res = await offer(`/whip/stage:${'r'.repeat(300)}`, { token: stageToken(uniq('u')) });
+  assert.equal(res.status, 400, 'a room name over 255 bytes');
+  res = await offer(`/whip/${room}`, { token: stageToken(uniq('u')), body: `v=0\r\n${'a=x\r\n'.repeat(20_000)}` });
+  assert.equal(res.status, 413, 'an offer over max_sdp_bytes (64 KiB)');
+  assert.equal((await res.json()).error.code, 'too_large');
+  res = await fetch(`${sb.url}/rtc/nope`, { method: 'PATCH', headers: { 'content-type': 'application/trickle-ice-sdpfrag' }, body: 'a=x\r\n'.repeat(20_000) });
+  assert.equal(res.status, 413, 'a trickle fragment over max_sdp_bytes');
+});
+
+test('peer connections count against the connection limits, and are given back', { timeout: 30_000 }, async () => {
+  const limited = await startServer({ extraToml: '[limits]\nmax_connections_per_ip = 2\n' });
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    await page.goto(`${limited.url}/health`);
+    const token = limited.token(uniq('many'), { extra: { rooms: ['stage:*'] } });
+    // Offers from one address, each a peer that holds its place until it ends.
+    const statuses = await page.evaluate(async ({ token }) => {
+      const post = async () => {
+        const pc = new RTCPeerConnection();
+        pc.addTransceiver('video', { direction: 'recvonly' });
+        await pc.setLocalDescription(await pc.createOffer());
+        const res = await fetch('/whep/stage:limits', {
+          method: 'POST',
+          headers: { 'content-type': 'application/sdp', authorization: `Bearer ${token}` },
+          body: pc.localDescription.sdp,
+        });
+        return { status: res.status, location: res.headers.get('Location'), body: res.status === 201 ? '' : await res.text() };
+      };
+      const got = [await post(), await post(), await post()];
+      await fetch(got[0].location, { method: 'DELETE' });
+      got.push(await post());
+      return got;
+    }, { token });
+    assert.deepEqual(statuses.map((s) => s.status), [201, 201, 429, 201], JSON.stringify(statuses));
+    assert.equal(JSON.parse(statuses[2].body).error.code, 'rate_limited');
+    // The other door is refused the same way while the two peers hold their places.
+    const ws = await fetch(`${limited.url}/poll?channel=x&timeout=1&token=${limited.token(uniq("other"))}`);
+    assert.equal(ws.status, 429, 'the limit is the node\'s, for every door');
+  } finally {
+    await context.close();
+    await limited.stop();
+  }
 });
 
 /** Opens `/rtc` with `channels` data channels in the page (same origin); answers their labels. */
@@ -186,6 +244,10 @@ test('a switchboard data channel on POST /rtc is a door: connected, subscribe, p
     const joined = await waitFor('the join_room reply', async () => (await framesOf(page, 'main')).find((f) => f.id === 4));
     assert.equal(joined.type, 'reply', JSON.stringify(joined));
     assert.ok(joined.peer, 'a peer id');
+    // A frame over max_frame_size (64 KiB) is refused with too_large; the door goes on.
+    await sendOn(page, 'main', { type: 'publish', id: 9, channel, data: 'x'.repeat(70_000) });
+    const tooLarge = await waitFor('the too_large error', async () => (await framesOf(page, 'main')).find((f) => f.code === 'too_large'));
+    assert.equal(tooLarge.type, 'error', JSON.stringify(tooLarge));
     await sendOn(page, 'main', { type: 'publish', id: 5, channel: 'elsewhere', data: 1 });
     const refused = await waitFor('the refusal', async () => (await framesOf(page, 'main')).find((f) => f.id === 5));
     assert.equal(refused.code, 'forbidden', JSON.stringify(refused));

@@ -12,7 +12,6 @@ use switchboard_proto::command::request_id;
 use switchboard_proto::{Disconnect, ErrorCode, Outgoing, encode};
 use switchboard_rtc::media::{ChannelLink, OnChannel};
 
-use crate::admission::Permit;
 use crate::door::{
     Deadline, DoorCodec, Framing, Heartbeat, Machine, NoControl, Out, Outbox, Output, Overflow,
 };
@@ -44,16 +43,11 @@ impl DoorCodec for ChannelCodec {
 }
 
 /// What a `POST /rtc` peer connection does with each `switchboard` data channel: a session
-/// for the client the request's token named. The connection's permit lives as long as the
-/// peer connection does.
-pub(crate) fn door(state: Arc<AppState>, claims: Claims, permit: Permit) -> OnChannel {
-    let permit = Arc::new(permit);
+/// for the client the request's token named. (The connection's permit is held by the peer
+/// connection, see `media.rs`.)
+pub(crate) fn door(state: Arc<AppState>, claims: Claims) -> OnChannel {
     Arc::new(move |link: ChannelLink| {
-        let (state, claims, permit) = (state.clone(), claims.clone(), permit.clone());
-        tokio::spawn(async move {
-            serve(state, claims, link).await;
-            drop(permit);
-        });
+        tokio::spawn(serve(state.clone(), claims.clone(), link));
     })
 }
 

@@ -9,17 +9,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use switchboard_core::Claims;
 use switchboard_core::session::may_join_room;
 use switchboard_proto::ErrorCode;
 use switchboard_rtc::WebrtcConfig;
 use switchboard_rtc::media::{Media, MediaError, Offer, SessionKind};
 
 use crate::datachannel;
-use crate::http::{ApiError, admit, admit_user, request_token};
+use crate::http::{ApiError, admit, admit_user, request_claims};
 use crate::state::AppState;
 
 /// The media door's state.
@@ -41,101 +40,87 @@ const MAX_ROOM_LEN: usize = 255;
 pub(crate) async fn whip(
     State(door): State<Arc<MediaDoor>>,
     Path(room): Path<String>,
-    uri: Uri,
-    request: axum::extract::Request,
+    request: Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    offer(&door, Some(room), SessionKind::Whip, &uri, &parts, body).await
+    offer(&door, Some(room), SessionKind::Whip, request).await
 }
 
 /// `POST /whep/<room>`: play the room's most recent publisher.
 pub(crate) async fn whep(
     State(door): State<Arc<MediaDoor>>,
     Path(room): Path<String>,
-    uri: Uri,
-    request: axum::extract::Request,
+    request: Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    offer(
-        &door,
-        Some(room),
-        SessionKind::Whep { of: None },
-        &uri,
-        &parts,
-        body,
-    )
-    .await
+    offer(&door, Some(room), SessionKind::Whep { of: None }, request).await
 }
 
 /// `POST /whep/<room>/<peer>`: play one publisher of the room.
 pub(crate) async fn whep_one(
     State(door): State<Arc<MediaDoor>>,
     Path((room, peer)): Path<(String, String)>,
-    uri: Uri,
-    request: axum::extract::Request,
+    request: Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    let kind = SessionKind::Whep { of: Some(peer) };
-    offer(&door, Some(room), kind, &uri, &parts, body).await
+    offer(
+        &door,
+        Some(room),
+        SessionKind::Whep { of: Some(peer) },
+        request,
+    )
+    .await
 }
 
 /// `POST /rtc`: the client's own link to the server; each `switchboard` data channel it opens
 /// is a door (`datachannel.rs`) for the client the token names.
-pub(crate) async fn rtc(
-    State(door): State<Arc<MediaDoor>>,
-    uri: Uri,
-    request: axum::extract::Request,
-) -> Response {
-    let (parts, body) = request.into_parts();
-    offer(&door, None, SessionKind::Link, &uri, &parts, body).await
+pub(crate) async fn rtc(State(door): State<Arc<MediaDoor>>, request: Request) -> Response {
+    offer(&door, None, SessionKind::Link, request).await
 }
 
 async fn offer(
     door: &MediaDoor,
     room: Option<String>,
     kind: SessionKind,
-    uri: &Uri,
-    parts: &axum::http::request::Parts,
-    body: axum::body::Body,
+    request: Request,
 ) -> Response {
     let state = &door.shared;
+    let (parts, body) = request.into_parts();
     let refuse = |code, message: String| {
         state.count_error();
         ApiError::new(code, message).into_response()
     };
-    let claims = match claims(state, uri, &parts.headers) {
+    let claims = match request_claims(state, parts.uri.query(), &parts.headers) {
         Ok(claims) => claims,
         Err(refusal) => {
             state.count_error();
             return refusal.into_response();
         }
     };
-    let on_channel = match &room {
-        Some(room) => {
-            if room.is_empty() || room.len() > MAX_ROOM_LEN {
-                return refuse(
-                    ErrorCode::BadRequest,
-                    "a room name must be 1 to 255 bytes".into(),
-                );
-            }
-            if !may_join_room(&state.hub, &claims, room) {
-                return refuse(
-                    ErrorCode::Forbidden,
-                    format!("the token does not allow room `{room}`"),
-                );
-            }
-            None
+    if let Some(room) = &room {
+        if room.is_empty() || room.len() > MAX_ROOM_LEN {
+            return refuse(
+                ErrorCode::BadRequest,
+                "a room name must be 1 to 255 bytes".into(),
+            );
         }
-        // A link's data channels are connections: the connection limits apply (spec §8).
-        None => {
-            let admitted = admit(state, &parts.headers, &parts.extensions)
-                .and_then(|permit| admit_user(state, &claims.user).map(|()| permit));
-            match admitted {
-                Ok(permit) => Some(datachannel::door(state.clone(), claims.clone(), permit)),
-                Err(refusal) => return refusal.into_response(),
-            }
+        if !may_join_room(&state.hub, &claims, room) {
+            return refuse(
+                ErrorCode::Forbidden,
+                format!("the token does not allow room `{room}`"),
+            );
         }
+    }
+    // A peer connection is a connection: the connection limits apply (spec §8), its permit
+    // held as long as the peer lives. A link's data channels are the user's sessions too.
+    let mut admitted = admit(state, &parts.headers, &parts.extensions);
+    if room.is_none() {
+        admitted = admitted.and_then(|permit| admit_user(state, &claims.user).map(|()| permit));
+    }
+    let permit = match admitted {
+        Ok(permit) => permit,
+        Err(refusal) => return refusal.into_response(),
     };
+    let on_channel = room
+        .is_none()
+        .then(|| datachannel::door(state.clone(), claims.clone()));
     if !content_type_is(&parts.headers, "application/sdp") {
         state.count_error();
         return unsupported_media_type("an offer is application/sdp");
@@ -155,6 +140,7 @@ async fn offer(
         user: claims.user.clone(),
         local_ip,
         on_channel,
+        hold: Some(Box::new(permit)),
     };
     match door.media.offer(offer).await {
         Ok(answer) => {
@@ -185,7 +171,7 @@ async fn offer(
 pub(crate) async fn patch(
     State(door): State<Arc<MediaDoor>>,
     Path(id): Path<String>,
-    request: axum::extract::Request,
+    request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
     if !content_type_is(&parts.headers, "application/trickle-ice-sdpfrag") {
@@ -220,17 +206,6 @@ pub(crate) async fn delete(State(door): State<Arc<MediaDoor>>, Path(id): Path<St
 impl MediaDoor {
     fn media_limit(&self) -> usize {
         self.webrtc.media.max_sdp_bytes
-    }
-}
-
-fn claims(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Result<Claims, ApiError> {
-    match request_token(uri.query(), headers) {
-        Some(token) => state.auth.verify(&token).map_err(|e| ApiError::from(&e)),
-        None if state.hub.config.admits_anonymous() => Ok(Claims::anonymous()),
-        None => Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "a token is required (Authorization: Bearer)",
-        )),
     }
 }
 

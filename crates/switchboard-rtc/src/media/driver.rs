@@ -22,7 +22,7 @@ use super::forward::{Action, Forwarder, PeerId, Role, Route};
 use super::peer::{DoorChannel, Peer, kind_of};
 use super::{
     Answer, ChannelLink, ChannelWriter, Command, MediaConfig, MediaError, MediaStats, Offer,
-    RoomMedia, SessionKind,
+    SessionKind,
 };
 
 /// The label of the data channel that is a door (spec §9).
@@ -151,17 +151,6 @@ impl Driver {
                     self.mark(peer);
                 }
             }
-            Command::Room(room, reply) => {
-                let media = RoomMedia {
-                    publishers: self
-                        .forwarder
-                        .count_in_room(&room, |r| !matches!(r, Role::Viewer { .. })),
-                    viewers: self
-                        .forwarder
-                        .count_in_room(&room, |r| matches!(r, Role::Viewer { .. })),
-                };
-                let _ = reply.send(media);
-            }
         }
     }
 
@@ -274,7 +263,8 @@ impl Driver {
             local,
             connect_by,
         );
-        peer.on_channel = offer.on_channel.clone();
+        peer.on_channel = offer.on_channel;
+        peer.hold = offer.hold;
         peer.link = link;
         self.peers.insert(id, peer);
         self.by_name.insert(name.clone(), id);

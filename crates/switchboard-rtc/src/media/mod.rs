@@ -142,7 +142,6 @@ impl ChannelWriter {
 pub type OnChannel = Arc<dyn Fn(ChannelLink) + Send + Sync>;
 
 /// An SDP offer for a new peer connection.
-#[derive(Clone)]
 pub struct Offer {
     pub room: String,
     pub kind: SessionKind,
@@ -154,6 +153,8 @@ pub struct Offer {
     pub local_ip: Option<IpAddr>,
     /// Runs for each `switchboard` data channel the client opens (none: they are ignored).
     pub on_channel: Option<OnChannel>,
+    /// Held as long as the peer connection lives (the server's connection-limit permit).
+    pub hold: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// The server's answer: the session's id (its resource is `/rtc/<id>`) and SDP.
@@ -216,17 +217,8 @@ pub(crate) enum Command {
     Offer(Offer, oneshot::Sender<Result<Answer, MediaError>>),
     Trickle(String, String, oneshot::Sender<Result<(), MediaError>>),
     End(String, oneshot::Sender<Result<(), MediaError>>),
-    /// The session ids of a room's publishers and viewers (for `/api/rooms`).
-    Room(String, oneshot::Sender<RoomMedia>),
     ChannelSend(forward::PeerId, str0m::channel::ChannelId, bytes::Bytes),
     ChannelClose(forward::PeerId, str0m::channel::ChannelId),
-}
-
-/// What this node carries of a room's media.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct RoomMedia {
-    pub publishers: usize,
-    pub viewers: usize,
 }
 
 /// The handle HTTP handlers use; cheap to clone.
@@ -295,12 +287,6 @@ impl Media {
     pub async fn end(&self, id: &str) -> Result<(), MediaError> {
         let id = id.to_owned();
         self.ask(|reply| Command::End(id, reply)).await?
-    }
-
-    /// What this node carries of `room`'s media.
-    pub async fn room(&self, room: &str) -> Result<RoomMedia, MediaError> {
-        let room = room.to_owned();
-        self.ask(|reply| Command::Room(room, reply)).await
     }
 
     async fn ask<T>(

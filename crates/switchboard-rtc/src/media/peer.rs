@@ -56,6 +56,8 @@ pub(super) struct Peer {
     pub dirty: bool,
     /// Where its `switchboard` data channels go (`POST /rtc` peers).
     pub on_channel: Option<OnChannel>,
+    /// What the server asked to keep while the peer lives (its connection permit).
+    pub hold: Option<Box<dyn std::any::Any + Send>>,
     pub channels: HashMap<ChannelId, DoorChannel>,
     /// NACKs its receivers reported so far, per outgoing stream.
     pub nacks: HashMap<(Mid, Option<Rid>), u64>,
@@ -88,6 +90,7 @@ impl Peer {
             timeout: connect_by,
             dirty: false,
             on_channel: None,
+            hold: None,
             channels: HashMap::new(),
             nacks: HashMap::new(),
         }
