@@ -20,6 +20,9 @@ const WHIP_HTML: &str = include_str!("demo/whip.html");
 /// `GET /demo/whep`: plays a room by WHEP (`room`, `token`, `peer` for one publisher).
 const WHEP_HTML: &str = include_str!("demo/whep.html");
 
+/// `GET /demo/media.js`: what the WHIP and WHEP pages share.
+const MEDIA_JS: &str = include_str!("demo/media.js");
+
 /// The TypeScript client's bundle (`clients/js/dist/index.js`), compiled into the binary.
 const CLIENT_JS: &str = include_str!("demo/switchboard.js");
 
@@ -61,13 +64,22 @@ fn page(html: &'static str) -> Response {
 
 /// `GET /demo/switchboard.js`: the TypeScript client, as one ES module.
 pub(crate) async fn client_js() -> Response {
+    script(CLIENT_JS)
+}
+
+/// `GET /demo/media.js`: the WHIP and WHEP pages' shared module.
+pub(crate) async fn media_js() -> Response {
+    script(MEDIA_JS)
+}
+
+fn script(js: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
-        CLIENT_JS,
+        js,
     )
         .into_response()
 }
