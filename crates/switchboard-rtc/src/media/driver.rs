@@ -19,7 +19,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::forward::{Action, Forwarder, PeerId, Role, Route};
-use super::peer::{DoorChannel, Peer, kind_of};
+use super::peer::{DoorChannel, Peer, PeerKind, kind_of};
 use super::{
     Answer, ChannelLink, ChannelWriter, Command, MediaConfig, MediaError, MediaStats, Offer,
     SessionKind,
@@ -190,7 +190,7 @@ impl Driver {
                         self.config.max_publishers,
                     );
                 }
-                Role::Publisher
+                Some(Role::Publisher)
             }
             SessionKind::Whep { of } => {
                 let viewers = self
@@ -210,7 +210,7 @@ impl Driver {
                             .by_name
                             .get(name)
                             .and_then(|id| self.peers.get(id))
-                            .filter(|p| p.room == offer.room && p.publishes);
+                            .filter(|p| p.room == offer.room && p.kind == PeerKind::Publisher);
                         match target {
                             Some(peer) => Some(peer.id),
                             None => {
@@ -222,13 +222,17 @@ impl Driver {
                         }
                     }
                 };
-                Role::Viewer { of }
+                Some(Role::Viewer { of })
             }
             // Media over the client's own link is for SFU rooms, not served yet: it holds
             // data channels only, and takes part in no room's forwarding.
-            SessionKind::Link => Role::Viewer { of: None },
+            SessionKind::Link => None,
         };
-        let link = offer.kind == SessionKind::Link;
+        let kind = match role {
+            Some(Role::Publisher | Role::Member) => PeerKind::Publisher,
+            Some(Role::Viewer { .. }) => PeerKind::Viewer,
+            None => PeerKind::Link,
+        };
         let sdp =
             SdpOffer::from_sdp_string(&offer.sdp).map_err(|e| MediaError::BadSdp(e.to_string()))?;
         let ip = self.announced_ip(offer.local_ip).ok_or_else(|| {
@@ -253,23 +257,21 @@ impl Driver {
         self.next_id += 1;
         let name = format!("{:032x}", rand::random::<u128>());
         let connect_by = now + Duration::from_secs(self.config.connect_timeout.max(1));
-        let publishes = role == Role::Publisher;
         let mut peer = Peer::new(
             id,
             name.clone(),
             offer.room.clone(),
-            publishes,
+            kind,
             rtc,
             local,
             connect_by,
         );
         peer.on_channel = offer.on_channel;
         peer.hold = offer.hold;
-        peer.link = link;
         self.peers.insert(id, peer);
         self.by_name.insert(name.clone(), id);
         MediaStats::add(&self.stats.peers, 1);
-        if !link {
+        if let Some(role) = role {
             let actions = self.forwarder.join(id, &offer.room, role);
             self.apply(actions, now);
         }
@@ -277,8 +279,7 @@ impl Driver {
         self.mark(id);
         self.poll_dirty();
         tracing::debug!(
-            "media: {} `{name}` in room `{}` for `{}`",
-            if publishes { "publisher" } else { "viewer" },
+            "media: {kind:?} `{name}` in room `{}` for `{}`",
             offer.room,
             offer.user
         );
@@ -526,21 +527,18 @@ impl Driver {
         let Some(peer) = self.peers.get(&id) else {
             return;
         };
-        if peer.link {
-            return;
-        }
         let kind = kind_of(added.kind);
         // Our direction: RecvOnly means the peer sends.
         let peer_sends = matches!(added.direction, Direction::RecvOnly | Direction::SendRecv);
         let peer_receives = matches!(added.direction, Direction::SendOnly | Direction::SendRecv);
-        if peer.publishes && peer_sends {
+        if peer.kind == PeerKind::Publisher && peer_sends {
             let (track, actions) = self.forwarder.publish(id, kind, now);
             if let Some(peer) = self.peers.get_mut(&id) {
                 peer.add_track(added.mid, track);
             }
             MediaStats::add(&self.stats.tracks, 1);
             self.apply(actions, now);
-        } else if !peer.publishes && peer_receives {
+        } else if peer.kind == PeerKind::Viewer && peer_receives {
             let (slot, actions) = self.forwarder.add_viewer_slot(id, kind, now);
             if let Some(peer) = self.peers.get_mut(&id) {
                 peer.add_slot(added.mid, slot);
@@ -773,7 +771,7 @@ impl Driver {
             peer.tracks.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        if !peer.link {
+        if peer.kind != PeerKind::Link {
             let actions = self.forwarder.leave(id, Instant::now());
             self.apply(actions, Instant::now());
         }

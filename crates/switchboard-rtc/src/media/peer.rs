@@ -19,6 +19,17 @@ use super::forward::{Kind, PeerId, SlotId, TrackId};
 /// Most remote addresses remembered per peer for demultiplexing (ICE may try a few).
 pub(super) const MAX_SOURCES: usize = 8;
 
+/// What a peer connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PeerKind {
+    /// WHIP: its media is published into its room.
+    Publisher,
+    /// WHEP: it receives a publisher's media.
+    Viewer,
+    /// `POST /rtc`: data channels only, outside the forwarding (until SFU rooms).
+    Link,
+}
+
 /// A `switchboard` data channel of this peer, linked to a door.
 pub(super) struct DoorChannel {
     /// To the door: the client's messages.
@@ -34,9 +45,7 @@ pub(super) struct Peer {
     /// Its resource name (`/rtc/<name>`), unguessable.
     pub name: String,
     pub room: String,
-    pub publishes: bool,
-    /// A `POST /rtc` link: data channels only, outside the forwarding.
-    pub link: bool,
+    pub kind: PeerKind,
     pub rtc: Rtc,
     /// The server address this peer was given as its candidate: what its packets are sent to.
     pub local: SocketAddr,
@@ -68,7 +77,7 @@ impl Peer {
         id: PeerId,
         name: String,
         room: String,
-        publishes: bool,
+        kind: PeerKind,
         rtc: Rtc,
         local: SocketAddr,
         connect_by: Instant,
@@ -77,8 +86,7 @@ impl Peer {
             id,
             name,
             room,
-            publishes,
-            link: false,
+            kind,
             rtc,
             local,
             sources: Vec::new(),
