@@ -410,3 +410,31 @@ test('relay only: WHIP and WHEP pages reach the media through the embedded TURN 
     await relayed.stop();
   }
 });
+
+test('a data channel client past its command rate is answered rate_limited, and counted', { timeout: 30_000 }, async () => {
+  const slow = await startServer({ extraToml: '[limits]\nclient_rate = 5\nclient_burst = 5\n' });
+  const context = await browser.newContext();
+  try {
+    const page = await context.newPage();
+    await page.goto(`${slow.url}/health`);
+    const opened = await openLink(page, slow.token(uniq('hasty')), { main: {} });
+    assert.ok(opened.resource, JSON.stringify(opened));
+    await waitFor('the connected frame', async () => (await framesOf(page, 'main'))[0]?.type === 'connected');
+    await page.evaluate(() => {
+      for (let i = 1; i <= 40; i++) window.link.links.main.dc.send(JSON.stringify({ type: 'ping', id: i }));
+    });
+    const answered = await waitFor('an answer to each of the 40', async () => {
+      const got = (await framesOf(page, 'main')).filter((f) => f.id);
+      return got.length >= 40 && got;
+    });
+    const limited = answered.filter((f) => f.code === 'rate_limited');
+    assert.ok(limited.length >= 30, `most were over the rate: ${limited.length} of 40`);
+    assert.ok(answered.some((f) => f.type === 'pong'), 'the burst was answered');
+    const text = await (await fetch(`${slow.url}/metrics`)).text();
+    const counted = Number(text.split('\n').find((l) => l.startsWith('switchboard_rate_limited'))?.split(' ')[1]);
+    assert.ok(counted >= limited.length, `the refusals are counted: ${counted}`);
+  } finally {
+    await context.close();
+    await slow.stop();
+  }
+});

@@ -343,6 +343,21 @@ pub fn history_answer(history: &History) -> Bytes {
 }
 
 /// `{"type":"error","id":N,"code","message"}`.
+/// The refusal of a client frame over `limit` bytes (`too_large`), whatever the door.
+pub fn frame_too_large(id: Option<u64>, limit: usize) -> Bytes {
+    error(
+        id,
+        ErrorCode::TooLarge,
+        &format!("frame larger than {limit} bytes"),
+    )
+}
+
+/// The refusal of a command past the client's rate of `rate` a second (`rate_limited`).
+pub fn rate_limited(id: Option<u64>, rate: u32) -> Bytes {
+    let message = format!("too many commands (at most {rate} a second)");
+    error(id, ErrorCode::RateLimited, &message)
+}
+
 pub fn error(id: Option<u64>, code: ErrorCode, message: &str) -> Bytes {
     #[derive(Serialize)]
     struct Error<'a> {

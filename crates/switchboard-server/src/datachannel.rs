@@ -4,12 +4,13 @@
 //! moves messages between the connection's machine and the media plane's channel link.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
 use switchboard_core::{Claims, ClientSink, Session};
 use switchboard_proto::command::request_id;
-use switchboard_proto::{Disconnect, ErrorCode, Outgoing, encode};
+use switchboard_proto::{Disconnect, Outgoing, encode};
 use switchboard_rtc::media::{ChannelLink, OnChannel};
 
 use crate::door::{
@@ -103,28 +104,20 @@ async fn on_message(
     session: &mut Session,
     payload: &[u8],
 ) {
-    state
-        .stats
-        .frames_in
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state.stats.frames_in.fetch_add(1, Ordering::Relaxed);
     let outbox = machine.outbox().clone();
-    let limit = state.limits.max_frame_size;
-    if payload.len() > limit {
+    if payload.len() > state.limits.max_frame_size {
         state.count_error();
-        let message = format!("frame larger than {limit} bytes");
-        outbox.push_own(encode::error(None, ErrorCode::TooLarge, &message));
+        outbox.push_own(encode::frame_too_large(None, state.limits.max_frame_size));
         return;
     }
     if !machine.admit_command(Instant::now) {
+        // Counted like every door's refused command (the WebSocket and POST /session ones).
         state.count_error();
-        let message = format!(
-            "too many commands (at most {} a second)",
-            state.limits.client_rate
-        );
-        outbox.push_own(encode::error(
+        state.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+        outbox.push_own(encode::rate_limited(
             request_id(payload),
-            ErrorCode::RateLimited,
-            &message,
+            state.limits.client_rate,
         ));
         return;
     }

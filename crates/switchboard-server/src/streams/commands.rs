@@ -72,10 +72,9 @@ pub(crate) async fn post_session(
     for frame in &frames {
         let bytes = frame.get().as_bytes();
         let reply = if bytes.len() > limits.max_frame_size {
-            Some(Answer::Error(encode::error(
+            Some(Answer::Error(encode::frame_too_large(
                 request_id(bytes),
-                ErrorCode::TooLarge,
-                &format!("frame larger than {} bytes", limits.max_frame_size),
+                limits.max_frame_size,
             )))
         } else if answer_bytes > limits.reply_limit() {
             Some(Answer::Error(encode::error(
@@ -85,14 +84,9 @@ pub(crate) async fn post_session(
             )))
         } else if !cell.admit_command() {
             state.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-            let message = format!(
-                "too many commands (at most {} a second)",
-                limits.client_rate
-            );
-            Some(Answer::Error(encode::error(
+            Some(Answer::Error(encode::rate_limited(
                 request_id(bytes),
-                ErrorCode::RateLimited,
-                &message,
+                limits.client_rate,
             )))
         } else {
             match parse_request(bytes) {

@@ -116,13 +116,11 @@ impl Protocol for Native {
     }
 
     fn too_large(&self, limit: usize) -> Bytes {
-        let message = format!("frame larger than {limit} bytes");
-        encode::error(None, ErrorCode::TooLarge, &message)
+        encode::frame_too_large(None, limit)
     }
 
     fn rate_limited(&self, payload: &[u8], rate: u32) -> Bytes {
-        let message = format!("too many commands (at most {rate} a second)");
-        encode::error(request_id(payload), ErrorCode::RateLimited, &message)
+        encode::rate_limited(request_id(payload), rate)
     }
 
     fn is_connected(&self) -> bool {
