@@ -97,6 +97,14 @@ test('WHIP from a page, WHEP in another: the viewer decodes the video; DELETE en
     });
     assert.equal(garbled.status, 400, 'a malformed candidate is refused');
     assert.equal((await garbled.json()).error.code, 'bad_request');
+    const many = Array.from({ length: 70 }, (_, i) => `a=candidate:${i} 1 udp 2130706431 127.0.0.1 ${40000 + i} typ host`).join('\r\n');
+    const flood = await fetch(`${sb.url}${resource}`, {
+      method: 'PATCH',
+      headers: { 'content-type': 'application/trickle-ice-sdpfrag' },
+      body: `${many}\r\n`,
+    });
+    assert.equal(flood.status, 400, 'a session takes a bounded number of candidates');
+    assert.match((await flood.json()).error.message, /at most 64/);
 
     // DELETE ends the publisher: the viewer's frames stop rising, the session is gone.
     const del = await fetch(`${sb.url}${resource}`, { method: 'DELETE' });

@@ -27,6 +27,8 @@ use super::{
 
 /// The label of the data channel that is a door (spec §9).
 const DOOR_LABEL: &str = "switchboard";
+/// Trickled candidates one session may add (a client has a handful; each costs memory).
+const MAX_REMOTE_CANDIDATES: usize = 64;
 /// Client messages queued towards a door before the channel counts as flooding and closes.
 const CHANNEL_INBOX: usize = 256;
 /// Bytes a reliable channel may hold waiting for SCTP room before it is closed as a slow
@@ -313,7 +315,13 @@ impl Driver {
             }
         }
         // The server is ICE lite: it answers checks from wherever they come, so remote
-        // candidates are only a hint, added all the same.
+        // candidates are only a hint, added all the same, but a bounded number of them.
+        if peer.remote_candidates + candidates.len() > MAX_REMOTE_CANDIDATES {
+            return Err(MediaError::BadSdp(format!(
+                "a session takes at most {MAX_REMOTE_CANDIDATES} trickled candidates"
+            )));
+        }
+        peer.remote_candidates += candidates.len();
         for candidate in candidates {
             peer.rtc.add_remote_candidate(candidate);
         }

@@ -68,6 +68,8 @@ pub(super) struct Peer {
     /// What the server asked to keep while the peer lives (its connection permit).
     pub hold: Option<Box<dyn std::any::Any + Send>>,
     pub channels: HashMap<ChannelId, DoorChannel>,
+    /// Candidates it trickled so far (bounded).
+    pub remote_candidates: usize,
     /// NACKs its receivers reported so far, per outgoing stream.
     pub nacks: HashMap<(Mid, Option<Rid>), u64>,
 }
@@ -100,6 +102,7 @@ impl Peer {
             on_channel: None,
             hold: None,
             channels: HashMap::new(),
+            remote_candidates: 0,
             nacks: HashMap::new(),
         }
     }
