@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod hub;
+pub mod media_link;
 pub mod pattern;
 pub mod rooms;
 pub mod session;
@@ -23,6 +24,7 @@ pub use engine::{
     Engine, EngineError, MemoryEngine, Publication, RoomEvent, RoomPeer, StreamPosition,
 };
 pub use hub::{ClientId, Hub, HubStats};
+pub use media_link::{MediaLink, MediaRefusal, SFU_PEER};
 pub use session::Session;
 pub use sink::ClientSink;
 

@@ -51,6 +51,8 @@ pub enum Command {
     JoinRoom {
         room: String,
         meta: Option<Box<RawValue>>,
+        /// `"media": "sfu"`: the connection's WebRTC media joins the room's SFU (spec §9).
+        media: Option<MediaMode>,
     },
     LeaveRoom {
         room: String,
@@ -84,6 +86,13 @@ impl Command {
             Command::Signal { .. } => "signal",
         }
     }
+}
+
+/// How a room member's media travels (`join_room`'s `media`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaMode {
+    /// Through the server's SFU, on the member's `POST /rtc` peer connection.
+    Sfu,
 }
 
 /// A frame that could not be understood: answered with `{"type":"error",...}`.
@@ -128,6 +137,8 @@ struct Envelope<'a> {
     meta: Option<&'a RawValue>,
     #[serde(borrow)]
     to: Option<&'a RawValue>,
+    #[serde(borrow)]
+    media: Option<&'a RawValue>,
 }
 
 /// The `id` of a command frame, where it has a readable one (to answer a command refused
@@ -206,6 +217,7 @@ pub fn parse_request(frame: &[u8]) -> Result<Request, CommandError> {
         "join_room" => Command::JoinRoom {
             room: name(env.room, "room").map_err(bad)?,
             meta: raw(env.meta),
+            media: media_mode(env.media).map_err(bad)?,
         },
         "leave_room" => Command::LeaveRoom {
             room: name(env.room, "room").map_err(bad)?,
@@ -243,6 +255,17 @@ fn name(raw: Option<&RawValue>, field: &str) -> Result<String, String> {
         ));
     }
     Ok(name)
+}
+
+/// `join_room`'s `media`: absent (or null) for peer-to-peer signaling, or `"sfu"`.
+fn media_mode(raw: Option<&RawValue>) -> Result<Option<MediaMode>, String> {
+    match optional::<String>(raw, "media")?.as_deref() {
+        None => Ok(None),
+        Some("sfu") => Ok(Some(MediaMode::Sfu)),
+        Some(other) => Err(format!(
+            "field `media` must be \"sfu\" (or absent), not `{other}`"
+        )),
+    }
 }
 
 /// Any JSON, kept verbatim (`null` counts as absent).
@@ -374,6 +397,31 @@ mod tests {
             err(r#"{"type":"signal","room":"r","to":5,"data":1}"#)
                 .message
                 .contains("to")
+        );
+    }
+
+    #[test]
+    fn join_room_takes_media_sfu_and_nothing_else() {
+        let media = |frame: &str| match parse_request(frame.as_bytes()).unwrap().command {
+            Command::JoinRoom { media, .. } => media,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(media(r#"{"type":"join_room","room":"r"}"#), None);
+        assert_eq!(
+            media(r#"{"type":"join_room","room":"r","media":null}"#),
+            None
+        );
+        assert_eq!(
+            media(r#"{"type":"join_room","room":"r","media":"sfu"}"#),
+            Some(MediaMode::Sfu)
+        );
+        let e = err(r#"{"type":"join_room","id":3,"room":"r","media":"mesh"}"#);
+        assert_eq!((e.id, e.code), (Some(3), ErrorCode::BadRequest));
+        assert!(e.message.contains("media"), "{}", e.message);
+        assert!(
+            err(r#"{"type":"join_room","room":"r","media":1}"#)
+                .message
+                .contains("media")
         );
     }
 

@@ -11,6 +11,6 @@ pub mod pusher;
 pub mod ws;
 
 pub use code::{Disconnect, ErrorCode};
-pub use command::{Command, CommandError, Position, Request, parse_request};
+pub use command::{Command, CommandError, MediaMode, Position, Request, parse_request};
 pub use model::{PresenceMember, Publication, RoomPeer};
 pub use outgoing::{FrameKind, MessageMeta, Outgoing, PresenceChange, PresenceEvent};

@@ -73,6 +73,7 @@ pub(crate) fn router(doors: &Doors) -> Router {
         .route("/demo/whip", get(demo::whip))
         .route("/demo/whep", get(demo::whep))
         .route("/demo/media.js", get(demo::media_js))
+        .route("/demo/sfu.js", get(demo::sfu_js))
         .route("/demo/switchboard.js", get(demo::client_js))
         .nest("/api", api::router(shared.clone()))
         .fallback(api::not_found)

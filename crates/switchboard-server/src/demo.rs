@@ -3,7 +3,9 @@
 //! joins a room on the same host and calls every other peer with WebRTC through the client's
 //! call helper. Query parameters: `room` (default `demo`), `token` (optional: without one it
 //! works in development mode), `name`, `relay=1` for `iceTransportPolicy: "relay"`
-//! (everything through TURN), `transport` (signal through one door only) and `debug=1`.
+//! (everything through TURN), `transport` (signal through one door only), `debug=1`, and
+//! `mode=sfu`: the media goes through the server's SFU (`/demo/sfu.js`, one peer connection
+//! to the server whatever the room's size) instead of peer to peer.
 //!
 //! `demo/switchboard.js` is a committed copy of `clients/js/dist/index.js` (so building the
 //! server needs no npm); `.ci/sdk` checks that it equals a fresh build.
@@ -22,6 +24,9 @@ const WHEP_HTML: &str = include_str!("demo/whep.html");
 
 /// `GET /demo/media.js`: what the WHIP and WHEP pages share.
 const MEDIA_JS: &str = include_str!("demo/media.js");
+
+/// `GET /demo/sfu.js`: an SFU room member over `POST /rtc` and its data channel door.
+const SFU_JS: &str = include_str!("demo/sfu.js");
 
 /// The TypeScript client's bundle (`clients/js/dist/index.js`), compiled into the binary.
 const CLIENT_JS: &str = include_str!("demo/switchboard.js");
@@ -70,6 +75,11 @@ pub(crate) async fn client_js() -> Response {
 /// `GET /demo/media.js`: the WHIP and WHEP pages' shared module.
 pub(crate) async fn media_js() -> Response {
     script(MEDIA_JS)
+}
+
+/// `GET /demo/sfu.js`: the call page's SFU mode.
+pub(crate) async fn sfu_js() -> Response {
+    script(SFU_JS)
 }
 
 fn script(js: &'static str) -> Response {

@@ -1,5 +1,5 @@
 //! The media door (spec §9): WHIP ingest, WHEP playback and the client's own link
-//! (`POST /rtc`, for data channels) over plain HTTP offer/answer. A
+//! (`POST /rtc`, for data channels and SFU rooms) over plain HTTP offer/answer. A
 //! POST carries an SDP offer; the answer comes back `201 Created` with the session's
 //! resource in `Location` (`/rtc/<id>`: PATCH adds trickled candidates, DELETE ends it) and
 //! the ICE servers in `Link` headers. The peer connections themselves live in
@@ -237,12 +237,7 @@ async fn read_text(body: axum::body::Body, limit: usize) -> Result<String, Respo
 }
 
 fn media_error(e: MediaError) -> Response {
-    let code = match &e {
-        MediaError::BadSdp(_) => ErrorCode::BadRequest,
-        MediaError::NotFound(_) => ErrorCode::NotFound,
-        MediaError::Full(_) | MediaError::Unavailable => ErrorCode::Unavailable,
-    };
-    ApiError::new(code, e.to_string()).into_response()
+    ApiError::new(datachannel::error_code(&e), e.to_string()).into_response()
 }
 
 /// The ICE servers as `Link` headers (RFC 9725 §4.6).

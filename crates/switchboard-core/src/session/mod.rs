@@ -8,11 +8,12 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use switchboard_proto::encode;
-use switchboard_proto::{Command, CommandError, ErrorCode, Outgoing, Position, Request};
+use switchboard_proto::{Command, CommandError, ErrorCode, MediaMode, Outgoing, Position, Request};
 
 use crate::auth::{AuthError, Authenticator, Claims};
 use crate::engine::HistoryQuery;
 use crate::hub::{ClientEntry, Hub, HubError, SubscribeReply};
+use crate::media_link::{MediaLink, MediaRefusal, SFU_PEER};
 use crate::rooms::RoomError;
 use crate::sink::ClientSink;
 
@@ -37,6 +38,10 @@ pub struct Session {
     /// otherwise they are returned to the caller (commands posted to a one-way door's
     /// session, whose answers travel in the HTTP response).
     replies_via_sink: bool,
+    /// The door's WebRTC media, where it has some (the data channel door of `POST /rtc`).
+    media: Option<Arc<dyn MediaLink>>,
+    /// The room whose SFU that media is in.
+    sfu_room: Option<String>,
 }
 
 /// What a command answers with: its reply, or an error frame (doors count errors).
@@ -109,7 +114,15 @@ impl Session {
             claims,
             client,
             replies_via_sink,
+            media: None,
+            sfu_room: None,
         }
+    }
+
+    /// Gives the session its door's WebRTC media: `join_room` with `"media": "sfu"` then
+    /// works.
+    pub fn set_media(&mut self, media: Arc<dyn MediaLink>) {
+        self.media = Some(media);
     }
 
     /// Return every reply from [`Session::handle`] instead of queueing subscribe replies to
@@ -146,7 +159,8 @@ impl Session {
     }
 
     /// Leaves every channel and the hub. Call once when the connection ends.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
+        self.leave_sfu().await;
         self.hub.unregister(&self.client).await;
     }
 
@@ -182,8 +196,11 @@ impl Session {
                 limit,
             } => self.history(id, &channel, since, limit).await,
             Command::Refresh { token } => self.refresh(id, &token),
-            Command::JoinRoom { room, meta } => self.join_room(id, &room, meta).await,
+            Command::JoinRoom { room, meta, media } => self.join_room(id, &room, meta, media).await,
             Command::LeaveRoom { room } => {
+                if self.sfu_room.as_deref() == Some(room.as_str()) {
+                    self.leave_sfu().await;
+                }
                 self.hub.leave_room(&self.client, &room).await;
                 Ok(encode::empty_reply(id))
             }
@@ -194,6 +211,12 @@ impl Session {
                     .await
                     .map(|()| encode::empty_reply(id))
                     .map_err(|e| room_error(id, e))
+            }
+            Command::Signal { room, to, data }
+                if to.as_deref() == Some(SFU_PEER)
+                    && self.sfu_room.as_deref() == Some(room.as_str()) =>
+            {
+                self.signal_sfu(id, data.get().as_bytes()).await
             }
             Command::Signal { room, to, data } => {
                 let data = Bytes::from(data.get().to_owned());
@@ -344,6 +367,7 @@ impl Session {
         id: Option<u64>,
         room: &str,
         meta: Option<Box<RawValue>>,
+        media: Option<MediaMode>,
     ) -> Result {
         if !may_join_room(&self.hub, &self.claims, room) {
             return Err(err(
@@ -352,12 +376,20 @@ impl Session {
                 format!("not allowed to join room `{room}`"),
             ));
         }
+        if media == Some(MediaMode::Sfu) {
+            self.join_sfu(id, room).await?;
+        }
         let meta = meta.map(|m| Bytes::from(m.get().to_owned()));
-        let (me, others) = self
-            .hub
-            .join_room(&self.client, room, meta)
-            .await
-            .map_err(|e| room_error(id, e))?;
+        let joined = self.hub.join_room(&self.client, room, meta).await;
+        let (me, others) = match joined {
+            Ok(joined) => joined,
+            Err(e) => {
+                if media.is_some() {
+                    self.leave_sfu().await;
+                }
+                return Err(room_error(id, e));
+            }
+        };
         let ice_servers = self.hub.ice_servers(&self.claims.user);
         Ok(encode::join_room_reply(
             id,
@@ -366,6 +398,58 @@ impl Session {
             &others,
             &ice_servers,
         ))
+    }
+
+    /// The media half of `join_room` with `"media": "sfu"`, before the room join itself, so
+    /// a refusal (a media limit) leaves no trace the other members could see.
+    async fn join_sfu(
+        &mut self,
+        id: Option<u64>,
+        room: &str,
+    ) -> std::result::Result<(), CommandError> {
+        let Some(media) = self.media.clone() else {
+            return Err(err(
+                id,
+                ErrorCode::BadRequest,
+                "`\"media\": \"sfu\"` is joined on the `switchboard` data channel of a \
+                 `POST /rtc` peer connection, whose media it carries",
+            ));
+        };
+        if let Some(joined) = &self.sfu_room {
+            return Err(err(
+                id,
+                ErrorCode::BadRequest,
+                format!("this peer connection's media is in room `{joined}` already"),
+            ));
+        }
+        if self.client.in_room(room) {
+            return Err(room_error(id, RoomError::AlreadyJoined(room.into())));
+        }
+        media
+            .join(room, &self.client.id_str)
+            .await
+            .map_err(|e| media_error(id, e))?;
+        self.sfu_room = Some(room.to_owned());
+        Ok(())
+    }
+
+    async fn signal_sfu(&mut self, id: Option<u64>, data: &[u8]) -> Result {
+        let Some(media) = self.media.clone() else {
+            return Err(err(id, ErrorCode::NotFound, "no SFU on this connection"));
+        };
+        media
+            .signal(data)
+            .await
+            .map(|()| encode::empty_reply(id))
+            .map_err(|e| media_error(id, e))
+    }
+
+    async fn leave_sfu(&mut self) {
+        if self.sfu_room.take().is_some()
+            && let Some(media) = &self.media
+        {
+            media.leave().await;
+        }
     }
 
     fn refresh(&mut self, id: Option<u64>, token: &str) -> Result {
@@ -490,6 +574,10 @@ fn room_error(id: Option<u64>, e: RoomError) -> CommandError {
         RoomError::Engine(_) => ErrorCode::Unavailable,
     };
     err(id, code, e.to_string())
+}
+
+fn media_error(id: Option<u64>, e: MediaRefusal) -> CommandError {
+    err(id, e.code, e.message)
 }
 
 fn hub_error(id: Option<u64>, e: HubError) -> CommandError {

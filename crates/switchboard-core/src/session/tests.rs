@@ -326,3 +326,159 @@ async fn rooms_are_joined_within_the_rooms_claim() {
     .unwrap();
     assert_eq!(parse(&refused)["code"], "forbidden");
 }
+
+/// A door's media as the session sees it: records what it was asked, refuses rooms named
+/// `call:full`.
+#[derive(Default)]
+struct FakeMedia {
+    calls: parking_lot::Mutex<Vec<String>>,
+}
+
+impl MediaLink for FakeMedia {
+    fn join(
+        &self,
+        room: &str,
+        peer: &str,
+    ) -> crate::engine::BoxFuture<std::result::Result<(), MediaRefusal>> {
+        self.calls.lock().push(format!("join {room} {peer}"));
+        let full = room == "call:full";
+        Box::pin(async move {
+            if full {
+                Err(MediaRefusal::new(
+                    ErrorCode::RateLimited,
+                    "the room has its most publishers",
+                ))
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    fn signal(
+        &self,
+        data: &[u8],
+    ) -> crate::engine::BoxFuture<std::result::Result<(), MediaRefusal>> {
+        self.calls
+            .lock()
+            .push(format!("signal {}", String::from_utf8_lossy(data)));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn leave(&self) -> crate::engine::BoxFuture<()> {
+        self.calls.lock().push("leave".into());
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test]
+async fn media_sfu_rooms_need_a_door_with_media() {
+    let t = TestHub::new(HubConfig::default());
+    let (mut s, _) = session(&t, "ann");
+    let refused = command(
+        &mut s,
+        json!({"type": "join_room", "id": 1, "room": "call:1", "media": "sfu"}),
+    )
+    .await
+    .unwrap();
+    let refused = parse(&refused);
+    assert_eq!(refused["code"], "bad_request");
+    assert!(refused["message"].as_str().unwrap().contains("/rtc"));
+    assert!(!s.client().in_room("call:1"), "nothing joined");
+}
+
+#[tokio::test]
+async fn an_sfu_member_joins_signals_and_leaves_through_its_media() {
+    let t = TestHub::new(HubConfig::default());
+    let (mut watcher, watched) = session(&t, "bob");
+    command(
+        &mut watcher,
+        json!({"type": "join_room", "id": 1, "room": "call:1"}),
+    )
+    .await;
+    command(
+        &mut watcher,
+        json!({"type": "join_room", "id": 2, "room": "call:full"}),
+    )
+    .await;
+    let (mut s, _) = session(&t, "ann");
+    let media = Arc::new(FakeMedia::default());
+    s.set_media(media.clone());
+    let me = s.client().id_str.to_string();
+
+    // A media limit refuses before the room join: the others see nothing.
+    let full = command(
+        &mut s,
+        json!({"type": "join_room", "id": 1, "room": "call:full", "media": "sfu"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(parse(&full)["code"], "rate_limited");
+    assert!(!s.client().in_room("call:full"));
+
+    let joined = command(
+        &mut s,
+        json!({"type": "join_room", "id": 2, "room": "call:1", "media": "sfu"}),
+    )
+    .await
+    .unwrap();
+    assert!(!joined.is_error(), "{:?}", parse(&joined));
+    assert_eq!(parse(&joined)["peer"], me);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let seen: Vec<_> = watched
+        .frames()
+        .into_iter()
+        .filter(|f| f["type"] == "peer_joined")
+        .map(|f| f["room"].clone())
+        .collect();
+    assert_eq!(seen, [json!("call:1")], "a member like any other");
+
+    // One SFU room per peer connection.
+    let second = command(
+        &mut s,
+        json!({"type": "join_room", "id": 3, "room": "call:2", "media": "sfu"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(parse(&second)["code"], "bad_request");
+
+    // `signal` to "sfu" in that room goes to the media, not to the room.
+    let data = json!({"sdp": {"type": "answer", "sdp": "v=0"}});
+    let signaled = command(
+        &mut s,
+        json!({"type": "signal", "id": 4, "room": "call:1", "to": "sfu", "data": data}),
+    )
+    .await
+    .unwrap();
+    assert!(!signaled.is_error());
+    // Elsewhere "sfu" is no peer.
+    let elsewhere = command(
+        &mut s,
+        json!({"type": "signal", "id": 5, "room": "call:2", "to": "sfu", "data": 1}),
+    )
+    .await
+    .unwrap();
+    assert!(elsewhere.is_error());
+
+    command(
+        &mut s,
+        json!({"type": "leave_room", "id": 6, "room": "call:1"}),
+    )
+    .await;
+    assert_eq!(
+        *media.calls.lock(),
+        [
+            "join call:full ".to_string() + &me,
+            format!("join call:1 {me}"),
+            format!("signal {data}"),
+            "leave".into(),
+        ]
+    );
+    // Joined again, the media leaves with the session.
+    command(
+        &mut s,
+        json!({"type": "join_room", "id": 7, "room": "call:1", "media": "sfu"}),
+    )
+    .await;
+    s.close().await;
+    assert_eq!(media.calls.lock().last().map(String::as_str), Some("leave"));
+}

@@ -10,19 +10,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use str0m::change::SdpOffer;
+use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelData, ChannelId, Reliability};
-use str0m::media::{Direction, KeyframeRequestKind, MediaAdded, MediaData};
+use str0m::media::{Direction, KeyframeRequestKind, MediaAdded, MediaData, MediaKind, Mid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::forward::{Action, Forwarder, PeerId, Role, Route};
-use super::peer::{DoorChannel, Peer, PeerKind, kind_of};
+use super::forward::{Action, Forwarder, Kind, PeerId, Role, Route};
+use super::peer::{DoorChannel, Membership, NewSlot, Peer, PeerKind, kind_of};
 use super::{
-    Answer, ChannelLink, ChannelWriter, Command, MediaConfig, MediaError, MediaStats, Offer,
-    SessionKind,
+    Answer, ChannelLink, ChannelWriter, Command, Description, DescriptionKind, MediaConfig,
+    MediaError, MediaStats, Offer, SessionKind, SfuJoin,
 };
 
 /// The label of the data channel that is a door (spec §9).
@@ -34,6 +34,13 @@ const CHANNEL_INBOX: usize = 256;
 /// Bytes a reliable channel may hold waiting for SCTP room before it is closed as a slow
 /// consumer (its door's own queue is bounded too; this is what left it).
 const CHANNEL_PENDING_BYTES: usize = 1024 * 1024;
+
+/// Tracks one peer may publish (a camera, a microphone, a screen share or two): each costs
+/// every receiver in the room an m-line.
+const MAX_TRACKS_PER_PEER: usize = 8;
+/// Receiving m-lines an SFU member is offered over its life. str0m never reuses a stopped
+/// one, so members coming and going add lines; past this the member receives no new tracks.
+const MAX_MEMBER_LINES: usize = 256;
 
 /// Largest datagram read; WebRTC keeps packets under the path MTU.
 const MAX_DATAGRAM: usize = 2048;
@@ -145,6 +152,17 @@ impl Driver {
             Command::ChannelSend(peer, channel, message) => {
                 self.channel_send(peer, channel, message)
             }
+            Command::SfuJoin(join, reply) => {
+                let joined = self.sfu_join(join);
+                if matches!(joined, Err(MediaError::Full(_))) {
+                    MediaStats::add(&self.stats.refused, 1);
+                }
+                let _ = reply.send(joined);
+            }
+            Command::SfuDescribe(peer, description, reply) => {
+                let _ = reply.send(self.sfu_describe(peer, description));
+            }
+            Command::SfuLeave(peer) => self.sfu_leave(peer),
             Command::ChannelClose(peer, channel) => {
                 if let Some(p) = self.peers.get_mut(&peer)
                     && p.channels.remove(&channel).is_some()
@@ -170,28 +188,12 @@ impl Driver {
                 self.config.max_peers,
             );
         }
-        if offer.kind != SessionKind::Link
-            && self.forwarder.count_in_room(&offer.room, |_| true) == 0
-            && self.forwarder.room_count() >= self.config.max_rooms
-        {
-            return full(
-                "this node carries its most media rooms",
-                "max_rooms",
-                self.config.max_rooms,
-            );
+        if offer.kind != SessionKind::Link {
+            self.admit_room(&offer.room)?;
         }
         let role = match &offer.kind {
             SessionKind::Whip => {
-                let publishers = self
-                    .forwarder
-                    .count_in_room(&offer.room, |r| r == Role::Publisher || r == Role::Member);
-                if publishers >= self.config.max_publishers {
-                    return full(
-                        "the room has its most publishers",
-                        "max_publishers",
-                        self.config.max_publishers,
-                    );
-                }
+                self.admit_publisher(&offer.room)?;
                 Some(Role::Publisher)
             }
             SessionKind::Whep { of } => {
@@ -226,8 +228,8 @@ impl Driver {
                 };
                 Some(Role::Viewer { of })
             }
-            // Media over the client's own link is for SFU rooms, not served yet: it holds
-            // data channels only, and takes part in no room's forwarding.
+            // The client's own link takes part in a room's forwarding once its door joins an
+            // SFU room (`sfu_join`).
             SessionKind::Link => None,
         };
         let kind = match role {
@@ -289,6 +291,33 @@ impl Driver {
             id: name,
             sdp: answer.to_sdp_string(),
         })
+    }
+
+    /// A room that has no media yet counts against `max_rooms`.
+    fn admit_room(&self, room: &str) -> Result<(), MediaError> {
+        if self.forwarder.count_in_room(room, |_| true) == 0
+            && self.forwarder.room_count() >= self.config.max_rooms
+        {
+            return Err(MediaError::Full(format!(
+                "this node carries its most media rooms ([webrtc.media] max_rooms = {})",
+                self.config.max_rooms
+            )));
+        }
+        Ok(())
+    }
+
+    /// WHIP publishers and SFU members of a room count against `max_publishers`.
+    fn admit_publisher(&self, room: &str) -> Result<(), MediaError> {
+        let publishers = self
+            .forwarder
+            .count_in_room(room, |r| r == Role::Publisher || r == Role::Member);
+        if publishers >= self.config.max_publishers {
+            return Err(MediaError::Full(format!(
+                "the room has its most publishers and members ([webrtc.media] max_publishers = {})",
+                self.config.max_publishers
+            )));
+        }
+        Ok(())
     }
 
     fn announced_ip(&self, request_ip: Option<IpAddr>) -> Option<IpAddr> {
@@ -540,12 +569,19 @@ impl Driver {
         let peer_sends = matches!(added.direction, Direction::RecvOnly | Direction::SendRecv);
         let peer_receives = matches!(added.direction, Direction::SendOnly | Direction::SendRecv);
         if peer.kind == PeerKind::Publisher && peer_sends {
-            let (track, actions) = self.forwarder.publish(id, kind, now);
-            if let Some(peer) = self.peers.get_mut(&id) {
-                peer.add_track(added.mid, track);
+            self.publish(id, added.mid, kind, now);
+        } else if peer.kind == PeerKind::Link && peer_sends {
+            // Published in the SFU room its door joins, now or later.
+            if peer.sends.len() >= MAX_TRACKS_PER_PEER {
+                return;
             }
-            MediaStats::add(&self.stats.tracks, 1);
-            self.apply(actions, now);
+            let member = peer.membership.is_some();
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.sends.push((added.mid, kind));
+            }
+            if member {
+                self.publish(id, added.mid, kind, now);
+            }
         } else if peer.kind == PeerKind::Viewer && peer_receives {
             let (slot, actions) = self.forwarder.add_viewer_slot(id, kind, now);
             if let Some(peer) = self.peers.get_mut(&id) {
@@ -553,6 +589,26 @@ impl Driver {
             }
             self.apply(actions, now);
         }
+    }
+
+    /// The m-line `mid` of `id` carries a new track into its room.
+    fn publish(&mut self, id: PeerId, mid: Mid, kind: Kind, now: Instant) {
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        if peer.tracks.len() >= MAX_TRACKS_PER_PEER {
+            tracing::debug!(
+                "media: `{}` publishes too many tracks: {mid} ignored",
+                peer.name
+            );
+            return;
+        }
+        let (track, actions) = self.forwarder.publish(id, kind, now);
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.add_track(mid, track);
+        }
+        MediaStats::add(&self.stats.tracks, 1);
+        self.apply(actions, now);
     }
 
     /// A frame from a publisher: to every receiver of its track.
@@ -609,6 +665,7 @@ impl Driver {
     }
 
     fn apply(&mut self, actions: impl IntoIterator<Item = Action>, _now: Instant) {
+        let mut renegotiate: Vec<PeerId> = Vec::new();
         for action in actions {
             match action {
                 Action::RequestKeyframe(track) => {
@@ -627,11 +684,261 @@ impl Driver {
                     }
                     self.mark(track.peer);
                 }
-                // SFU members (renegotiating over their data channel) are not served yet:
-                // no peer has the member role.
-                Action::OpenSlot { .. } | Action::CloseSlot { .. } => {}
+                Action::OpenSlot {
+                    to,
+                    slot,
+                    kind,
+                    source,
+                } => {
+                    // The client tells whose media an m-line carries by its msid: the
+                    // publisher's stream id (an SFU member's room peer id).
+                    let stream = self
+                        .peers
+                        .get(&source.peer)
+                        .map(|p| p.label.clone())
+                        .unwrap_or_default();
+                    if let Some(m) = self.peers.get_mut(&to).and_then(|p| p.membership.as_mut()) {
+                        m.to_open.push(NewSlot {
+                            slot,
+                            kind,
+                            track: format!("{stream}-{}", source.index),
+                            stream,
+                        });
+                        renegotiate.push(to);
+                    }
+                }
+                Action::CloseSlot { to, slot } => {
+                    let Some(peer) = self.peers.get_mut(&to) else {
+                        continue;
+                    };
+                    let mid = peer.remove_slot(slot);
+                    if let Some(m) = peer.membership.as_mut() {
+                        match mid {
+                            Some(mid) => m.to_stop.push(mid),
+                            // Not offered yet: never will be. (One in the pending offer is
+                            // settled when its answer comes.)
+                            None => m.to_open.retain(|s| s.slot != slot),
+                        }
+                        renegotiate.push(to);
+                    }
+                }
             }
         }
+        renegotiate.sort();
+        renegotiate.dedup();
+        for id in renegotiate {
+            self.renegotiate(id);
+        }
+    }
+
+    /// The door of a `POST /rtc` peer joins an SFU room with it.
+    fn sfu_join(&mut self, join: SfuJoin) -> Result<(), MediaError> {
+        let SfuJoin {
+            peer: id,
+            room,
+            member,
+            on_description,
+        } = join;
+        let Some(peer) = self.peers.get(&id) else {
+            return Err(MediaError::NotFound("the peer connection is gone".into()));
+        };
+        if peer.kind != PeerKind::Link {
+            return Err(MediaError::Conflict(
+                "SFU rooms are joined on a `POST /rtc` peer connection".into(),
+            ));
+        }
+        if peer.membership.is_some() {
+            return Err(MediaError::Conflict(format!(
+                "this peer connection's media is in room `{}` already",
+                peer.room
+            )));
+        }
+        self.admit_room(&room)?;
+        self.admit_publisher(&room)?;
+        let now = Instant::now();
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return Err(MediaError::NotFound("the peer connection is gone".into()));
+        };
+        peer.room = room.clone();
+        peer.label = member.clone();
+        peer.membership = Some(Membership {
+            on_description,
+            // M-lines of an earlier membership carry nothing any more: stopped first.
+            to_stop: std::mem::take(&mut peer.retired),
+            to_open: Vec::new(),
+            pending: None,
+        });
+        let sends = peer.sends.clone();
+        let actions = self.forwarder.join(id, &room, Role::Member);
+        self.apply(actions, now);
+        for (mid, kind) in sends {
+            self.publish(id, mid, kind, now);
+        }
+        self.renegotiate(id);
+        tracing::debug!("media: `{}` joined SFU room `{room}`", self.peers[&id].name);
+        Ok(())
+    }
+
+    /// Offers a member what changed in its room (slots to open, m-lines to stop), unless an
+    /// offer is already waiting for its answer: the changes then go in the next one.
+    fn renegotiate(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Peer {
+            rtc,
+            membership,
+            name,
+            lines_added,
+            ..
+        } = peer;
+        let Some(m) = membership.as_mut() else {
+            return;
+        };
+        if m.pending.is_some() || (m.to_open.is_empty() && m.to_stop.is_empty()) {
+            return;
+        }
+        let mut api = rtc.sdp_api();
+        for mid in m.to_stop.drain(..) {
+            api.stop_media(mid);
+        }
+        let room_left = MAX_MEMBER_LINES.saturating_sub(*lines_added);
+        if m.to_open.len() > room_left {
+            tracing::warn!(
+                "media: `{name}` was offered {MAX_MEMBER_LINES} m-lines: {} more tracks not offered",
+                m.to_open.len() - room_left
+            );
+            m.to_open.truncate(room_left);
+        }
+        let mut opened = Vec::new();
+        for new in m.to_open.drain(..) {
+            let kind = match new.kind {
+                Kind::Audio => MediaKind::Audio,
+                Kind::Video => MediaKind::Video,
+            };
+            let mid = api.add_media(
+                kind,
+                Direction::SendOnly,
+                Some(new.stream.clone()),
+                Some(new.track.clone()),
+                None,
+            );
+            opened.push((new, mid));
+        }
+        *lines_added += opened.len();
+        // Stops alone need no negotiation in str0m's eyes, but the client must learn of them.
+        if let Some((offer, pending)) = api.apply() {
+            m.pending = Some((pending, opened));
+            (m.on_description)(Description {
+                kind: DescriptionKind::Offer,
+                sdp: offer.to_sdp_string(),
+            });
+        }
+        self.mark(id);
+    }
+
+    /// A member's session description: the answer to the SFU's offer, or its own offer.
+    fn sfu_describe(&mut self, id: PeerId, description: Description) -> Result<(), MediaError> {
+        let now = Instant::now();
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return Err(MediaError::NotFound("the peer connection is gone".into()));
+        };
+        let Peer {
+            rtc,
+            membership,
+            lines_added,
+            ..
+        } = peer;
+        let Some(m) = membership.as_mut() else {
+            return Err(MediaError::Conflict(
+                "this peer connection is in no SFU room".into(),
+            ));
+        };
+        let bad = |e: &dyn std::fmt::Display| MediaError::BadSdp(e.to_string());
+        match description.kind {
+            DescriptionKind::Answer => {
+                let Some((pending, opened)) = m.pending.take() else {
+                    return Err(MediaError::Conflict(
+                        "the SFU has no offer waiting for an answer".into(),
+                    ));
+                };
+                let answer = SdpAnswer::from_sdp_string(&description.sdp);
+                let accepted = answer
+                    .map_err(|e| bad(&e))
+                    .and_then(|a| rtc.sdp_api().accept_answer(pending, a).map_err(|e| bad(&e)));
+                if let Err(e) = accepted {
+                    // Nothing it offered was applied: offered again with the next change.
+                    *lines_added -= opened.len();
+                    m.to_open.extend(opened.into_iter().map(|(new, _)| new));
+                    return Err(e);
+                }
+                let mut ready = Vec::new();
+                for (new, mid) in opened {
+                    if self.forwarder.source(id, new.slot).is_some() {
+                        ready.push((new.slot, mid));
+                    } else if let Some(m) =
+                        self.peers.get_mut(&id).and_then(|p| p.membership.as_mut())
+                    {
+                        // Its source left while the offer was out.
+                        m.to_stop.push(mid);
+                    }
+                }
+                for (slot, mid) in ready {
+                    if let Some(peer) = self.peers.get_mut(&id) {
+                        peer.add_slot(mid, slot);
+                    }
+                    let action = self.forwarder.slot_ready(id, slot, now);
+                    self.apply(action, now);
+                }
+                self.renegotiate(id);
+            }
+            DescriptionKind::Offer => {
+                if m.pending.is_some() {
+                    // Glare: the SFU is the impolite side (the client rolls its offer back
+                    // when the SFU's arrives, as perfect negotiation has it).
+                    return Err(MediaError::Conflict(
+                        "the SFU's own offer waits for an answer: answer it, then offer again"
+                            .into(),
+                    ));
+                }
+                let offer = SdpOffer::from_sdp_string(&description.sdp).map_err(|e| bad(&e))?;
+                let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| bad(&e))?;
+                (m.on_description)(Description {
+                    kind: DescriptionKind::Answer,
+                    sdp: answer.to_sdp_string(),
+                });
+            }
+        }
+        self.mark(id);
+        Ok(())
+    }
+
+    /// A member's door left its SFU room: its tracks leave the others, and what it received
+    /// stops (its m-lines are stopped if it joins again).
+    fn sfu_leave(&mut self, id: PeerId) {
+        let now = Instant::now();
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if peer.membership.take().is_none() {
+            return;
+        }
+        let tracks = peer.tracks.len() as u64;
+        peer.tracks.clear();
+        peer.track_mids.clear();
+        let slots: Vec<_> = peer.slots.keys().copied().collect();
+        for slot in slots {
+            if let Some(mid) = peer.remove_slot(slot) {
+                peer.retired.push(mid);
+            }
+        }
+        tracing::debug!("media: `{}` left SFU room `{}`", peer.name, peer.room);
+        peer.room.clear();
+        self.stats
+            .tracks
+            .fetch_sub(tracks, std::sync::atomic::Ordering::Relaxed);
+        let actions = self.forwarder.leave(id, now);
+        self.apply(actions, now);
     }
 
     /// A data channel opened: a `switchboard` one becomes a door.
@@ -779,7 +1086,7 @@ impl Driver {
             peer.tracks.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        if peer.kind != PeerKind::Link {
+        if peer.kind != PeerKind::Link || peer.membership.is_some() {
             let actions = self.forwarder.leave(id, Instant::now());
             self.apply(actions, Instant::now());
         }

@@ -3,9 +3,10 @@
 //! `Rtc` with its track and slot maps (`peer`), and the sans-I/O [`forward::Forwarder`]
 //! decides who receives what. HTTP handlers talk to the task through a [`Media`] handle.
 //!
-//! Now: WHIP ingest (`POST /whip/<room>`) and WHEP playback (`POST /whep/<room>`), trickle
-//! and DELETE on the session's resource. SFU rooms over `/rtc` and its data channel door come
-//! on the same forwarding state.
+//! WHIP ingest (`POST /whip/<room>`), WHEP playback (`POST /whep/<room>`), trickle and DELETE
+//! on the session's resource; `POST /rtc`, the client's own link, whose `switchboard` data
+//! channels are doors and whose media joins an SFU room when its door asks
+//! ([`ChannelWriter::sfu_join`]), renegotiated by session descriptions the door carries.
 
 mod driver;
 pub mod forward;
@@ -136,6 +137,84 @@ impl ChannelWriter {
             .send(Command::ChannelClose(self.peer, self.channel))
             .await;
     }
+
+    /// This channel's peer connection joins `room`'s SFU as the room peer `member`: what it
+    /// sends is published there, and every other publisher's media is offered to it, each
+    /// offer handed to `on_description` (the door sends it to the client, whose answer comes
+    /// back through [`ChannelWriter::sfu_describe`]).
+    pub async fn sfu_join(
+        &self,
+        room: &str,
+        member: &str,
+        on_description: OnDescription,
+    ) -> Result<(), MediaError> {
+        let join = SfuJoin {
+            peer: self.peer,
+            room: room.to_owned(),
+            member: member.to_owned(),
+            on_description,
+        };
+        self.ask(|reply| Command::SfuJoin(join, reply)).await?
+    }
+
+    /// A session description from the client: the answer to the SFU's offer, or an offer of
+    /// its own (a track added or removed), answered through `on_description`.
+    pub async fn sfu_describe(&self, description: Description) -> Result<(), MediaError> {
+        let peer = self.peer;
+        self.ask(|reply| Command::SfuDescribe(peer, description, reply))
+            .await?
+    }
+
+    /// The peer connection's media leaves its SFU room.
+    pub async fn sfu_leave(&self) {
+        let _ = self.commands.send(Command::SfuLeave(self.peer)).await;
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, MediaError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| MediaError::Unavailable)?;
+        answer.await.map_err(|_| MediaError::Unavailable)
+    }
+}
+
+/// Whether a session description offers or answers (`RTCSessionDescriptionInit.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DescriptionKind {
+    Offer,
+    Answer,
+}
+
+impl DescriptionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DescriptionKind::Offer => "offer",
+            DescriptionKind::Answer => "answer",
+        }
+    }
+}
+
+/// A session description exchanged between the SFU and a member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Description {
+    pub kind: DescriptionKind,
+    pub sdp: String,
+}
+
+/// Where the SFU's session descriptions for a member go (its door). Called on the media
+/// task: it must not block.
+pub type OnDescription = Arc<dyn Fn(Description) + Send + Sync>;
+
+pub(crate) struct SfuJoin {
+    pub peer: forward::PeerId,
+    pub room: String,
+    pub member: String,
+    pub on_description: OnDescription,
 }
 
 /// What the server does with each `switchboard` data channel of a peer connection.
@@ -171,6 +250,8 @@ pub enum MediaError {
     BadSdp(String),
     /// No such session, or no such publisher to play.
     NotFound(String),
+    /// Not now: the state of the session does not allow it (the text says why).
+    Conflict(String),
     /// A limit of `[webrtc.media]`; the text names it.
     Full(String),
     /// The media plane stopped.
@@ -181,7 +262,7 @@ impl std::fmt::Display for MediaError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             MediaError::BadSdp(why) => write!(f, "unusable SDP: {why}"),
-            MediaError::NotFound(what) => write!(f, "{what}"),
+            MediaError::NotFound(what) | MediaError::Conflict(what) => write!(f, "{what}"),
             MediaError::Full(what) => write!(f, "{what}"),
             MediaError::Unavailable => write!(f, "the media plane is not running"),
         }
@@ -219,6 +300,13 @@ pub(crate) enum Command {
     End(String, oneshot::Sender<Result<(), MediaError>>),
     ChannelSend(forward::PeerId, str0m::channel::ChannelId, bytes::Bytes),
     ChannelClose(forward::PeerId, str0m::channel::ChannelId),
+    SfuJoin(SfuJoin, oneshot::Sender<Result<(), MediaError>>),
+    SfuDescribe(
+        forward::PeerId,
+        Description,
+        oneshot::Sender<Result<(), MediaError>>,
+    ),
+    SfuLeave(forward::PeerId),
 }
 
 /// The handle HTTP handlers use; cheap to clone.

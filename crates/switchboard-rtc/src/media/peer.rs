@@ -13,8 +13,10 @@ use str0m::channel::ChannelId;
 use str0m::media::{MediaKind, Mid, Rid};
 use tokio::sync::mpsc;
 
-use super::OnChannel;
+use str0m::change::SdpPendingOffer;
+
 use super::forward::{Kind, PeerId, SlotId, TrackId};
+use super::{OnChannel, OnDescription};
 
 /// Most remote addresses remembered per peer for demultiplexing (ICE may try a few).
 pub(super) const MAX_SOURCES: usize = 8;
@@ -26,8 +28,31 @@ pub(super) enum PeerKind {
     Publisher,
     /// WHEP: it receives a publisher's media.
     Viewer,
-    /// `POST /rtc`: data channels only, outside the forwarding (until SFU rooms).
+    /// `POST /rtc`: data channels, and an SFU room's media once its door joins one.
     Link,
+}
+
+/// A `POST /rtc` peer's place in an SFU room, and the renegotiation that keeps its receiving
+/// m-lines in step with the room's tracks.
+pub(super) struct Membership {
+    /// Where the SFU's offers and answers go (its door, as `signal` frames from "sfu").
+    pub on_description: OnDescription,
+    /// Slots to offer in the next renegotiation.
+    pub to_open: Vec<NewSlot>,
+    /// Negotiated m-lines whose source is gone: stopped in the next renegotiation.
+    pub to_stop: Vec<Mid>,
+    /// The SFU's offer waiting for the client's answer, with the slots it opens.
+    pub pending: Option<(SdpPendingOffer, Vec<(NewSlot, Mid)>)>,
+}
+
+/// A receiving slot not negotiated yet: its kind and whose track it will carry (the msid
+/// the client sees: the publisher's stream id and a track id).
+#[derive(Debug, Clone)]
+pub(super) struct NewSlot {
+    pub slot: SlotId,
+    pub kind: Kind,
+    pub stream: String,
+    pub track: String,
 }
 
 /// A `switchboard` data channel of this peer, linked to a door.
@@ -72,6 +97,15 @@ pub(super) struct Peer {
     pub remote_candidates: usize,
     /// NACKs its receivers reported so far, per outgoing stream.
     pub nacks: HashMap<(Mid, Option<Rid>), u64>,
+    /// The stream id its tracks carry towards SFU members (a member's room peer id).
+    pub label: String,
+    /// `POST /rtc`: the m-lines the client sends on (published once it joins an SFU room).
+    pub sends: Vec<(Mid, Kind)>,
+    pub membership: Option<Membership>,
+    /// Receiving m-lines of an SFU room it left: stopped when it joins one again.
+    pub retired: Vec<Mid>,
+    /// M-lines the SFU added to this connection so far (str0m never reuses one: bounded).
+    pub lines_added: usize,
 }
 
 impl Peer {
@@ -104,6 +138,11 @@ impl Peer {
             channels: HashMap::new(),
             remote_candidates: 0,
             nacks: HashMap::new(),
+            label: format!("{kind:?}-{}", id.0).to_lowercase(),
+            sends: Vec::new(),
+            membership: None,
+            retired: Vec::new(),
+            lines_added: 0,
         }
     }
 
@@ -115,6 +154,13 @@ impl Peer {
     pub(super) fn add_slot(&mut self, mid: Mid, slot: SlotId) {
         self.slots.insert(slot, mid);
         self.mid_slots.insert(mid, slot);
+    }
+
+    /// Forgets a slot's m-line; returns it.
+    pub(super) fn remove_slot(&mut self, slot: SlotId) -> Option<Mid> {
+        let mid = self.slots.remove(&slot)?;
+        self.mid_slots.remove(&mid);
+        Some(mid)
     }
 
     /// Remembers that `source` belongs to this peer; false when it has enough already.
