@@ -93,6 +93,11 @@ async function threeInARoom(sb, { relay = false } = {}) {
       }
     }
     assert.equal(await metric(sb, 'switchboard_media_tracks'), 6, 'three members, audio and video each');
+    // The server API names the node that holds the room's media.
+    const described = await sb.api('GET', `/api/rooms/${encodeURIComponent(room)}`);
+    assert.equal(described.peers.length, 3, JSON.stringify(described));
+    assert.equal(described.media.length, 1, JSON.stringify(described));
+    assert.equal(described.media[0].peers, 3, JSON.stringify(described));
 
     // Cat leaves: the others see peer_left, the SFU stops cat's tracks at them, and their
     // frames from cat stop.
@@ -222,5 +227,33 @@ test('a member that starts its camera after joining offers it itself; refusals a
   } finally {
     await context.close();
     await sb.stop();
+  }
+});
+
+test('in a cluster, /api/rooms/<room> on any node names the node holding the room\'s media', { timeout: 60_000 }, async () => {
+  const prefix = uniq('sfu-cluster').replace(/[^A-Za-z0-9_-]/g, '_');
+  const engine = (name) => `[engine]\nkind = "redis"\nredis_url = "redis://127.0.0.1:6379"\nprefix = "${prefix}"\nnode_name = "${name}"\n`;
+  const a = await startServer({ extraToml: engine('node-a') });
+  const b = await startServer({ extraToml: engine('node-b') });
+  const context = await browser.newContext();
+  try {
+    const room = `call:${uniq('where')}`;
+    const token = a.token(uniq('cam'), { extra: { rooms: ['call:*'] } });
+    const page = await context.newPage();
+    await page.goto(`${a.url}/demo/whip?room=${encodeURIComponent(room)}&token=${encodeURIComponent(token)}`);
+    await waitFor('the publisher on node a', () => page.evaluate(() => window.whip.error || window.whip.pc?.connectionState === 'connected'), { timeout: 30_000 });
+    const info = await a.api('GET', '/api/info');
+    const nodeA = info.nodes.find((n) => n.name === 'node-a');
+    assert.ok(nodeA, JSON.stringify(info.nodes));
+    for (const node of [a, b]) {
+      const described = await node.api('GET', `/api/rooms/${encodeURIComponent(room)}`);
+      assert.deepEqual(described.media, [{ node: nodeA.id, name: 'node-a', peers: 1 }], JSON.stringify(described));
+    }
+    const empty = await b.api('GET', `/api/rooms/${encodeURIComponent(`${room}-none`)}`);
+    assert.deepEqual(empty.media, [], 'a room with no media names no node');
+  } finally {
+    await context.close();
+    await a.stop();
+    await b.stop();
   }
 });

@@ -320,7 +320,17 @@ async fn unsubscribe(State(state): State<Arc<AppState>>, body: Body) -> ApiResul
 async fn room(State(state): State<Arc<AppState>>, Path(room): Path<String>) -> ApiResult {
     check_channel(&room)?;
     let peers = state.hub.room_peers(&room).await.map_err(engine_failure)?;
-    Ok(Json(json!({ "peers": peers })).into_response())
+    // Where its media lives: SFU rooms do not span nodes, so this is the node to send the
+    // room's members to (normally one; several when members reached different nodes).
+    let media: Vec<_> = state
+        .hub
+        .media_nodes(&room)
+        .await
+        .map_err(|e| fail(ErrorCode::Unavailable, e.to_string()))?
+        .into_iter()
+        .map(|(node, name, peers)| json!({"node": node, "name": name, "peers": peers}))
+        .collect();
+    Ok(Json(json!({ "peers": peers, "media": media })).into_response())
 }
 
 /// `GET /api/ice-servers` for a connection-token holder (not the API key): the ICE servers,

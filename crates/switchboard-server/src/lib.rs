@@ -137,6 +137,15 @@ impl switchboard_core::rooms::IceServers for IceFromConfig {
     }
 }
 
+/// Answers the server API's question of which node holds a room's media.
+struct MediaRoomsOfNode(switchboard_rtc::media::Media);
+
+impl switchboard_core::hub::MediaRooms for MediaRoomsOfNode {
+    fn peers_in(&self, room: &str) -> usize {
+        self.0.peers_in(room)
+    }
+}
+
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
@@ -183,6 +192,7 @@ impl Server {
         let media = switchboard_rtc::media::Media::start(&webrtc.media, http_addr)
             .await
             .map_err(|e| format!("cannot start the media plane (UDP): {e}"))?;
+        hub.set_media_rooms(Arc::new(MediaRoomsOfNode(media.clone())));
         let stats = Arc::new(ServerStats::default());
         let apps = pusher::Pusher::new(&config.pusher, &stats, &hub)?;
         apps.observe(&hub);

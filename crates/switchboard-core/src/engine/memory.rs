@@ -541,6 +541,10 @@ impl Engine for MemoryEngine {
             .collect())
     }
 
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
     fn kind(&self) -> &'static str {
         "memory"
     }

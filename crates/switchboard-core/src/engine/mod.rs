@@ -118,14 +118,28 @@ pub enum NodeRequest {
         name: String,
         argument: String,
     },
+    /// The media peers (WHIP, WHEP, SFU members) the node's SFU holds in a room.
+    MediaRoom {
+        room: String,
+    },
 }
 
 /// One node's answer to a [`NodeRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum NodeAnswer {
-    Count { count: usize },
-    Channels { channels: Vec<(String, usize)> },
+    Count {
+        count: usize,
+    },
+    Channels {
+        channels: Vec<(String, usize)>,
+    },
+    /// A node's media in a room: its id and name, and its peers there (0: none).
+    Media {
+        node: String,
+        name: String,
+        peers: usize,
+    },
 }
 
 impl NodeAnswer {
@@ -133,7 +147,7 @@ impl NodeAnswer {
     pub fn count(&self) -> usize {
         match self {
             NodeAnswer::Count { count } => *count,
-            NodeAnswer::Channels { .. } => 0,
+            NodeAnswer::Channels { .. } | NodeAnswer::Media { .. } => 0,
         }
     }
 }
@@ -280,6 +294,9 @@ pub trait Engine: Send + Sync + 'static {
 
     /// `"memory"`, `"redis"` or `"nats"`.
     fn kind(&self) -> &'static str;
+
+    /// This node's id among the engine's nodes (as in [`Engine::nodes`]).
+    fn node_id(&self) -> &str;
 
     fn stats(&self) -> &EngineStats;
 

@@ -147,6 +147,11 @@ pub trait NodeExtension: Send + Sync {
     fn on_request(&self, name: &str, argument: &str) -> usize;
 }
 
+/// How many media peers this node's SFU holds in a room (the server's media plane).
+pub trait MediaRooms: Send + Sync {
+    fn peers_in(&self, room: &str) -> usize;
+}
+
 /// Told when a channel gets its first subscriber on this node, or loses its last
 /// (Pusher's `channel_occupied` and `channel_vacated` webhooks). Called under the channel's
 /// lock: it must only queue, never block.
@@ -218,6 +223,7 @@ pub struct Hub {
     pub(crate) ice: std::sync::OnceLock<Arc<dyn crate::rooms::IceServers>>,
     occupancy: std::sync::OnceLock<Arc<dyn OccupancyObserver>>,
     extension: std::sync::OnceLock<Arc<dyn NodeExtension>>,
+    media_rooms: std::sync::OnceLock<Arc<dyn MediaRooms>>,
     pub stats: HubStats,
     started: std::time::Instant,
 }
@@ -239,6 +245,7 @@ impl Hub {
             ice: std::sync::OnceLock::new(),
             occupancy: std::sync::OnceLock::new(),
             extension: std::sync::OnceLock::new(),
+            media_rooms: std::sync::OnceLock::new(),
             stats: HubStats::default(),
             started: std::time::Instant::now(),
         });
@@ -261,6 +268,27 @@ impl Hub {
     /// Sets who answers [`NodeRequest::Extension`] requests on this node (once).
     pub fn set_node_extension(&self, extension: Arc<dyn NodeExtension>) {
         let _ = self.extension.set(extension);
+    }
+
+    /// Sets who tells this node's media peers in a room (once).
+    pub fn set_media_rooms(&self, media: Arc<dyn MediaRooms>) {
+        let _ = self.media_rooms.set(media);
+    }
+
+    /// The nodes whose SFU holds media of `room`, as `(node id, node name, peers)`. A
+    /// room's media lives on the node its peers reached (SFU rooms do not span nodes).
+    pub async fn media_nodes(&self, room: &str) -> Result<Vec<(String, String, usize)>, HubError> {
+        let request = NodeRequest::MediaRoom {
+            room: room.to_owned(),
+        };
+        let answers = self.engine.ask_nodes(request).await?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|answer| match answer {
+                NodeAnswer::Media { node, name, peers } if peers > 0 => Some((node, name, peers)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Runs a module's request on every node; the sum of their counts.
@@ -796,6 +824,11 @@ impl EngineHandler for Hub {
                         .extension
                         .get()
                         .map_or(0, |e| e.on_request(&name, &argument)),
+                },
+                NodeRequest::MediaRoom { room } => NodeAnswer::Media {
+                    node: self.engine().node_id().to_owned(),
+                    name: self.config.node_name.clone(),
+                    peers: self.media_rooms.get().map_or(0, |m| m.peers_in(&room)),
                 },
             }
         })

@@ -352,6 +352,10 @@ impl Engine for NatsEngine {
         Ok(nodes::read(&self.inner).await?.live)
     }
 
+    fn node_id(&self) -> &str {
+        &self.inner.node
+    }
+
     fn kind(&self) -> &'static str {
         "nats"
     }

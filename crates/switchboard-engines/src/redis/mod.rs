@@ -580,6 +580,10 @@ impl Engine for RedisEngine {
         nodes::list(&self.inner).await
     }
 
+    fn node_id(&self) -> &str {
+        &self.inner.node
+    }
+
     fn kind(&self) -> &'static str {
         "redis"
     }

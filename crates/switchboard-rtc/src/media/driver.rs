@@ -22,7 +22,7 @@ use super::forward::{Action, Forwarder, Kind, PeerId, Role, Route};
 use super::peer::{DoorChannel, Membership, NewSlot, Peer, PeerKind, kind_of};
 use super::{
     Answer, ChannelLink, ChannelWriter, Command, Description, DescriptionKind, MediaConfig,
-    MediaError, MediaStats, Offer, SessionKind, SfuJoin,
+    MediaError, MediaStats, Offer, RoomCounts, SessionKind, SfuJoin,
 };
 
 /// The label of the data channel that is a door (spec §9).
@@ -52,6 +52,8 @@ pub(crate) struct Driver {
     local: SocketAddr,
     config: MediaConfig,
     stats: Arc<MediaStats>,
+    /// Media peers per room, for the server API.
+    rooms: RoomCounts,
     peers: HashMap<PeerId, Peer>,
     by_name: HashMap<String, PeerId>,
     by_source: HashMap<SocketAddr, PeerId>,
@@ -81,6 +83,7 @@ impl Driver {
         socket: UdpSocket,
         config: MediaConfig,
         stats: Arc<MediaStats>,
+        rooms: RoomCounts,
         commands: mpsc::WeakSender<Command>,
     ) -> Self {
         let local = socket.local_addr().expect("a bound socket has an address");
@@ -89,6 +92,7 @@ impl Driver {
             local,
             config,
             stats,
+            rooms,
             peers: HashMap::new(),
             by_name: HashMap::new(),
             by_source: HashMap::new(),
@@ -277,6 +281,7 @@ impl Driver {
         MediaStats::add(&self.stats.peers, 1);
         if let Some(role) = role {
             let actions = self.forwarder.join(id, &offer.room, role);
+            self.count_room(&offer.room);
             self.apply(actions, now);
         }
         // The offer's m-lines become tracks or slots as str0m reports them.
@@ -291,6 +296,17 @@ impl Driver {
             id: name,
             sdp: answer.to_sdp_string(),
         })
+    }
+
+    /// Publishes `room`'s peer count for `/api/rooms/<room>` (read by other tasks).
+    fn count_room(&self, room: &str) {
+        let peers = self.forwarder.count_in_room(room, |_| true);
+        let mut rooms = self.rooms.lock();
+        if peers == 0 {
+            rooms.remove(room);
+        } else {
+            rooms.insert(room.to_owned(), peers);
+        }
     }
 
     /// A room that has no media yet counts against `max_rooms`.
@@ -770,6 +786,7 @@ impl Driver {
         });
         let sends = peer.sends.clone();
         let actions = self.forwarder.join(id, &room, Role::Member);
+        self.count_room(&room);
         self.apply(actions, now);
         for (mid, kind) in sends {
             self.publish(id, mid, kind, now);
@@ -933,11 +950,12 @@ impl Driver {
             }
         }
         tracing::debug!("media: `{}` left SFU room `{}`", peer.name, peer.room);
-        peer.room.clear();
+        let room = std::mem::take(&mut peer.room);
         self.stats
             .tracks
             .fetch_sub(tracks, std::sync::atomic::Ordering::Relaxed);
         let actions = self.forwarder.leave(id, now);
+        self.count_room(&room);
         self.apply(actions, now);
     }
 
@@ -1088,6 +1106,7 @@ impl Driver {
         );
         if peer.kind != PeerKind::Link || peer.membership.is_some() {
             let actions = self.forwarder.leave(id, Instant::now());
+            self.count_room(&peer.room);
             self.apply(actions, Instant::now());
         }
         tracing::debug!("media: `{}` left room `{}`", peer.name, peer.room);

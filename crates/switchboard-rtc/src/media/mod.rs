@@ -294,6 +294,9 @@ impl MediaStats {
     }
 }
 
+/// Media peers per room on this node, kept by the media task.
+pub(crate) type RoomCounts = Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>;
+
 pub(crate) enum Command {
     Offer(Offer, oneshot::Sender<Result<Answer, MediaError>>),
     Trickle(String, String, oneshot::Sender<Result<(), MediaError>>),
@@ -314,6 +317,7 @@ pub(crate) enum Command {
 pub struct Media {
     commands: mpsc::Sender<Command>,
     stats: Arc<MediaStats>,
+    rooms: RoomCounts,
     addr: SocketAddr,
 }
 
@@ -339,13 +343,20 @@ impl Media {
         let addr = socket.local_addr()?;
         let stats = Arc::new(MediaStats::default());
         let (commands, rx) = mpsc::channel(1024);
-        let driver =
-            driver::Driver::new(socket, config.clone(), stats.clone(), commands.downgrade());
+        let rooms = RoomCounts::default();
+        let driver = driver::Driver::new(
+            socket,
+            config.clone(),
+            stats.clone(),
+            rooms.clone(),
+            commands.downgrade(),
+        );
         tokio::spawn(driver.run(rx));
         tracing::info!("media (WebRTC) on udp {addr}");
         Ok(Media {
             commands,
             stats,
+            rooms,
             addr,
         })
     }
@@ -357,6 +368,11 @@ impl Media {
 
     pub fn stats(&self) -> &Arc<MediaStats> {
         &self.stats
+    }
+
+    /// The media peers (WHIP, WHEP, SFU members) this node holds in `room`.
+    pub fn peers_in(&self, room: &str) -> usize {
+        self.rooms.lock().get(room).copied().unwrap_or(0)
     }
 
     /// Opens a peer connection for `offer`; answers its SDP.
