@@ -49,8 +49,8 @@ async function openPage(context, url, lines, who) {
   return page;
 }
 
-const metric = async (name) => {
-  const text = await (await fetch(`${sb.url}/metrics`)).text();
+const metric = async (name, server = sb) => {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
   const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}_total `));
   return line ? Number(line.split(' ')[1]) : NaN;
 };
@@ -444,5 +444,54 @@ test('a data channel client past its command rate is answered rate_limited, and 
   } finally {
     await context.close();
     await slow.stop();
+  }
+});
+
+test('bitrate caps: the answer caps a publisher, and one that ignores the cap is dropped', { timeout: 60_000 }, async () => {
+  const capped = await startServer({ extraToml: '[webrtc.media]\nmax_track_bitrate = 100000\n' });
+  const context = await browser.newContext();
+  const token = capped.token(uniq('cam'), { extra: { rooms: ['stage:*'] } });
+  /** WHIP from the page; `obey: false` strips the answer's b= lines, as a client ignoring them would. */
+  const publish = (page, room, obey) => page.evaluate(async ({ room, token, obey }) => {
+    const stream = await navigator.mediaDevices.getUserMedia({ video: true });
+    const pc = new RTCPeerConnection();
+    pc.addTransceiver(stream.getVideoTracks()[0], { direction: 'sendonly' });
+    await pc.setLocalDescription(await pc.createOffer());
+    const res = await fetch(`/whip/${encodeURIComponent(room)}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/sdp', authorization: `Bearer ${token}` },
+      body: pc.localDescription.sdp,
+    });
+    const answer = await res.text();
+    await pc.setRemoteDescription({ type: 'answer', sdp: obey ? answer : answer.replace(/^b=.*\r\n/gm, '') });
+    window.pc = pc;
+    window.sentBytes = async () => {
+      let bytes = 0;
+      (await pc.getStats()).forEach((s) => { if (s.type === 'outbound-rtp' && s.kind === 'video') bytes += s.bytesSent; });
+      return bytes;
+    };
+    return { status: res.status, tias: answer.match(/^b=TIAS:(\d+)/m)?.[1] ?? null };
+  }, { room, token, obey });
+  try {
+    const polite = await context.newPage();
+    await polite.goto(`${capped.url}/health`);
+    const answered = await publish(polite, `stage:${uniq('capped')}`, true);
+    assert.deepEqual(answered, { status: 201, tias: '100000' });
+    await waitFor('the capped publisher to connect', () => polite.evaluate(() => window.pc.connectionState === 'connected'));
+    await sleep(2000);
+    const start = await polite.evaluate(() => window.sentBytes());
+    await sleep(4000);
+    const sent = await polite.evaluate(() => window.sentBytes());
+    const bps = ((sent - start) * 8) / 4;
+    assert.ok(bps > 10_000 && bps < 130_000, `the publisher keeps under the cap: ${Math.round(bps)} bit/s`);
+
+    const rude = await context.newPage();
+    await rude.goto(`${capped.url}/health`);
+    await publish(rude, `stage:${uniq('rude')}`, false);
+    await waitFor('the publisher over the cap to be dropped', async () => await metric('switchboard_media_over_bitrate', capped) >= 1, { timeout: 20_000 });
+    assert.equal(await polite.evaluate(() => window.pc.connectionState), 'connected', 'the polite publisher is untouched');
+  } finally {
+    await context.close();
+    await capped.stop();
   }
 });

@@ -247,6 +247,12 @@ impl SwitchboardCollector {
             "switchboard_media_refused",
             "Offers refused (a limit, or unusable SDP)",
             get(&m.refused),
+        )?;
+        counter(
+            e,
+            "switchboard_media_over_bitrate",
+            "Publishers dropped for sending over twice webrtc.media.max_track_bitrate",
+            get(&m.over_bitrate),
         )
     }
 

@@ -18,6 +18,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use super::bitrate::{Meter, cap_sdp};
 use super::forward::{Action, Forwarder, Kind, PeerId, Role, Route};
 use super::peer::{DoorChannel, Membership, NewSlot, Peer, PeerKind, kind_of};
 use super::{
@@ -294,7 +295,7 @@ impl Driver {
         );
         Ok(Answer {
             id: name,
-            sdp: answer.to_sdp_string(),
+            sdp: cap_sdp(&answer.to_sdp_string(), self.config.max_track_bitrate),
         })
     }
 
@@ -637,6 +638,25 @@ impl Driver {
             tracing::trace!("media: frame on {:?} of {id:?}, no track", data.mid);
             return;
         };
+        let cap = self.config.max_track_bitrate;
+        if let Some(peer) = self.peers.get_mut(&id)
+            && cap > 0
+            && peer
+                .meters
+                .entry(data.mid)
+                .or_insert_with(|| Meter::new(now))
+                .add(data.data.len(), now, cap)
+        {
+            // It ignores the cap its answer gave: dropped before it crowds out the rest.
+            tracing::warn!(
+                "media: `{}` sends over twice max_track_bitrate ({cap} bit/s): dropped",
+                peer.name
+            );
+            MediaStats::add(&self.stats.over_bitrate, 1);
+            peer.rtc.disconnect();
+            self.next_timeout = now;
+            return;
+        }
         if !data.contiguous {
             // Lost on the way in: every receiver would decode garbage until a keyframe.
             let action = self.forwarder.request_keyframe(track, now);
@@ -922,7 +942,7 @@ impl Driver {
                 let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| bad(&e))?;
                 (m.on_description)(Description {
                     kind: DescriptionKind::Answer,
-                    sdp: answer.to_sdp_string(),
+                    sdp: cap_sdp(&answer.to_sdp_string(), self.config.max_track_bitrate),
                 });
             }
         }

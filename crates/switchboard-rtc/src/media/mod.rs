@@ -8,6 +8,7 @@
 //! channels are doors and whose media joins an SFU room when its door asks
 //! ([`ChannelWriter::sfu_join`]), renegotiated by session descriptions the door carries.
 
+mod bitrate;
 mod driver;
 pub mod forward;
 mod peer;
@@ -47,6 +48,11 @@ pub struct MediaConfig {
     /// Most bytes of one SDP offer or trickle fragment.
     #[serde(default = "default_max_sdp_bytes")]
     pub max_sdp_bytes: usize,
+    /// Bits per second one published track may carry (0: no cap). The answer tells the
+    /// publisher (`b=TIAS`/`b=AS`, which browsers and OBS obey); one sending over twice this
+    /// for two measuring windows in a row is dropped.
+    #[serde(default = "default_max_track_bitrate")]
+    pub max_track_bitrate: u64,
     /// Seconds a new peer connection has to connect (ICE and DTLS) before it is dropped.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: u64,
@@ -72,6 +78,10 @@ fn default_max_viewers() -> usize {
 fn default_max_sdp_bytes() -> usize {
     64 * 1024
 }
+fn default_max_track_bitrate() -> u64 {
+    // A 1080p camera's top simulcast layer and the two below it fit.
+    5_000_000
+}
 fn default_connect_timeout() -> u64 {
     20
 }
@@ -86,6 +96,7 @@ impl Default for MediaConfig {
             max_publishers: default_max_publishers(),
             max_viewers: default_max_viewers(),
             max_sdp_bytes: default_max_sdp_bytes(),
+            max_track_bitrate: default_max_track_bitrate(),
             connect_timeout: default_connect_timeout(),
             test_loss_percent: 0,
         }
@@ -286,6 +297,8 @@ pub struct MediaStats {
     pub nacks: AtomicU64,
     /// Offers refused by a limit.
     pub refused: AtomicU64,
+    /// Publishers dropped for sending over twice `max_track_bitrate`.
+    pub over_bitrate: AtomicU64,
 }
 
 impl MediaStats {

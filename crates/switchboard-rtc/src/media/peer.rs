@@ -106,6 +106,8 @@ pub(super) struct Peer {
     pub retired: Vec<Mid>,
     /// M-lines the SFU added to this connection so far (str0m never reuses one: bounded).
     pub lines_added: usize,
+    /// The bitrate of each m-line it publishes on (`max_track_bitrate`).
+    pub meters: HashMap<Mid, super::bitrate::Meter>,
 }
 
 impl Peer {
@@ -143,6 +145,7 @@ impl Peer {
             membership: None,
             retired: Vec::new(),
             lines_added: 0,
+            meters: HashMap::new(),
         }
     }
 
