@@ -495,3 +495,45 @@ test('bitrate caps: the answer caps a publisher, and one that ignores the cap is
     await capped.stop();
   }
 });
+
+test('simulcast: each viewer receives one layer, the best by default or the one it names', { timeout: 60_000 }, async () => {
+  const context = await browser.newContext();
+  const lines = [];
+  const room = `stage:${uniq('layers')}`;
+  const q = (user, extra = '') => `room=${encodeURIComponent(room)}&token=${encodeURIComponent(stageToken(uniq(user)))}${extra}`;
+  try {
+    const publisher = await openPage(context, `${sb.url}/demo/whip?${q('cam', '&simulcast=1')}`, lines, 'whip');
+    await waitFor('the simulcast publisher to connect', () => publisher.evaluate(() => window.whip.error || window.whip.pc?.connectionState === 'connected'));
+    // Both layers go up (Chromium may take a moment to start the second).
+    const sent = await waitFor('two layers sent', () => publisher.evaluate(async () => {
+      const rids = [];
+      (await window.whip.pc.getStats()).forEach((s) => { if (s.type === 'outbound-rtp' && s.kind === 'video' && s.framesEncoded > 0) rids.push(s.rid); });
+      return rids.length >= 2 && rids.sort();
+    }), { timeout: 20_000 });
+    assert.deepEqual(sent, ['h', 'l']);
+    const best = await openPage(context, `${sb.url}/demo/whep?${q('eye')}`, lines, 'best');
+    const low = await openPage(context, `${sb.url}/demo/whep?${q('eye', '&layer=l')}`, lines, 'low');
+    for (const [viewer, name] of [[best, 'best'], [low, 'low']]) {
+      const first = await waitFor(`decoded frames at ${name}`, () => viewer.evaluate(() => window.whep.error || window.whep.framesDecoded()));
+      assert.equal(typeof first, 'number', String(first));
+      await sleep(2000);
+      const later = await viewer.evaluate(() => window.whep.framesDecoded());
+      assert.ok(later > first + 10, `${name}: framesDecoded must keep rising: ${first} then ${later}`);
+    }
+    const bestWidth = await best.evaluate(() => window.whep.frameWidth());
+    const lowWidth = await low.evaluate(() => window.whep.frameWidth());
+    assert.ok(bestWidth >= 320, `the default viewer gets the full layer: ${bestWidth}px wide`);
+    assert.ok(lowWidth > 0 && lowWidth * 2 <= bestWidth, `layer=l gets the quarter-size one: ${lowWidth}px vs ${bestWidth}px`);
+    const bad = await fetch(`${sb.url}/whep/${encodeURIComponent(room)}?layer=${encodeURIComponent('no such!')}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/sdp', authorization: `Bearer ${stageToken(uniq('x'))}` },
+      body: 'v=0\r\n',
+    });
+    assert.equal(bad.status, 400, 'a malformed layer name is refused');
+  } catch (e) {
+    e.message += `\n--- pages ---\n${lines.slice(-40).join('\n')}\n--- server ---\n${sb.output?.().slice(-4000) ?? ''}`;
+    throw e;
+  } finally {
+    await context.close();
+  }
+});

@@ -132,6 +132,15 @@ async fn offer(
             return refusal;
         }
     };
+    let layer = query_value(parts.uri.query(), "layer");
+    if let Some(layer) = &layer
+        && !switchboard_rtc::media::valid_layer(layer)
+    {
+        return refuse(
+            ErrorCode::BadRequest,
+            "`layer` names a simulcast layer (rid): 1 to 8 letters or digits".into(),
+        );
+    }
     let local_ip = parts.extensions.get::<LocalAddr>().map(|a| a.0.ip());
     let offer = Offer {
         room: room.unwrap_or_default(),
@@ -141,6 +150,7 @@ async fn offer(
         local_ip,
         on_channel,
         hold: Some(Box::new(permit)),
+        layer,
     };
     match door.media.offer(offer).await {
         Ok(answer) => {
@@ -165,6 +175,16 @@ async fn offer(
             media_error(e)
         }
     }
+}
+
+/// The value of `key` in a query string (none when absent or empty).
+fn query_value(query: Option<&str>, key: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 /// `PATCH /rtc/<id>`: trickled candidates (`application/trickle-ice-sdpfrag`).

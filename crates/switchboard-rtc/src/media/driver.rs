@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelData, ChannelId, Reliability};
-use str0m::media::{Direction, KeyframeRequestKind, MediaAdded, MediaData, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaAdded, MediaData, MediaKind, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
@@ -20,7 +20,9 @@ use tokio::sync::mpsc;
 
 use super::bitrate::{Meter, cap_sdp};
 use super::forward::{Action, Forwarder, Kind, PeerId, Role, Route};
+use super::forward::{KEYFRAME_INTERVAL, TrackId};
 use super::peer::{DoorChannel, Membership, NewSlot, Peer, PeerKind, kind_of};
+use super::simulcast::SlotLayer;
 use super::{
     Answer, ChannelLink, ChannelWriter, Command, Description, DescriptionKind, MediaConfig,
     MediaError, MediaStats, Offer, RoomCounts, SessionKind, SfuJoin,
@@ -277,6 +279,7 @@ impl Driver {
         );
         peer.on_channel = offer.on_channel;
         peer.hold = offer.hold;
+        peer.wanted_layer = offer.layer.as_deref().map(Rid::from);
         self.peers.insert(id, peer);
         self.by_name.insert(name.clone(), id);
         MediaStats::add(&self.stats.peers, 1);
@@ -662,6 +665,18 @@ impl Driver {
             let action = self.forwarder.request_keyframe(track, now);
             self.apply(action, now);
         }
+        let keyframe = data.is_keyframe();
+        // Simulcast: each receiver gets one layer (see `simulcast.rs`). The publisher's layers
+        // are taken out while its receivers are borrowed, and put back after.
+        let layers = match data.rid {
+            Some(rid) => self.peers.get_mut(&id).map(|p| {
+                let mut layers = p.layers.remove(&data.mid).unwrap_or_default();
+                layers.record(rid, data.data.len(), now);
+                layers
+            }),
+            None => None,
+        };
+        let mut keyframes_wanted: Vec<Rid> = Vec::new();
         let packets = data
             .seq_range
             .end()
@@ -677,6 +692,28 @@ impl Driver {
             let Some(&mid) = receiver.slots.get(&route.slot) else {
                 continue;
             };
+            if let (Some(rid), Some(layers)) = (data.rid, &layers) {
+                let wanted = receiver.wanted_layer;
+                let (source, slot_layer) = receiver
+                    .slot_layers
+                    .entry(route.slot)
+                    .or_insert_with(|| (track, SlotLayer::default()));
+                if *source != track {
+                    // The slot follows another publisher now: its layer is chosen afresh.
+                    *source = track;
+                    *slot_layer = SlotLayer::default();
+                }
+                slot_layer.wanted = wanted;
+                let verdict = slot_layer.admit(rid, keyframe, layers, now);
+                if let Some(want) = verdict.keyframe
+                    && !keyframes_wanted.contains(&want)
+                {
+                    keyframes_wanted.push(want);
+                }
+                if !verdict.forward {
+                    continue;
+                }
+            }
             let Some(writer) = receiver.rtc.writer(mid) else {
                 continue;
             };
@@ -698,6 +735,35 @@ impl Driver {
             self.mark(route.to);
         }
         self.routes = routes;
+        if let Some(layers) = layers
+            && let Some(peer) = self.peers.get_mut(&id)
+        {
+            peer.layers.insert(data.mid, layers);
+        }
+        for rid in keyframes_wanted {
+            self.request_layer_keyframe(track, data.mid, rid, now);
+        }
+    }
+
+    /// Asks a simulcast publisher for a keyframe of one layer (throttled per layer).
+    fn request_layer_keyframe(&mut self, track: TrackId, mid: Mid, rid: Rid, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&track.peer) else {
+            return;
+        };
+        if let Some(last) = peer.layer_keyframes.get(&(mid, rid))
+            && now.saturating_duration_since(*last) < KEYFRAME_INTERVAL
+        {
+            return;
+        }
+        peer.layer_keyframes.insert((mid, rid), now);
+        if let Some(mut writer) = peer.rtc.writer(mid)
+            && writer
+                .request_keyframe(Some(rid), KeyframeRequestKind::Pli)
+                .is_ok()
+        {
+            MediaStats::add(&self.stats.keyframe_requests, 1);
+        }
+        self.mark(track.peer);
     }
 
     fn apply(&mut self, actions: impl IntoIterator<Item = Action>, _now: Instant) {
@@ -711,12 +777,20 @@ impl Driver {
                     let Some(&mid) = peer.track_mids.get(&track.index) else {
                         continue;
                     };
-                    if let Some(mut writer) = peer.rtc.writer(mid)
-                        && writer
-                            .request_keyframe(None, KeyframeRequestKind::Pli)
-                            .is_ok()
-                    {
-                        MediaStats::add(&self.stats.keyframe_requests, 1);
+                    // A simulcast publisher is asked for a keyframe of every layer.
+                    let rids: Vec<Option<Rid>> = match peer.layers.get(&mid) {
+                        Some(layers) => layers.rids().map(Some).collect(),
+                        None => vec![None],
+                    };
+                    if let Some(mut writer) = peer.rtc.writer(mid) {
+                        for rid in rids {
+                            if writer
+                                .request_keyframe(rid, KeyframeRequestKind::Pli)
+                                .is_ok()
+                            {
+                                MediaStats::add(&self.stats.keyframe_requests, 1);
+                            }
+                        }
                     }
                     self.mark(track.peer);
                 }

@@ -12,6 +12,7 @@ mod bitrate;
 mod driver;
 pub mod forward;
 mod peer;
+mod simulcast;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -245,6 +246,14 @@ pub struct Offer {
     pub on_channel: Option<OnChannel>,
     /// Held as long as the peer connection lives (the server's connection-limit permit).
     pub hold: Option<Box<dyn std::any::Any + Send>>,
+    /// WHEP: the simulcast layer (`rid`) to receive where the publisher sends it; by default
+    /// the best one sent.
+    pub layer: Option<String>,
+}
+
+/// Whether `rid` can name a simulcast layer here: 1 to 8 ASCII letters and digits.
+pub fn valid_layer(rid: &str) -> bool {
+    (1..=8).contains(&rid.len()) && rid.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// The server's answer: the session's id (its resource is `/rtc/<id>`) and SDP.

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use str0m::change::SdpPendingOffer;
 
 use super::forward::{Kind, PeerId, SlotId, TrackId};
+use super::simulcast::{Layers, SlotLayer};
 use super::{OnChannel, OnDescription};
 
 /// Most remote addresses remembered per peer for demultiplexing (ICE may try a few).
@@ -108,6 +109,14 @@ pub(super) struct Peer {
     pub lines_added: usize,
     /// The bitrate of each m-line it publishes on (`max_track_bitrate`).
     pub meters: HashMap<Mid, super::bitrate::Meter>,
+    /// The simulcast layers of each m-line it publishes on.
+    pub layers: HashMap<Mid, Layers>,
+    /// When each of its layers was last asked for a keyframe.
+    pub layer_keyframes: HashMap<(Mid, Rid), Instant>,
+    /// The layer each receiving slot carries, and the track it was chosen for.
+    pub slot_layers: HashMap<SlotId, (TrackId, SlotLayer)>,
+    /// The layer it asked to receive (WHEP `?layer=`).
+    pub wanted_layer: Option<Rid>,
 }
 
 impl Peer {
@@ -146,6 +155,10 @@ impl Peer {
             retired: Vec::new(),
             lines_added: 0,
             meters: HashMap::new(),
+            layers: HashMap::new(),
+            layer_keyframes: HashMap::new(),
+            slot_layers: HashMap::new(),
+            wanted_layer: None,
         }
     }
 
@@ -161,6 +174,7 @@ impl Peer {
 
     /// Forgets a slot's m-line; returns it.
     pub(super) fn remove_slot(&mut self, slot: SlotId) -> Option<Mid> {
+        self.slot_layers.remove(&slot);
         let mid = self.slots.remove(&slot)?;
         self.mid_slots.remove(&mid);
         Some(mid)

@@ -4,11 +4,14 @@
 
 const params = new URLSearchParams(location.search);
 
-/** `room` (default `demo`), `token`, `peer`, `relay=1`, and the Authorization header. */
+/** `room` (default `demo`), `token`, `peer`, `relay=1`, `layer` (a simulcast layer to watch),
+ * `simulcast=1` (publish two layers), and the Authorization header. */
 export const page = {
   room: params.get('room') || 'demo',
   token: params.get('token'),
   peer: params.get('peer'),
+  layer: params.get('layer'),
+  simulcast: params.get('simulcast') === '1',
   relay: params.get('relay') === '1',
 };
 page.auth = page.token ? { Authorization: `Bearer ${page.token}` } : {};
