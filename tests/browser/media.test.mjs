@@ -537,3 +537,78 @@ test('simulcast: each viewer receives one layer, the best by default or the one 
     await context.close();
   }
 });
+
+test('ICE over TCP: a client that cannot reach the UDP candidate gets the media on the HTTP port', { timeout: 60_000 }, async () => {
+  // UDP "blocked": each page drops the server's UDP candidate from the answer, so the only
+  // way to the server is the TCP one (RFC 6544, on the HTTP listener's port).
+  const context = await browser.newContext();
+  const room = `stage:${uniq('tcp')}`;
+  const connect = (page, path, direction) => page.evaluate(async ({ path, direction, token }) => {
+    const pc = new RTCPeerConnection();
+    if (direction === 'sendonly') {
+      const stream = await navigator.mediaDevices.getUserMedia({ video: true });
+      pc.addTransceiver(stream.getVideoTracks()[0], { direction });
+    } else {
+      pc.addTransceiver('video', { direction });
+    }
+    await pc.setLocalDescription(await pc.createOffer());
+    const res = await fetch(path, {
+      method: 'POST',
+      headers: { 'content-type': 'application/sdp', authorization: `Bearer ${token}` },
+      body: pc.localDescription.sdp,
+    });
+    const answer = await res.text();
+    const candidates = answer.split('\r\n').filter((l) => l.startsWith('a=candidate:'));
+    await pc.setRemoteDescription({ type: 'answer', sdp: answer.replace(/^a=candidate:.* udp .*\r\n/gmi, '') });
+    window.pc = pc;
+    window.stat = async () => {
+      const stats = await pc.getStats();
+      const out = { protocol: null, framesDecoded: 0 };
+      stats.forEach((s) => {
+        if (s.type === 'transport' && s.selectedCandidatePairId) {
+          out.protocol = stats.get(stats.get(s.selectedCandidatePairId)?.localCandidateId)?.protocol ?? null;
+        }
+        if (s.type === 'inbound-rtp' && s.kind === 'video') out.framesDecoded += s.framesDecoded || 0;
+      });
+      return out;
+    };
+    return { status: res.status, candidates };
+  }, { path, direction, token: stageToken(uniq('tcp')) });
+  try {
+    const publisher = await context.newPage();
+    await publisher.goto(`${sb.url}/health`);
+    const published = await connect(publisher, `/whip/${encodeURIComponent(room)}`, 'sendonly');
+    assert.equal(published.status, 201);
+    assert.ok(published.candidates.some((c) => / tcp .* typ host tcptype passive/i.test(c) && c.includes(` ${sb.port} `)),
+      `a passive TCP candidate on the HTTP port: ${published.candidates.join(' | ')}`);
+    await waitFor('the publisher to connect over TCP', () => publisher.evaluate(() => window.pc.connectionState === 'connected'), { timeout: 30_000 });
+    const viewer = await context.newPage();
+    await viewer.goto(`${sb.url}/health`);
+    await connect(viewer, `/whep/${encodeURIComponent(room)}`, 'recvonly');
+    const first = await waitFor('decoded frames over TCP', async () => (await viewer.evaluate(() => window.stat())).framesDecoded, { timeout: 30_000 });
+    await sleep(2000);
+    const later = await viewer.evaluate(() => window.stat());
+    assert.ok(later.framesDecoded > first + 10, `framesDecoded must keep rising: ${first} then ${later.framesDecoded}`);
+    assert.equal(later.protocol, 'tcp', 'the viewer receives over TCP');
+    assert.equal((await publisher.evaluate(() => window.stat())).protocol, 'tcp', 'the publisher sends over TCP');
+
+    // The port goes on serving HTTP; a connection posing as ICE-TCP that speaks for no peer
+    // is closed.
+    assert.equal((await fetch(`${sb.url}/health`)).status, 200);
+    const { createConnection } = await import('node:net');
+    const closed = await new Promise((resolve) => {
+      const socket = createConnection(sb.port, '127.0.0.1', () => {
+        const stun = Buffer.alloc(20);
+        stun.writeUInt16BE(0x0001, 0);
+        stun.writeUInt32BE(0x2112a442, 4);
+        socket.write(Buffer.concat([Buffer.from([0, 20]), stun]));
+      });
+      socket.on('close', () => resolve(true));
+      socket.on('error', () => resolve(true));
+      setTimeout(() => resolve(false), 5000);
+    });
+    assert.ok(closed, 'a stray ICE-TCP connection is let go');
+  } finally {
+    await context.close();
+  }
+});

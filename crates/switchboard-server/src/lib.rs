@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use switchboard_core::{Authenticator, Hub, MemoryEngine, unix_now};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::Doors;
 use crate::auth::JwtAuthenticator;
@@ -279,10 +279,16 @@ impl Server {
         };
         let router = app::router(&doors);
         let handshake_timeout = state.limits.handshake_timeout;
+        let ice_tcp = doors
+            .media
+            .media
+            .takes_ice_tcp()
+            .then(|| doors.media.media.clone());
         let result = serve_http(
             self.listener,
             self.tls,
             router,
+            ice_tcp,
             handshake_timeout,
             on_shutdown,
         )
@@ -301,11 +307,13 @@ impl Server {
 
 /// Accepts connections and serves HTTP/1.1 on each (with upgrades, which the WebSocket door
 /// takes over), over TLS when configured, until `shutdown`; then lets in-flight requests
-/// finish.
+/// finish. With `ice_tcp`, a connection that opens with a framed STUN request is media
+/// (ICE over TCP), handed to the media plane before any TLS.
 async fn serve_http(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
+    ice_tcp: Option<switchboard_rtc::media::Media>,
     handshake_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -332,9 +340,17 @@ async fn serve_http(
         let router = router.clone();
         let stopped = stopped.clone();
         let acceptor = acceptor.clone();
+        let ice_tcp = ice_tcp.clone();
         tokio::spawn(async move {
             // Every step a client must take before it is served is bounded by the handshake
             // timeout: a slow or silent client (slowloris) holds nothing for long.
+            if let Some(media) = ice_tcp {
+                match peek_ice_tcp(&tcp, handshake_timeout).await {
+                    Some(true) => return media.accept_tcp(tcp, peer),
+                    Some(false) => {}
+                    None => return tracing::debug!("connection silent or too slow"),
+                }
+            }
             match acceptor {
                 None => match streams::direct::peek_stream_request(&tcp, handshake_timeout).await {
                     Peeked::Stream(head) => {
@@ -373,6 +389,28 @@ async fn serve_http(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// Whether a new connection opens with ICE over TCP (`None`: it said too little in time).
+/// HTTP and TLS tell themselves apart by their first byte, so they wait for nothing here.
+async fn peek_ice_tcp(tcp: &TcpStream, timeout: Duration) -> Option<bool> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut start = [0u8; 4];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut start)).await {
+            Ok(Ok(n)) => n,
+            // An error or a closed connection: HTTP's own handling says the rest.
+            Ok(Err(_)) => return Some(false),
+            Err(_) => return None,
+        };
+        if n == 0 {
+            return Some(false);
+        }
+        if let Some(verdict) = switchboard_rtc::media::looks_like_ice_tcp(&start[..n]) {
+            return Some(verdict);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Serves one HTTP/1.1 connection until it ends, is upgraded, or shutdown asks it to stop.

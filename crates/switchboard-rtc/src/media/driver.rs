@@ -13,7 +13,7 @@ use bytes::Bytes;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelData, ChannelId, Reliability};
 use str0m::media::{Direction, KeyframeRequestKind, MediaAdded, MediaData, MediaKind, Mid, Rid};
-use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::net::{DatagramRecv, Protocol, Receive, TcpType, Transmit};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -57,6 +57,10 @@ pub(crate) struct Driver {
     stats: Arc<MediaStats>,
     /// Media peers per room, for the server API.
     rooms: RoomCounts,
+    /// ICE-TCP: the port its candidates name (the HTTP listener's), and the connections
+    /// open now by remote address.
+    tcp_port: Option<u16>,
+    tcp: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
     peers: HashMap<PeerId, Peer>,
     by_name: HashMap<String, PeerId>,
     by_source: HashMap<SocketAddr, PeerId>,
@@ -87,6 +91,7 @@ impl Driver {
         config: MediaConfig,
         stats: Arc<MediaStats>,
         rooms: RoomCounts,
+        tcp_port: Option<u16>,
         commands: mpsc::WeakSender<Command>,
     ) -> Self {
         let local = socket.local_addr().expect("a bound socket has an address");
@@ -96,6 +101,8 @@ impl Driver {
             config,
             stats,
             rooms,
+            tcp_port,
+            tcp: HashMap::new(),
             peers: HashMap::new(),
             by_name: HashMap::new(),
             by_source: HashMap::new(),
@@ -121,7 +128,9 @@ impl Driver {
             match wake {
                 Wake::Command(None) => return,
                 Wake::Command(Some(command)) => self.command(command),
-                Wake::Datagram(Ok((n, source))) => self.receive(&buf[..n], source),
+                Wake::Datagram(Ok((n, source))) => {
+                    self.receive(&buf[..n], source, Protocol::Udp, self.local)
+                }
                 // ICMP errors from earlier sends surface here on Linux: nothing to do.
                 Wake::Datagram(Err(e)) => tracing::trace!("media socket: {e}"),
                 Wake::Timer => {}
@@ -170,6 +179,20 @@ impl Driver {
                 let _ = reply.send(self.sfu_describe(peer, description));
             }
             Command::SfuLeave(peer) => self.sfu_leave(peer),
+            Command::TcpOpen(remote, connection) => {
+                // Each peer may use a few; past that, a flood of connections is refused.
+                if self.tcp.len() < self.config.max_peers.max(1) * 2 {
+                    self.tcp.insert(remote, connection);
+                }
+            }
+            Command::TcpReceive(remote, local, packet) => {
+                if self.tcp.contains_key(&remote) {
+                    self.receive(&packet, remote, Protocol::Tcp, local);
+                }
+            }
+            Command::TcpClose(remote) => {
+                self.tcp.remove(&remote);
+            }
             Command::ChannelClose(peer, channel) => {
                 if let Some(p) = self.peers.get_mut(&peer)
                     && p.channels.remove(&channel).is_some()
@@ -260,6 +283,16 @@ impl Driver {
         let candidate =
             Candidate::host(local, "udp").map_err(|e| MediaError::BadSdp(e.to_string()))?;
         rtc.add_local_candidate(candidate);
+        if let Some(port) = self.tcp_port {
+            // ICE-TCP, passive, on the HTTP listener's port: for clients with no UDP at all.
+            let tcp = Candidate::builder()
+                .tcp()
+                .host(SocketAddr::new(ip, port))
+                .tcptype(TcpType::Passive)
+                .build()
+                .map_err(|e| MediaError::BadSdp(e.to_string()))?;
+            rtc.add_local_candidate(tcp);
+        }
         let answer = rtc
             .sdp_api()
             .accept_offer(sdp)
@@ -379,18 +412,22 @@ impl Driver {
         Ok(())
     }
 
-    /// A datagram: to the peer it belongs to, or dropped.
-    fn receive(&mut self, data: &[u8], source: SocketAddr) {
+    /// A datagram (or an ICE-TCP frame): to the peer it belongs to, or dropped (with its
+    /// TCP connection).
+    fn receive(&mut self, data: &[u8], source: SocketAddr, proto: Protocol, local: SocketAddr) {
         let Ok(contents) = DatagramRecv::try_from(data) else {
+            if proto == Protocol::Tcp {
+                self.tcp.remove(&source);
+            }
             return;
         };
         let now = Instant::now();
         let mut input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
-                destination: self.local,
+                destination: local,
                 contents,
             },
         );
@@ -405,13 +442,21 @@ impl Driver {
                 .find(|p| p.rtc.is_alive() && p.rtc.accepts(&input))
                 .map(|p| p.id)
         }) else {
+            if proto == Protocol::Tcp {
+                // A connection that speaks for no peer has nothing more to say.
+                self.tcp.remove(&source);
+            }
             return;
         };
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
         if let Input::Receive(_, receive) = &mut input {
-            receive.destination = peer.local;
+            // The address this peer was given as the candidate: what ICE checks against.
+            receive.destination = match (proto, self.tcp_port) {
+                (Protocol::Tcp, Some(port)) => SocketAddr::new(peer.local.ip(), port),
+                _ => peer.local,
+            };
         }
         if peer.remember_source(source) {
             self.by_source.insert(source, id);
@@ -502,15 +547,25 @@ impl Driver {
                     return;
                 }
                 Output::Transmit(_) if connected && self.test_loss() => {}
-                Output::Transmit(transmit) => {
-                    // UDP: a datagram the kernel can't take now is lost like any other.
-                    let _ = self
-                        .socket
-                        .try_send_to(&transmit.contents, transmit.destination);
-                }
+                Output::Transmit(transmit) => self.transmit(&transmit),
                 Output::Event(event) => self.on_event(id, event),
             }
         }
+    }
+
+    /// Sends a packet: a datagram, or a frame on the ICE-TCP connection it is for. Either way
+    /// one that can't go now is lost, as on any network; the peer's retransmissions and
+    /// congestion control deal with it.
+    fn transmit(&self, transmit: &Transmit) {
+        if transmit.proto == Protocol::Tcp {
+            if let Some(connection) = self.tcp.get(&transmit.destination) {
+                let _ = connection.try_send(Bytes::copy_from_slice(&transmit.contents));
+            }
+            return;
+        }
+        let _ = self
+            .socket
+            .try_send_to(&transmit.contents, transmit.destination);
     }
 
     /// Whether `[webrtc.media] test_loss_percent` drops the next datagram: exactly that share,
@@ -1181,15 +1236,15 @@ impl Driver {
         };
         // Let what the close queued (DTLS close_notify, RTCP BYE) go out.
         while let Ok(Output::Transmit(transmit)) = peer.rtc.poll_output() {
-            let _ = self
-                .socket
-                .try_send_to(&transmit.contents, transmit.destination);
+            self.transmit(&transmit);
         }
         self.by_name.remove(&peer.name);
         for source in &peer.sources {
             if self.by_source.get(source) == Some(&id) {
                 self.by_source.remove(source);
             }
+            // Its ICE-TCP connections end with it.
+            self.tcp.remove(source);
         }
         self.stats
             .peers

@@ -13,6 +13,9 @@ mod driver;
 pub mod forward;
 mod peer;
 mod simulcast;
+mod tcp;
+
+pub use tcp::looks_like_ice_tcp;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -57,6 +60,10 @@ pub struct MediaConfig {
     /// Seconds a new peer connection has to connect (ICE and DTLS) before it is dropped.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: u64,
+    /// ICE over TCP on the HTTP listener's port (RFC 6544, passive): for clients that cannot
+    /// use UDP at all. Its candidate is offered with the UDP one; clients prefer UDP.
+    #[serde(default = "default_ice_tcp")]
+    pub ice_tcp: bool,
     /// For tests only: drops this share (0–100) of the datagrams sent to connected peers, as
     /// a lossy network would (the tests of unreliable data channels use it). Always 0 in
     /// production.
@@ -79,6 +86,9 @@ fn default_max_viewers() -> usize {
 fn default_max_sdp_bytes() -> usize {
     64 * 1024
 }
+fn default_ice_tcp() -> bool {
+    true
+}
 fn default_max_track_bitrate() -> u64 {
     // A 1080p camera's top simulcast layer and the two below it fit.
     5_000_000
@@ -99,6 +109,7 @@ impl Default for MediaConfig {
             max_sdp_bytes: default_max_sdp_bytes(),
             max_track_bitrate: default_max_track_bitrate(),
             connect_timeout: default_connect_timeout(),
+            ice_tcp: default_ice_tcp(),
             test_loss_percent: 0,
         }
     }
@@ -325,6 +336,9 @@ pub(crate) enum Command {
     End(String, oneshot::Sender<Result<(), MediaError>>),
     ChannelSend(forward::PeerId, str0m::channel::ChannelId, bytes::Bytes),
     ChannelClose(forward::PeerId, str0m::channel::ChannelId),
+    TcpOpen(SocketAddr, mpsc::Sender<bytes::Bytes>),
+    TcpReceive(SocketAddr, SocketAddr, Vec<u8>),
+    TcpClose(SocketAddr),
     SfuJoin(SfuJoin, oneshot::Sender<Result<(), MediaError>>),
     SfuDescribe(
         forward::PeerId,
@@ -341,6 +355,7 @@ pub struct Media {
     stats: Arc<MediaStats>,
     rooms: RoomCounts,
     addr: SocketAddr,
+    ice_tcp: bool,
 }
 
 impl Media {
@@ -371,6 +386,7 @@ impl Media {
             config.clone(),
             stats.clone(),
             rooms.clone(),
+            config.ice_tcp.then_some(http.port()),
             commands.downgrade(),
         );
         tokio::spawn(driver.run(rx));
@@ -380,6 +396,7 @@ impl Media {
             stats,
             rooms,
             addr,
+            ice_tcp: config.ice_tcp,
         })
     }
 
@@ -390,6 +407,20 @@ impl Media {
 
     pub fn stats(&self) -> &Arc<MediaStats> {
         &self.stats
+    }
+
+    /// Whether ICE-TCP connections come in on the HTTP listener (see [`looks_like_ice_tcp`]).
+    pub fn takes_ice_tcp(&self) -> bool {
+        self.ice_tcp
+    }
+
+    /// Carries an ICE-TCP connection the HTTP listener accepted (its first bytes a framed
+    /// STUN binding request, still unread).
+    pub fn accept_tcp(&self, stream: tokio::net::TcpStream, remote: SocketAddr) {
+        let Ok(local) = stream.local_addr() else {
+            return;
+        };
+        tokio::spawn(tcp::serve(stream, remote, local, self.commands.clone()));
     }
 
     /// The media peers (WHIP, WHEP, SFU members) this node holds in `room`.
