@@ -612,3 +612,32 @@ test('ICE over TCP: a client that cannot reach the UDP candidate gets the media 
     await context.close();
   }
 });
+
+test('a data channel client that floods its door gets a clear goodbye; its other channel lives', { timeout: 60_000 }, async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  try {
+    await page.goto(`${sb.url}/health`);
+    const token = sb.token(uniq('flood'), { extra: { subscribe: ['dc:*'] } });
+    const opened = await openLink(page, token, { flood: {}, calm: {} });
+    assert.ok(opened.resource, JSON.stringify(opened));
+    await waitFor('both connected frames', async () => (await framesOf(page, 'flood'))[0]?.type === 'connected'
+      && (await framesOf(page, 'calm'))[0]?.type === 'connected');
+    // Far more than the door's inbox holds, as fast as the page can send them.
+    const sent = await page.evaluate(() => {
+      const dc = window.link.links.flood.dc;
+      let n = 0;
+      const frame = JSON.stringify({ type: 'history', id: 1, channel: 'dc:nothing', limit: 100 });
+      for (; n < 30000 && dc.readyState === 'open'; n++) dc.send(frame);
+      return n;
+    });
+    const bye = await waitFor('the goodbye', async () => (await framesOf(page, 'flood')).find((f) => f.type === 'disconnect'), { timeout: 30_000 });
+    assert.equal(bye.code, 'rate_limited', JSON.stringify(bye));
+    await waitFor('the flooding channel to close', () => page.evaluate(() => window.link.links.flood.closed === true));
+    await sendOn(page, 'calm', { type: 'ping', id: 7 });
+    const pong = await waitFor('the calm channel\'s pong', async () => (await framesOf(page, 'calm')).find((f) => f.id === 7));
+    assert.equal(pong.type, 'pong', `${sent} sent on the other channel; this one still answers`);
+  } finally {
+    await context.close();
+  }
+});

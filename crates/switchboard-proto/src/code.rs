@@ -129,6 +129,14 @@ impl Disconnect {
         ws_close: 4029,
         reconnect: false,
     };
+    /// The client sent data channel messages faster than its commands are taken (its bounded
+    /// inbox overflowed): the channel closes after this goodbye.
+    pub const FLOODED: Disconnect = Disconnect {
+        code: "rate_limited",
+        message: "messages sent faster than they are taken, inbox overflowed",
+        ws_close: 4029,
+        reconnect: true,
+    };
     /// The client broke the WebSocket protocol (unmasked frame, bad opcode, ...).
     pub const PROTOCOL_ERROR: Disconnect = Disconnect {
         code: "bad_request",

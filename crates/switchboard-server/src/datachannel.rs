@@ -98,8 +98,14 @@ async fn serve(state: Arc<AppState>, claims: Claims, mut link: ChannelLink) {
         }
         tokio::select! {
             _ = outbox.woken() => {}
-            message = link.incoming.recv() => match message {
+            message = link.incoming.recv(), if !machine.is_closing() => match message {
                 Some(payload) => on_message(&state, &mut machine, &mut session, &payload).await,
+                // The client sent faster than its commands are taken: a clear goodbye, then
+                // the channel closes.
+                None if link.flooded.load(Ordering::Acquire) => {
+                    state.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    outbox.close(Disconnect::FLOODED);
+                }
                 // The channel or its peer connection closed.
                 None => break,
             },

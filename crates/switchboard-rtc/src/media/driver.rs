@@ -1134,10 +1134,12 @@ impl Driver {
         });
         handle.set_buffered_amount_low_threshold(CHANNEL_PENDING_BYTES / 4);
         let (to_door, incoming) = mpsc::channel(CHANNEL_INBOX);
+        let flooded = Arc::new(std::sync::atomic::AtomicBool::new(false));
         peer.channels.insert(
             channel,
             DoorChannel {
-                to_door,
+                to_door: Some(to_door),
+                flooded: flooded.clone(),
                 pending: Default::default(),
                 pending_bytes: 0,
                 unreliable,
@@ -1151,22 +1153,28 @@ impl Driver {
                 channel,
             },
             unreliable,
+            flooded,
         });
     }
 
     /// A client message on a door channel: to its door, in order. A client that sends faster
-    /// than its door takes commands (rate limited, answered) is flooding: the channel closes.
+    /// than its door takes commands (rate limited, answered) is flooding: its door is told
+    /// (it says goodbye and closes the channel) and what it sends from then on is dropped.
     fn channel_data(&mut self, id: PeerId, data: ChannelData) {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        let Some(door) = peer.channels.get(&data.id) else {
+        let Some(door) = peer.channels.get_mut(&data.id) else {
             return;
         };
-        if door.to_door.try_send(data.data).is_err() {
-            tracing::debug!("media: `{}` floods its data channel: closed", peer.name);
-            peer.channels.remove(&data.id);
-            peer.rtc.direct_api().close_data_channel(data.id);
+        let Some(to_door) = &door.to_door else {
+            return;
+        };
+        if to_door.try_send(data.data).is_err() {
+            tracing::debug!("media: `{}` floods its data channel: closing", peer.name);
+            door.flooded
+                .store(true, std::sync::atomic::Ordering::Release);
+            door.to_door = None;
         }
     }
 

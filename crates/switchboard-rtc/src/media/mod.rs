@@ -134,6 +134,9 @@ pub struct ChannelLink {
     /// Opened with `ordered: false` and no retransmissions: a message that can't be sent at
     /// once is dropped, the next one supersedes it (spec §9).
     pub unreliable: bool,
+    /// Set when `incoming` ended because the client sent faster than the door took its
+    /// messages (the inbox overflowed); the channel itself stays open for the goodbye.
+    pub flooded: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Writes to one data channel, through the media task.

@@ -58,8 +58,10 @@ pub(super) struct NewSlot {
 
 /// A `switchboard` data channel of this peer, linked to a door.
 pub(super) struct DoorChannel {
-    /// To the door: the client's messages.
-    pub to_door: mpsc::Sender<Vec<u8>>,
+    /// To the door: the client's messages (`None` once it flooded: the rest are dropped).
+    pub to_door: Option<mpsc::Sender<Vec<u8>>>,
+    /// Shared with the door: why `to_door` was let go.
+    pub flooded: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Accepted from the door, waiting for room in the SCTP send buffer (reliable only).
     pub pending: VecDeque<Bytes>,
     pub pending_bytes: usize,
