@@ -98,6 +98,13 @@ async function threeInARoom(sb, { relay = false } = {}) {
     assert.equal(described.peers.length, 3, JSON.stringify(described));
     assert.equal(described.media.length, 1, JSON.stringify(described));
     assert.equal(described.media[0].peers, 3, JSON.stringify(described));
+    // WHEP plays one member of the room, named by its room peer id.
+    const watcher = await context.newPage();
+    const watchToken = sb.token(uniq('eye'), { extra: { rooms: ['call:*'] } });
+    await watcher.goto(`${sb.url}/demo/whep?room=${encodeURIComponent(room)}&peer=${members[0].id}&token=${encodeURIComponent(watchToken)}`);
+    const watched = await waitFor('a WHEP viewer decoding ann', () => watcher.evaluate(() => window.whep.error || window.whep.framesDecoded()), { timeout: 30_000 });
+    assert.equal(typeof watched, 'number', String(watched));
+    await watcher.close();
 
     // Cat leaves: the others see peer_left, the SFU stops cat's tracks at them, and their
     // frames from cat stop.

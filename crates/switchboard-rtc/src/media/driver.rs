@@ -240,11 +240,22 @@ impl Driver {
                 let of = match of {
                     None => None,
                     Some(name) => {
+                        // A WHIP session, or an SFU member by its room peer id.
+                        let publishes = |p: &&Peer| {
+                            p.room == offer.room
+                                && (p.kind == PeerKind::Publisher || p.membership.is_some())
+                        };
                         let target = self
                             .by_name
                             .get(name)
                             .and_then(|id| self.peers.get(id))
-                            .filter(|p| p.room == offer.room && p.kind == PeerKind::Publisher);
+                            .filter(publishes)
+                            .or_else(|| {
+                                self.peers
+                                    .values()
+                                    .filter(publishes)
+                                    .find(|p| p.membership.is_some() && p.label == *name)
+                            });
                         match target {
                             Some(peer) => Some(peer.id),
                             None => {
