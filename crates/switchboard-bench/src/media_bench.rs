@@ -65,6 +65,8 @@ pub(crate) struct Outcome {
     /// Media packets the source sent in the window (for the SFU: the publisher's datagrams of
     /// media size, retransmissions included).
     pub packets_sent: u64,
+    /// Datagrams the receivers sent back in the window (RTCP and such; none for raw).
+    pub feedback_sent: u64,
     pub frames_received: u64,
     /// Packets of those frames, summed over receivers (RTP packets or datagrams).
     pub packets_received: u64,
@@ -114,6 +116,7 @@ impl Outcome {
             "seconds": self.seconds,
             "frames_sent": self.frames_sent,
             "packets_sent": self.packets_sent,
+            "feedback_sent": self.feedback_sent,
             "packet_delivery": self.packet_delivery(),
             "frames_received": self.frames_received,
             "packets_received": self.packets_received,
@@ -194,12 +197,14 @@ async fn window(
     let first = shared.next_seq.load(Ordering::Relaxed);
     shared.window_start.store(first, Ordering::Relaxed);
     let packets_before = shared.packets_sent.load(Ordering::Relaxed);
+    let feedback_before = shared.feedback_sent.load(Ordering::Relaxed);
     let mut before = Clocks::read(server_pid);
     before.counted = counted_before;
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
     let end = shared.next_seq.load(Ordering::Relaxed);
     shared.window_end.store(end, Ordering::Relaxed);
     let packets_after = shared.packets_sent.load(Ordering::Relaxed);
+    let feedback_after = shared.feedback_sent.load(Ordering::Relaxed);
     let mut after = Clocks::read(server_pid);
     if let Some(server) = metrics {
         after.counted = packets_forwarded(server).await;
@@ -208,6 +213,7 @@ async fn window(
     let sent = Sent {
         frames: end - first,
         packets: packets_after - packets_before,
+        feedback: feedback_after - feedback_before,
     };
     (sent, before, after)
 }
@@ -216,6 +222,7 @@ async fn window(
 struct Sent {
     frames: u64,
     packets: u64,
+    feedback: u64,
 }
 
 /// Waits until every receiver is ready or has failed (`failed`), at most `limit`.
@@ -270,6 +277,7 @@ fn outcome(
         seconds: (after.at - before.at).as_secs_f64(),
         frames_sent: sent.frames,
         packets_sent: sent.packets,
+        feedback_sent: sent.feedback,
         frames_received: received.frames,
         packets_received: received.packets,
         packets_counted_by_server: before
@@ -490,7 +498,7 @@ pub(crate) async fn run(options: Options) -> Vec<(Outcome, Outcome)> {
 pub(crate) fn line(o: &Outcome) -> String {
     format!(
         "{:<11} N={:<4} ready {:>4}, silent {}, frames {} sent, {:.4} delivered, {:.0} pkt/s \
-         ({:.1} pkt/frame, {} sent, server counted {}), server cpu {:.2} s (waited {:.2} s) -> {:.0} pkt/cpu-s, client cpu \
+         ({:.1} pkt/frame, {} sent, server counted {}, {:.0} feedback datagrams/s), server cpu {:.2} s (waited {:.2} s) -> {:.0} pkt/cpu-s, client cpu \
          {:.2} s, others {:.2} s, latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
         o.forwarder.name(),
         o.viewers,
@@ -504,6 +512,7 @@ pub(crate) fn line(o: &Outcome) -> String {
         o.packets_counted_by_server
             .map(|c| c.to_string())
             .unwrap_or("n/a".into()),
+        o.feedback_sent as f64 / o.seconds,
         o.server_cpu,
         o.server_wait,
         o.packets_per_cpu_s(),

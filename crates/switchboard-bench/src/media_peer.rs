@@ -71,6 +71,9 @@ pub(crate) struct Shared {
     pub next_seq: AtomicU64,
     /// Media packets the source has sent so far.
     pub packets_sent: AtomicU64,
+    /// Datagrams the receivers have sent so far (for the SFU: RTCP, STUN, NACKs), what the
+    /// server's one media socket takes in besides the publisher's packets.
+    pub feedback_sent: AtomicU64,
     /// Frames `window_start..window_end` are measured (both `u64::MAX` until set).
     pub window_start: AtomicU64,
     pub window_end: AtomicU64,
@@ -87,6 +90,7 @@ impl Shared {
             start: Instant::now(),
             next_seq: AtomicU64::new(0),
             packets_sent: AtomicU64::new(0),
+            feedback_sent: AtomicU64::new(0),
             window_start: AtomicU64::new(u64::MAX),
             window_end: AtomicU64::new(u64::MAX),
             ready: AtomicU64::new(0),
@@ -176,6 +180,8 @@ pub(crate) struct Peer {
     connected: bool,
     /// Media-sized datagrams sent since connected.
     media_sent: u64,
+    /// Datagrams of any kind sent and not yet taken by `take_sent`.
+    sent: u64,
 }
 
 impl Peer {
@@ -202,6 +208,7 @@ impl Peer {
             pending: Some(pending),
             connected: false,
             media_sent: 0,
+            sent: 0,
         };
         (peer, offer.to_sdp_string())
     }
@@ -241,6 +248,7 @@ impl Peer {
                     // Loopback UDP: a datagram the kernel can't take now is lost like any
                     // other (str0m retransmits what matters).
                     let _ = self.socket.try_send_to(&t.contents, t.destination);
+                    self.sent += 1;
                     if self.connected && t.contents.len() >= MEDIA_DATAGRAM {
                         self.media_sent += 1;
                     }
@@ -436,6 +444,10 @@ pub(crate) async fn view(
                 count_frame(&shared, &mut received, &data);
             }
         })?;
+        if peer.sent > 0 {
+            shared.feedback_sent.fetch_add(peer.sent, Ordering::Relaxed);
+            peer.sent = 0;
+        }
         if peer.try_step(at, &mut buf)? {
             continue;
         }
