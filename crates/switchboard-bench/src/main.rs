@@ -5,7 +5,8 @@
 //!
 //! Modes: `suite` (everything, JSON lines for `bench/report.py`; `--smoke` for CI), `fanout`
 //! (throughput or, with `--rate`, latency), `idle` (memory per idle connection and handshake
-//! rate), `turn` (the embedded TURN relay), and the helpers `raw-server` and `hold`.
+//! rate), `turn` (the embedded TURN relay), `media` (the SFU against a raw UDP forwarder), and
+//! the helpers `raw-server`, `raw-udp-forwarder` and `hold`.
 
 use std::path::PathBuf;
 
@@ -14,8 +15,11 @@ use clap::{Parser, Subcommand};
 mod connrate;
 mod fanout;
 mod idle;
+mod media_bench;
+mod media_peer;
 mod pusher;
 mod raw;
+mod raw_udp;
 mod suite;
 mod target;
 mod turn_bench;
@@ -123,6 +127,32 @@ enum Mode {
         #[arg(long, default_value_t = 3)]
         seconds: u64,
     },
+    /// Media forwarding: one synthetic VP8 publisher to N WHEP viewers through the SFU, and
+    /// the same frames through a raw UDP forwarder (the machine's limit).
+    Media {
+        /// The server binary (default: next to this one).
+        #[arg(long)]
+        server: Option<PathBuf>,
+        /// Port for the server (0: any free one); media uses the same number over UDP.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Viewer counts to measure.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 100, 500])]
+        viewers: Vec<usize>,
+        /// Seconds of each measured window.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Bits per second of the publisher's frames.
+        #[arg(long, default_value_t = 1_000_000)]
+        bitrate: u64,
+        #[arg(long, default_value_t = 30)]
+        fps: u32,
+        /// Times to measure everything; the table shows the median and the spread.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// The raw UDP forwarder of `media` (started by it).
+    RawUdpForwarder,
     /// The raw limit server (started by the other modes).
     RawServer {
         #[arg(long)]
@@ -277,6 +307,27 @@ fn main() {
             port,
             seconds,
         )),
+        Mode::Media {
+            server,
+            port,
+            viewers,
+            seconds,
+            bitrate,
+            fps,
+            rounds,
+        } => {
+            wire::raise_open_files();
+            let options = media_bench::Options {
+                server: Binaries::new(server, None).switchboard,
+                port,
+                viewers,
+                seconds,
+                load: media_peer::Load { bitrate, fps },
+                rounds: rounds.max(1),
+            };
+            runtime.block_on(media_bench::run(options));
+        }
+        Mode::RawUdpForwarder => raw_udp::serve(),
         Mode::RawServer { port } => {
             wire::raise_open_files();
             runtime.block_on(raw::serve(port))

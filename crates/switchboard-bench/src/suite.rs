@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 
 use crate::fanout::{self, Load, Outcome, Via};
 use crate::idle::{self, Door};
+use crate::media_bench;
+use crate::media_peer;
 use crate::target::{self, Binaries, Target};
 
 pub(crate) struct Options {
@@ -98,6 +100,47 @@ impl Suite {
         outcome
     }
 
+    /// One synthetic VP8 publisher to `viewers` WHEP viewers through the SFU, and the same
+    /// frames through the raw UDP forwarder; a viewer that receives nothing is a failure.
+    async fn media(&mut self, viewers: usize, label: &str) {
+        let load = media_peer::Load {
+            bitrate: 1_000_000,
+            fps: 30,
+        };
+        let seconds = self.options.seconds;
+        let sb = media_bench::switchboard(
+            &self.bins.switchboard,
+            self.options.port,
+            viewers,
+            load,
+            seconds,
+        )
+        .await;
+        let raw = media_bench::raw(viewers, load, seconds).await;
+        eprintln!("{label:>10} {}", media_bench::line(&sb));
+        eprintln!("{label:>10} {}", media_bench::line(&raw));
+        for o in [&sb, &raw] {
+            if o.silent > 0 || o.frames_received == 0 {
+                self.failures.push(format!(
+                    "{label} {} N={viewers}: {} of {} viewers received nothing, {} frames in the window",
+                    o.forwarder.name(),
+                    o.silent,
+                    o.viewers,
+                    o.frames_received
+                ));
+            }
+        }
+        self.record(json!({
+            "kind": "media",
+            "label": label,
+            "viewers": viewers,
+            "bitrate": load.bitrate,
+            "fps": load.fps,
+            "switchboard": sb.json(),
+            "raw": raw.json(),
+        }));
+    }
+
     async fn idle(&mut self, target: Target, door: Door, connections: usize, label: &str) {
         let port = target::pick_port(self.options.port);
         let server = target::start(target, &self.bins, port).await;
@@ -176,6 +219,11 @@ pub(crate) async fn run(options: Options) -> bool {
         suite
             .idle(Target::Switchboard, Door::Sse, 300, "smoke-idle")
             .await;
+        if targets.contains(&Target::Switchboard) {
+            for viewers in [1, 10] {
+                suite.media(viewers, "smoke-media").await;
+            }
+        }
         return report_failures(&suite.failures);
     }
 
@@ -255,6 +303,13 @@ pub(crate) async fn run(options: Options) -> bool {
                 "fanout-max",
             )
             .await;
+    }
+
+    // 5. Media forwarding: one publisher to N viewers through the SFU, against raw UDP.
+    if targets.contains(&Target::Switchboard) {
+        for viewers in [1, 10, 100, 500] {
+            suite.media(viewers, "media").await;
+        }
     }
     report_failures(&suite.failures)
 }

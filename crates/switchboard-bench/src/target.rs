@@ -336,3 +336,35 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (ticks(11) + ticks(12)) / hz
 }
+
+/// CPU time a process's live threads have used so far, in seconds, to the nanosecond (the
+/// first field of each `/proc/<pid>/task/<tid>/schedstat`): for windows where the 10 ms ticks
+/// of [`cpu_seconds`] are too coarse. Threads that exited are not counted; falls back to
+/// [`cpu_seconds`] where schedstat is missing.
+pub(crate) fn cpu_seconds_precise(pid: u32) -> f64 {
+    schedstat(pid)
+        .map(|(run, _)| run)
+        .unwrap_or_else(|| cpu_seconds(pid))
+}
+
+/// Seconds a process's live threads have waited for a core while runnable (the second field
+/// of schedstat): what a busy machine costs a server beyond its own CPU time.
+pub(crate) fn runqueue_wait_seconds(pid: u32) -> f64 {
+    schedstat(pid).map(|(_, wait)| wait).unwrap_or(0.0)
+}
+
+/// Time on a core and time waiting for one, summed over the live threads, in seconds.
+fn schedstat(pid: u32) -> Option<(f64, f64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let (mut run, mut wait) = (0u64, 0u64);
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            // The thread exited since the listing.
+            continue;
+        };
+        let mut fields = text.split_whitespace().map(str::parse::<u64>);
+        run += fields.next()?.ok()?;
+        wait += fields.next()?.ok()?;
+    }
+    Some((run as f64 / 1e9, wait as f64 / 1e9))
+}
