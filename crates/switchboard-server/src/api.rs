@@ -321,7 +321,8 @@ async fn room(State(state): State<Arc<AppState>>, Path(room): Path<String>) -> A
     check_channel(&room)?;
     let peers = state.hub.room_peers(&room).await.map_err(engine_failure)?;
     // Where its media lives: SFU rooms do not span nodes, so this is the node to send the
-    // room's members to (normally one; several when members reached different nodes).
+    // room's members to (normally one; several when members reached different nodes). A room
+    // without media answers as spec §6 has it, `{"peers":[...]}` alone.
     let media: Vec<_> = state
         .hub
         .media_nodes(&room)
@@ -330,6 +331,9 @@ async fn room(State(state): State<Arc<AppState>>, Path(room): Path<String>) -> A
         .into_iter()
         .map(|(node, name, peers)| json!({"node": node, "name": name, "peers": peers}))
         .collect();
+    if media.is_empty() {
+        return Ok(Json(json!({ "peers": peers })).into_response());
+    }
     Ok(Json(json!({ "peers": peers, "media": media })).into_response())
 }
 
