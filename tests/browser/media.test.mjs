@@ -470,13 +470,13 @@ test('bitrate caps: the answer caps a publisher, and one that ignores the cap is
       (await pc.getStats()).forEach((s) => { if (s.type === 'outbound-rtp' && s.kind === 'video') bytes += s.bytesSent; });
       return bytes;
     };
-    return { status: res.status, tias: answer.match(/^b=TIAS:(\d+)/m)?.[1] ?? null };
+    return { status: res.status, cap: answer.match(/^b=AS:(\d+)/m)?.[1] ?? null };
   }, { room, token, obey });
   try {
     const polite = await context.newPage();
     await polite.goto(`${capped.url}/health`);
     const answered = await publish(polite, `stage:${uniq('capped')}`, true);
-    assert.deepEqual(answered, { status: 201, tias: '100000' });
+    assert.deepEqual(answered, { status: 201, cap: '100' });
     await waitFor('the capped publisher to connect', () => polite.evaluate(() => window.pc.connectionState === 'connected'));
     await sleep(2000);
     const start = await polite.evaluate(() => window.sentBytes());

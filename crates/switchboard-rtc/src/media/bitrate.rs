@@ -1,4 +1,4 @@
-//! Bitrate caps (`[webrtc.media] max_track_bitrate`): the answer's `b=` lines tell a
+//! Bitrate caps (`[webrtc.media] max_track_bitrate`): the answer's `b=AS` lines tell a
 //! publisher the cap, and a [`Meter`] per published track catches one that ignores it.
 
 use std::time::{Duration, Instant};
@@ -10,8 +10,9 @@ const TOLERANCE: u64 = 2;
 /// ...for this many windows in a row gets its publisher dropped.
 const STRIKES: u8 = 2;
 
-/// Adds `b=TIAS:<bps>` and `b=AS:<kbps>` to every audio and video section of `sdp` (after its
-/// `c=` line, where RFC 8866 puts them): what the publisher may send on each.
+/// Adds `b=AS:<kbps>` to every audio and video section of `sdp` (after its `c=` line, where
+/// RFC 8866 puts it): what the publisher may send on each. One line only: every browser
+/// obeys `b=AS`, and some stacks (str0m among them) parse no more than one `b=` per section.
 pub(super) fn cap_sdp(sdp: &str, bits_per_second: u64) -> String {
     if bits_per_second == 0 {
         return sdp.to_owned();
@@ -28,10 +29,7 @@ pub(super) fn cap_sdp(sdp: &str, bits_per_second: u64) -> String {
         }
         out.push_str(line);
         if in_media && text.starts_with("c=") {
-            out.push_str(&format!(
-                "b=TIAS:{bits_per_second}\r\nb=AS:{}\r\n",
-                bits_per_second.div_ceil(1000)
-            ));
+            out.push_str(&format!("b=AS:{}\r\n", bits_per_second.div_ceil(1000)));
         }
     }
     out
@@ -88,11 +86,11 @@ mod tests {
         let capped = cap_sdp(OFFERED, 300_000);
         let lines: Vec<&str> = capped.lines().collect();
         let at = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix)).unwrap();
-        assert_eq!(capped.matches("b=TIAS:300000").count(), 2, "{capped}");
+        assert_eq!(capped.matches("b=").count(), 2, "{capped}");
         assert_eq!(capped.matches("b=AS:300\r\n").count(), 2);
         assert!(!capped.contains("b=AS:9999"), "the SDP's own replaced");
-        assert_eq!(lines[at("m=audio") + 2], "b=TIAS:300000");
-        assert_eq!(lines[at("m=video") + 2], "b=TIAS:300000");
+        assert_eq!(lines[at("m=audio") + 2], "b=AS:300");
+        assert_eq!(lines[at("m=video") + 2], "b=AS:300");
         assert_eq!(
             lines[at("m=application") + 2],
             "a=mid:2",

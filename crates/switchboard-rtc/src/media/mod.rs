@@ -53,7 +53,7 @@ pub struct MediaConfig {
     #[serde(default = "default_max_sdp_bytes")]
     pub max_sdp_bytes: usize,
     /// Bits per second one published track may carry (0: no cap). The answer tells the
-    /// publisher (`b=TIAS`/`b=AS`, which browsers and OBS obey); one sending over twice this
+    /// publisher (`b=AS`, which browsers and OBS obey); one sending over twice this
     /// for two measuring windows in a row is dropped.
     #[serde(default = "default_max_track_bitrate")]
     pub max_track_bitrate: u64,
