@@ -253,6 +253,12 @@ impl SwitchboardCollector {
             "switchboard_media_over_bitrate",
             "Publishers dropped for sending over twice webrtc.media.max_track_bitrate",
             get(&m.over_bitrate),
+        )?;
+        counter(
+            e,
+            "switchboard_media_send_dropped",
+            "Packets the media socket would not take when they were sent (lost)",
+            get(&m.send_dropped),
         )
     }
 

@@ -569,14 +569,22 @@ impl Driver {
     /// congestion control deal with it.
     fn transmit(&self, transmit: &Transmit) {
         if transmit.proto == Protocol::Tcp {
-            if let Some(connection) = self.tcp.get(&transmit.destination) {
-                let _ = connection.try_send(Bytes::copy_from_slice(&transmit.contents));
+            if let Some(connection) = self.tcp.get(&transmit.destination)
+                && connection
+                    .try_send(Bytes::copy_from_slice(&transmit.contents))
+                    .is_err()
+            {
+                MediaStats::add(&self.stats.send_dropped, 1);
             }
             return;
         }
-        let _ = self
+        if self
             .socket
-            .try_send_to(&transmit.contents, transmit.destination);
+            .try_send_to(&transmit.contents, transmit.destination)
+            .is_err()
+        {
+            MediaStats::add(&self.stats.send_dropped, 1);
+        }
     }
 
     /// Whether `[webrtc.media] test_loss_percent` drops the next datagram: exactly that share,

@@ -322,6 +322,9 @@ pub struct MediaStats {
     pub refused: AtomicU64,
     /// Publishers dropped for sending over twice `max_track_bitrate`.
     pub over_bitrate: AtomicU64,
+    /// Packets the server had to send but the socket (or an ICE-TCP connection's queue)
+    /// would not take at that moment: lost like on a congested network.
+    pub send_dropped: AtomicU64,
 }
 
 impl MediaStats {
