@@ -116,6 +116,11 @@ test('WHIP from a page, WHEP in another: the viewer decodes the video; DELETE en
     assert.ok(after2 - stopped <= 2, `frames must stop after DELETE: ${stopped} then ${after2}`);
     const again = await fetch(`${sb.url}${resource}`, { method: 'DELETE' });
     assert.equal(again.status, 404, 'a session ends once');
+    // And the viewer's own session ends the same way.
+    const viewing = await viewer.evaluate(() => window.whep.resource);
+    assert.match(viewing, /^\/rtc\/[0-9a-f]{32}$/);
+    assert.equal((await fetch(`${sb.url}${viewing}`, { method: 'DELETE' })).status, 200);
+    await waitFor('both peers gone from the server', async () => await metric('switchboard_media_peers') === 0);
   } catch (e) {
     e.message += `\n--- pages ---\n${lines.slice(-40).join('\n')}\n--- server ---\n${sb.output?.().slice(-4000) ?? ""}`;
     throw e;
