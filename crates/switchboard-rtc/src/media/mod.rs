@@ -200,12 +200,7 @@ impl ChannelWriter {
         &self,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, MediaError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .await
-            .map_err(|_| MediaError::Unavailable)?;
-        answer.await.map_err(|_| MediaError::Unavailable)
+        ask(&self.commands, command).await
     }
 }
 
@@ -456,11 +451,19 @@ impl Media {
         &self,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, MediaError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .await
-            .map_err(|_| MediaError::Unavailable)?;
-        answer.await.map_err(|_| MediaError::Unavailable)
+        ask(&self.commands, command).await
     }
+}
+
+/// Sends the media task a command that carries its reply channel, and waits for the reply.
+async fn ask<T>(
+    commands: &mpsc::Sender<Command>,
+    command: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, MediaError> {
+    let (reply, answer) = oneshot::channel();
+    commands
+        .send(command(reply))
+        .await
+        .map_err(|_| MediaError::Unavailable)?;
+    answer.await.map_err(|_| MediaError::Unavailable)
 }
